@@ -1,0 +1,88 @@
+# spectro — every target wires one `spectro <command>`; override any variable: make train EPOCHS=5 TASK=anomaly
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON     ?= python3
+VENV       ?= .venv
+BIN        := $(VENV)/bin
+SPECTRO    := $(BIN)/spectro
+STAMP      := $(VENV)/.installed
+
+DATA       ?= data/raw
+IMAGES     ?= data/images
+MODELS     ?= models
+RUN        ?= $(MODELS)/latest
+JOBS       ?= 0
+SEED       ?= 0
+TASK       ?= failure
+BACKBONE   ?= mobilenet_v2
+WEIGHTS    ?= imagenet
+EPOCHS     ?= 12
+IMAGE_SIZE ?= 96
+QUANTIZE   ?= int8
+MACHINES   ?= fan pump slider valve
+SNRS       ?= 6dB 0dB -6dB
+FILE       ?=
+TEST_ARGS  ?=
+IMAGES_ARGS ?=
+TRAIN_ARGS ?=
+
+.PHONY: help venv data download images train evaluate predict report export bench test clean distclean
+
+help: ## list the targets and the variables they take
+	@echo "spectro — make <target> [VAR=value ...]"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+	@echo "variables: DATA=$(DATA) IMAGES=$(IMAGES) MODELS=$(MODELS) RUN=$(RUN) JOBS=$(JOBS) (0 = all cores)"
+	@echo "           TASK=$(TASK) BACKBONE=$(BACKBONE) WEIGHTS=$(WEIGHTS) EPOCHS=$(EPOCHS) IMAGE_SIZE=$(IMAGE_SIZE) SEED=$(SEED)"
+	@echo "           QUANTIZE=$(QUANTIZE) FILE=... MACHINES=\"$(MACHINES)\" SNRS=\"$(SNRS)\""
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+venv: $(STAMP) ## create .venv and install requirements.txt (done by every target on first use)
+
+data: $(STAMP) ## write the built-in synthetic dataset to $(DATA)/synthetic
+	$(SPECTRO) synth --out $(DATA)/synthetic --seed $(SEED)
+
+download: $(STAMP) ## download MIMII archives: make download MACHINES="fan pump" SNRS="6dB"
+	$(SPECTRO) download --machines $(MACHINES) --snrs $(SNRS) --out $(DATA)
+
+images: $(STAMP) ## render $(DATA) to spectrogram PNGs in $(IMAGES) (synthetic data first if $(DATA) holds no audio)
+	$(SPECTRO) images $(DATA) --out $(IMAGES) --jobs $(JOBS) --synth-if-empty $(IMAGES_ARGS)
+
+$(IMAGES)/manifest.csv: | $(STAMP)
+	$(SPECTRO) images $(DATA) --out $(IMAGES) --jobs $(JOBS) --synth-if-empty $(IMAGES_ARGS)
+
+train: $(IMAGES)/manifest.csv ## train a model on $(IMAGES) into $(MODELS)/<run>: make train EPOCHS=5 TASK=anomaly
+	$(SPECTRO) train $(IMAGES) --out $(MODELS) --task $(TASK) --backbone $(BACKBONE) --weights $(WEIGHTS) \
+		--epochs $(EPOCHS) --image-size $(IMAGE_SIZE) --seed $(SEED) $(TRAIN_ARGS)
+
+evaluate: $(STAMP) ## metrics, plots, threshold and predictions.csv for $(RUN)
+	$(SPECTRO) evaluate $(RUN)
+
+predict: $(STAMP) ## classify a PNG, WAV or folder: make predict FILE=path/to/clip.wav
+	@test -n "$(FILE)" || { echo "error: give a file: make predict FILE=path/to/clip.wav" >&2; exit 2; }
+	$(SPECTRO) classify $(FILE) --model $(RUN)
+
+report: $(STAMP) ## write $(RUN)/report.html
+	$(SPECTRO) report $(RUN)
+
+export: $(STAMP) ## export $(RUN) to TFLite and verify it: make export QUANTIZE=int8|dynamic|none
+	$(SPECTRO) export $(RUN) --quantize $(QUANTIZE)
+
+bench: $(STAMP) ## run the benchmarks and write reports/benchmarks.md
+	PYTHONUNBUFFERED=1 $(BIN)/python scripts/bench.py
+
+test: $(STAMP) ## run the test suite
+	$(BIN)/python -m pytest tests $(TEST_ARGS)
+
+clean: ## remove generated images, models and reports (keeps data/raw and .venv)
+	rm -rf $(IMAGES) reports/benchmarks.md reports/bench
+	find $(MODELS) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+
+distclean: clean ## also remove the synthetic dataset and .venv
+	rm -rf $(DATA)/synthetic $(VENV)

@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""``make bench``: run every benchmark section and write ``reports/benchmarks.md``.
+
+Each section is a module ``scripts/bench_<name>.py`` with ``TITLE`` and ``run(ctx) -> str`` (Markdown).
+Sections run in order and share ``ctx`` (``ctx.state`` passes e.g. a trained run from one section to
+the next). Every speed figure is a ratio against a reference measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import os
+import platform
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SECTIONS = ["images", "train", "export"]
+
+
+@dataclass
+class BenchContext:
+    root: Path
+    work: Path  # scratch folder for datasets, images and runs made by the benchmarks
+    shared: Path
+    quick: bool = False
+    state: dict = field(default_factory=dict)
+
+    @property
+    def mimii_sample(self) -> Path | None:
+        path = self.shared / "mimii-sample"
+        return path if path.is_dir() else None
+
+    @property
+    def weights_dir(self) -> Path | None:
+        path = self.shared / "weights"
+        return path if path.is_dir() else None
+
+
+def machine_info() -> str:
+    import numpy
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores{mem}; Python {platform.python_version()}, numpy {numpy.__version__}; "
+            f"{platform.system()} {platform.release()}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections (in order)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks.md")
+    parser.add_argument("--work", type=Path, default=ROOT / "reports" / "bench")
+    args = parser.parse_args(argv)
+    ctx = BenchContext(root=ROOT, work=args.work, shared=ROOT.parent / "shared", quick=args.quick)
+    ctx.work.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    command = "make bench" if not (args.only or args.quick) else "python scripts/bench.py " + " ".join(
+        (["--only", *args.only] if args.only else []) + (["--quick"] if args.quick else []))
+    header = [
+        "# spectro benchmarks", "",
+        f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
+        f"- machine: {machine_info()}",
+        f"- command: `{command}`",
+        f"- real MIMII sample: {'found at ' + str(ctx.mimii_sample) if ctx.mimii_sample else 'absent (real-data rows skipped)'}",
+        f"- ImageNet weights: {'found at ' + str(ctx.weights_dir) if ctx.weights_dir else 'absent (pretrained rows skipped)'}",
+        "",
+        "Speed figures are ratios against a reference measured in the same run; absolute times on shared machines are noisy.",
+        "",
+    ]
+    parts = list(header)
+    failed = []
+    for name in args.only or SECTIONS:
+        module = importlib.import_module(f"bench_{name}")
+        print(f"== {module.TITLE}", flush=True)
+        started = time.perf_counter()
+        try:
+            body = module.run(ctx)
+        except Exception:  # a broken section is reported, the others still run
+            failed.append(name)
+            body = "**section failed:**\n\n```\n" + traceback.format_exc() + "```\n"
+            print(body, file=sys.stderr)
+        parts += [f"## {module.TITLE}", "", body.strip(), "", f"_section time: {time.perf_counter() - started:.0f} s_", ""]
+        args.out.write_text("\n".join(parts))
+    print(f"wrote {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

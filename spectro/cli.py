@@ -1,0 +1,90 @@
+"""``spectro <command>``: one entry point for every stage.
+
+Each command lives in its own module, which provides ``HELP`` (one line), ``add_arguments(parser)``
+and ``main(args) -> int``. Modules are imported only for the command that runs, so ``spectro images``
+never pays for importing TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import warnings
+
+from spectro import __version__
+from spectro.errors import SpectroError
+
+# command -> module; order is the order of `spectro --help`
+COMMANDS = {
+    "synth": "spectro.synth",
+    "download": "spectro.download",
+    "images": "spectro.convert",
+    "train": "spectro.train",
+    "evaluate": "spectro.evaluate",
+    "classify": "spectro.predict",
+    "report": "spectro.report",
+    "export": "spectro.export",
+}
+
+# one-line help shown by `spectro --help` without importing the command modules
+SUMMARIES = {
+    "synth": "write the built-in synthetic machine-sound dataset (MIMII layout)",
+    "download": "download MIMII archives from zenodo, verify their MD5 and extract them",
+    "images": "render recordings to log-mel spectrogram PNGs in <machine>/<label>/ folders",
+    "train": "fine-tune a pretrained CNN on the spectrogram images",
+    "evaluate": "metrics, plots, threshold and predictions.csv for a trained run",
+    "classify": "classify PNG spectrograms or WAV recordings with a trained model",
+    "report": "write a self-contained HTML report of a run",
+    "export": "export a run to TFLite (float32, dynamic-range or int8) and verify it",
+}
+
+
+def _format_warning(message, category, filename, lineno, line=None):  # noqa: ARG001
+    return f"warning: {message}\n"
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; only ``command``'s module is imported (all of them when ``None``)."""
+    parser = argparse.ArgumentParser(
+        prog="spectro",
+        description="Hear when an industrial machine is about to fail: recordings -> log-mel spectrogram "
+                    "PNGs -> a fine-tuned image CNN -> verdicts, reports and TFLite models.",
+        epilog="Run 'spectro <command> --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"spectro {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name, module_name in COMMANDS.items():
+        if command is not None and name != command:
+            sub.add_parser(name, help=SUMMARIES[name])
+            continue
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=SUMMARIES[name], description=getattr(module, "HELP", SUMMARIES[name]),
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.formatwarning = _format_warning
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if getattr(args, "_module", None) is None:
+        parser.print_help()
+        return 0 if not argv else 2
+    try:
+        return int(args._module.main(args) or 0)
+    except SpectroError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

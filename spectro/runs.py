@@ -1,0 +1,101 @@
+"""Run folders: where a trained model and everything about it live (``models/<run-name>/``).
+
+Contract (written by ``spectro train``, extended by ``evaluate``/``export``):
+
+``model.keras``   input: raw PNG pixels, float32 of shape ``(n_mels, frames, 1)`` valued 0…255;
+                  output: softmax over the fine classes of ``labels.json``
+``labels.json``   :class:`spectro.labels.LabelSpace`
+``config.json``   ``features`` (FeatureSettings dict), ``input_shape``, ``task``, ``model`` (backbone,
+                  alpha, image_size, weights requested/used), ``seed``, ``split``, ``training``,
+                  ``metrics``, and after ``evaluate`` a ``threshold`` block ``{"value", "method", ...}``
+``splits.csv``    image (absolute PNG path), source, machine, machine_id, label, snr, segment,
+                  split (train/val/test)
+``config.json``'s ``images`` holds the absolute path of the image folder trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from spectro.config import MODELS_DIR, FeatureSettings
+from spectro.errors import SpectroError
+
+CONFIG_NAME = "config.json"
+MODEL_NAME = "model.keras"
+TFLITE_NAME = "model.tflite"
+SPLITS_NAME = "splits.csv"
+LATEST = "latest"
+DEFAULT_THRESHOLD = 0.5
+
+
+def resolve_run(path: str | Path | None = None) -> Path:
+    """The run folder for ``path``: a run folder, ``models/latest``, or a model file inside a run.
+
+    Raises
+    ------
+    SpectroError
+        When nothing there looks like a run (no ``config.json``).
+    """
+    path = Path(path) if path is not None else MODELS_DIR / LATEST
+    if path.is_file():
+        path = path.parent
+    if not path.exists():
+        hint = " (train one with 'spectro train' / 'make train')" if path.name == LATEST else ""
+        raise SpectroError(f"{path}: no such run folder{hint}")
+    path = path.resolve()
+    if not (path / CONFIG_NAME).is_file():
+        raise SpectroError(f"{path}: not a spectro run folder (no {CONFIG_NAME}); expected a folder written by 'spectro train'")
+    return path
+
+
+def load_config(run: str | Path) -> dict[str, Any]:
+    path = Path(run) / CONFIG_NAME
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpectroError(f"{path}: missing (expected a run folder written by 'spectro train')") from None
+    except json.JSONDecodeError as exc:
+        raise SpectroError(f"{path}: not valid JSON ({exc})") from None
+
+
+def save_config(run: str | Path, config: dict[str, Any]) -> Path:
+    """Write ``config.json`` atomically."""
+    path = Path(run) / CONFIG_NAME
+    tmp = path.with_name(f".{CONFIG_NAME}.tmp")
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def update_config(run: str | Path, **sections: Any) -> dict[str, Any]:
+    """Merge top-level ``sections`` into the run's ``config.json`` and save it."""
+    config = load_config(run)
+    config.update(sections)
+    save_config(run, config)
+    return config
+
+
+def feature_settings(config: dict[str, Any]) -> FeatureSettings:
+    try:
+        return FeatureSettings.from_dict(config["features"])
+    except KeyError:
+        raise SpectroError("run config has no 'features' block (expected one written by 'spectro train')") from None
+
+
+def threshold(config: dict[str, Any]) -> float:
+    """The anomaly-score decision threshold stored by ``evaluate`` (0.5 before evaluation)."""
+    return float(config.get("threshold", {}).get("value", DEFAULT_THRESHOLD))
+
+
+def point_latest(models_dir: str | Path, run: str | Path) -> Path:
+    """Make ``models_dir/latest`` a relative symlink to ``run`` (replacing an old one atomically)."""
+    models_dir, run = Path(models_dir), Path(run)
+    link = models_dir / LATEST
+    tmp = models_dir / f".{LATEST}.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(run, models_dir), tmp)
+    os.replace(tmp, link)
+    return link

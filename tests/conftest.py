@@ -1,0 +1,130 @@
+"""Shared fixtures: small signals, a small image tree, and a small hand-built run folder.
+
+``tiny_run`` builds a run folder exactly as the run-folder contract in ``spectro/runs.py`` describes,
+without going through ``spectro train``, so the downstream stages (evaluate, classify, export) are
+tested on their own. It trains a real (tiny) Keras model for a few epochs on clearly separable
+images, so its predictions are meaningful.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+MIMII_SAMPLE = SHARED / "mimii-sample"
+WEIGHTS_DIR = SHARED / "weights"
+
+SR = 16000
+
+
+def tone_signal(kind: str, seconds: float = 1.0, *, seed: int = 0, sr: int = SR) -> np.ndarray:
+    """A small machine-like test signal: a hum in noise; ``bearing`` adds 3 kHz clicks, ``leak`` hiss."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    y = 0.05 * rng.standard_normal(len(t)) + 0.2 * np.sin(2 * np.pi * (120 + 5 * seed % 7) * t)
+    if kind == "bearing":
+        clicks = np.zeros_like(t)
+        clicks[:: sr // 25] = 1.0
+        burst = np.sin(2 * np.pi * 3000 * np.arange(80) / sr) * np.hanning(80)
+        y = y + 0.6 * np.convolve(clicks, burst, mode="same")
+    elif kind == "leak":
+        hiss = rng.standard_normal(len(t))
+        spectrum = np.fft.rfft(hiss)
+        freqs = np.fft.rfftfreq(len(t), 1 / sr)
+        spectrum[(freqs < 4000) | (freqs > 6000)] = 0
+        y = y + 0.3 * np.fft.irfft(spectrum, len(t)) / np.std(np.fft.irfft(spectrum, len(t)))
+    return np.clip(y, -1, 1).astype(np.float32)
+
+
+def write_wav(path: Path, y: np.ndarray, sr: int = SR, subtype: str = "PCM_16") -> Path:
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), y, sr, subtype=subtype)
+    return path
+
+
+def make_image_tree(root: Path, *, per_class: int = 8, seconds: float = 1.0, settings=None):
+    """Render a tiny two-machine dataset to ``root`` (PNGs + manifest.csv) with spectro's own functions.
+
+    Returns the list of :class:`spectro.dataset.ManifestRow`.
+    """
+    from spectro.config import FeatureSettings
+    from spectro.dataset import ManifestRow, write_manifest
+    from spectro.features import db_to_pixels, log_mel
+    from spectro.images import write_png
+
+    settings = settings or FeatureSettings(n_mels=32, n_fft=512, hop_length=256)
+    rows = []
+    classes = [("fan", "normal"), ("fan", "bearing"), ("pump", "normal"), ("pump", "leak")]
+    for machine, label in classes:
+        for i in range(per_class):
+            seed = 1000 * classes.index((machine, label)) + i
+            y = tone_signal(label, seconds, seed=seed)
+            if machine == "pump":
+                y = np.clip(y + 0.1 * np.sin(2 * np.pi * 60 * np.arange(len(y)) / SR), -1, 1).astype(np.float32)
+            machine_id = f"id_0{i % 2}"
+            name = f"6dB_{machine_id}_{i:08d}"
+            rel = f"{machine}/{label}/{name}.png"
+            source = f"/virtual/6_dB_{machine}/{machine}/{machine_id}/{label}/{i:08d}.wav"
+            write_png(root / rel, db_to_pixels(log_mel(y, settings), settings), settings=settings, source=source)
+            rows.append(ManifestRow(image=rel, source=source, machine=machine, machine_id=machine_id, label=label,
+                                    snr="6dB", segment=0, settings_hash=settings.hash()))
+    write_manifest(root / "manifest.csv", rows)
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_images(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny_images")
+    make_image_tree(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_images, tmp_path_factory) -> Path:
+    """A run folder per the contract in spectro/runs.py, trained by hand (not by spectro train)."""
+    import keras
+
+    from spectro.dataset import read_manifest
+    from spectro.images import read_info, read_pixels
+    from spectro.labels import LabelSpace
+    from spectro.model import ModelSettings, build_model
+    from spectro.runs import save_config
+
+    keras.utils.set_random_seed(0)
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    run.mkdir()
+    rows = read_manifest(tiny_images)
+    labels = LabelSpace.from_pairs([(r.machine, r.label) for r in rows], task="failure")
+    x = np.stack([read_pixels(tiny_images / r.image) for r in rows])[..., None].astype("float32")
+    y = np.array([labels.index(r.machine, r.label) for r in rows])
+    # every 4th image of each class is test, the next val, the rest train
+    split = ["test" if i % 4 == 0 else "val" if i % 4 == 1 else "train" for i in range(len(rows))]
+    settings = ModelSettings(alpha=0.35, image_size=32, weights="none")
+    model, _, used = build_model(x.shape[1:3], len(labels.classes), settings)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    train = np.array([s == "train" for s in split])
+    model.fit(x[train], y[train], epochs=8, batch_size=8, verbose=0)
+    model.save(run / "model.keras")
+    labels.save(run)
+    features = read_info(tiny_images / rows[0].image).settings
+    save_config(run, {
+        "features": features.to_dict(), "input_shape": list(x.shape[1:3]), "task": labels.task,
+        "model": {"backbone": settings.backbone, "alpha": settings.alpha, "image_size": settings.image_size,
+                  "weights_requested": settings.weights, "weights_used": used},
+        "seed": 0, "images": str(tiny_images),
+    })
+    with (run / "splits.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "source", "machine", "machine_id", "label", "snr", "segment", "split"])
+        for r, s in zip(rows, split):
+            writer.writerow([str(tiny_images / r.image), r.source, r.machine, r.machine_id, r.label, r.snr, r.segment, s])
+    return run
