@@ -1,13 +1,559 @@
-"""Placeholder for spectro export (issue 6); replaced by the real implementation."""
+"""``spectro export``: a run's Keras model to TFLite (float32, dynamic-range or full int8), verified.
 
-HELP = "not implemented yet (issue 6)"
+Each mode writes its own file so all three can live side by side (see
+:data:`spectro.inference.TFLITE_NAMES`): ``model.tflite`` (float32), ``model_dynamic.tflite``
+(dynamic-range: int8 weights, float activations) and ``model_int8.tflite`` (full integer, uint8 input
+and output). Only builtin TFLite ops are allowed, so the files run on any LiteRT runtime.
+
+Full-integer calibration draws images from the run's **training** split. The first calibration image
+gets a small block of 0 and one of 255 pixels so that the quantised input covers the whole pixel
+range: the uint8 input then has scale 1 and zero point 0, i.e. a PNG's pixels go in unchanged.
+
+After conversion each file is verified against the Keras model on the run's test split (top-1
+agreement of the fine class, anomaly AUC of each, the largest probability difference, file size,
+median single-image latency on one thread); a file that misses :data:`BOUNDS` is not written and the
+export fails with the figures, unless verification is switched off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from spectro.config import MODELS_DIR
+from spectro.errors import SpectroError, SpectroWarning
+from spectro.inference import TFLITE_NAMES, LiteRTPredictor
+from spectro.labels import LabelSpace
+from spectro.runs import LATEST, MODEL_NAME, SPLITS_NAME, load_config, resolve_run, save_config, update_config
+
+HELP = ("Export a trained run to TensorFlow Lite for edge devices and verify the result. --quantize none "
+        "writes a float32 model.tflite, dynamic a dynamic-range model_dynamic.tflite (int8 weights), int8 a "
+        "full-integer model_int8.tflite (uint8 input and output, calibrated on the run's training images); "
+        "several modes may be given at once. Only builtin TFLite ops are used (no Flex ops). Each file is "
+        "then checked against the Keras model on the run's test split: top-1 agreement (float32 >= 99.5%, "
+        "dynamic >= 99%, int8 >= 98%), anomaly AUC loss (float32 <= 0.005, dynamic and int8 <= 0.01), file "
+        "size and median single-image latency on one thread; a file that misses a bound is not written and "
+        "the command fails, unless --no-verify. The figures are stored under 'export' in the config.json "
+        "beside the files. --out DIR writes the model with labels.json and config.json (features, threshold) into "
+        "DIR, self-contained for a device.")
+
+QUANTIZE_MODES = ("none", "dynamic", "int8")
 
 
-def add_arguments(parser):
-    pass
+@dataclass(frozen=True)
+class Bounds:
+    """What a converted model must achieve against its Keras original on the test split."""
+
+    min_agreement: float  # fraction of test images with the same top-1 fine class
+    max_auc_loss: float  # Keras anomaly AUC minus TFLite anomaly AUC
 
 
-def main(args):
-    from spectro.errors import SpectroError
+# float32 and int8 are the issue's bounds; dynamic-range (int8 weights, float activations) sits between
+BOUNDS = {"none": Bounds(0.995, 0.005), "dynamic": Bounds(0.99, 0.01), "int8": Bounds(0.98, 0.01)}
 
-    raise SpectroError("not implemented yet (issue 6)")
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """Options of one export.
+
+    Parameters
+    ----------
+    quantize : tuple of str
+        Modes to write, each of :data:`QUANTIZE_MODES`.
+    representative : int
+        Training images used to calibrate full-integer quantisation (all of them when fewer).
+    verify : bool
+        Verify each file on the test split and refuse files that miss :data:`BOUNDS`.
+    latency_runs : int
+        Timed single-image invocations for the median latency.
+    """
+
+    quantize: tuple[str, ...] = ("int8",)
+    representative: int = 200
+    verify: bool = True
+    latency_runs: int = 50
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.quantize if m not in QUANTIZE_MODES]
+        if bad or not self.quantize:
+            raise SpectroError(f"--quantize takes {', '.join(QUANTIZE_MODES)}; got {list(self.quantize)}")
+        if self.representative < 1:
+            raise SpectroError(f"--representative must be >= 1 image, got {self.representative}")
+        if self.latency_runs < 1:
+            raise SpectroError(f"latency_runs must be >= 1, got {self.latency_runs}")
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Figures of one converted model against the Keras model on the verification images."""
+
+    mode: str
+    split: str
+    n_images: int
+    agreement: float
+    keras_auc: float | None  # None when the split holds only one of normal/abnormal
+    tflite_auc: float | None
+    max_prob_diff: float
+    auc_pairs: int  # normal x abnormal image pairs: one swapped pair moves the AUC by 1 / auc_pairs
+    size_bytes: int
+    keras_size_bytes: int
+    latency_ms: float
+    input_dtype: str
+    input_quantization: tuple[float, int]
+
+    @property
+    def auc_loss(self) -> float | None:
+        if self.keras_auc is None or self.tflite_auc is None:
+            return None
+        return self.keras_auc - self.tflite_auc
+
+    def auc_enforced(self, bounds: Bounds) -> bool:
+        """Whether the split can test the AUC bound: one swapped pair must not cost more than the bound."""
+        return self.auc_loss is not None and self.auc_pairs >= math.ceil(1.0 / bounds.max_auc_loss - 1e-9)
+
+    def failures(self, bounds: Bounds) -> list[str]:
+        """Human-readable reasons this model misses ``bounds`` (empty when it passes).
+
+        The AUC bound counts only when :meth:`auc_enforced`: on a split with fewer normal x abnormal
+        pairs than ``1 / max_auc_loss`` a single swapped pair of near-equal scores would exceed it.
+        """
+        problems = []
+        if self.agreement < bounds.min_agreement:
+            problems.append(f"top-1 agreement {self.agreement:.1%} < {bounds.min_agreement:.1%}")
+        loss = self.auc_loss
+        if loss is not None and loss > bounds.max_auc_loss and self.auc_enforced(bounds):
+            problems.append(f"anomaly AUC {self.tflite_auc:.4f} vs Keras {self.keras_auc:.4f}: "
+                            f"loss {loss:.4f} > {bounds.max_auc_loss}")
+        return problems
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["auc_loss"] = self.auc_loss
+        data["input_quantization"] = list(self.input_quantization)
+        return data
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    mode: str
+    path: Path | None  # None when the file was refused
+    verification: Verification | None
+    failures: tuple[str, ...] = ()
+
+
+# -- reading the run ---------------------------------------------------------------------------------
+def split_rows(run: Path, split: str) -> list[dict[str, str]]:
+    """Rows of the run's ``splits.csv`` whose ``split`` column is ``split``."""
+    path = Path(run) / SPLITS_NAME
+    if not path.is_file():
+        raise SpectroError(f"{path}: missing (expected the splits file written by 'spectro train')")
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"image", "split"} <= set(reader.fieldnames):
+            raise SpectroError(f"{path}: expected columns 'image' and 'split', found {reader.fieldnames}")
+        return [row for row in reader if row["split"] == split]
+
+
+def load_images(rows: list[dict[str, str]], input_shape: tuple[int, int]) -> np.ndarray:
+    """Pixels of the rows' PNGs as float32 ``(n, n_mels, frames, 1)``."""
+    from spectro.images import read_pixels
+
+    images = []
+    for row in rows:
+        pixels = read_pixels(row["image"])
+        if pixels.shape != tuple(input_shape):
+            raise SpectroError(f"{row['image']}: image shape {pixels.shape} does not match the model's input "
+                               f"{tuple(input_shape)}")
+        images.append(pixels)
+    return np.stack(images)[..., None].astype(np.float32) if images else np.zeros((0, *input_shape, 1), np.float32)
+
+
+def representative_images(run: Path, n: int, *, input_shape: tuple[int, int], image_size: int | None = None,
+                          seed: int = 0) -> np.ndarray:
+    """Up to ``n`` training images (a seeded random choice), the first carrying the 0/255 range anchors.
+
+    ``image_size`` is the backbone's input size (the anchors are sized to survive resizing to it).
+    """
+    rows = split_rows(run, "train")
+    if not rows:
+        raise SpectroError(f"{run / SPLITS_NAME}: no 'train' rows to calibrate int8 quantisation on")
+    order = np.random.default_rng(seed).permutation(len(rows))[:n]
+    images = load_images([rows[i] for i in order], input_shape)
+    _anchor_range(images[0], image_size=image_size)
+    return images
+
+
+def _anchor_range(image: np.ndarray, *, image_size: int | None) -> None:
+    """Put a block of 0 and one of 255 pixels in opposite corners of ``image`` (in place).
+
+    TFLite gives RESIZE_BILINEAR's input the quantisation of its output, so the blocks are large enough
+    to survive resizing to the backbone's size unblurred; then the uint8 input spans 0…255 exactly.
+    """
+    h, w = image.shape[:2]
+    size = image_size or 32
+    bh = min(h, max(4, 2 * int(np.ceil(h / size)) + 2))
+    bw = min(w, max(4, 2 * int(np.ceil(w / size)) + 2))
+    image[:bh, :bw] = 0.0
+    image[-bh:, -bw:] = 255.0
+
+
+def verification_rows(run: Path) -> tuple[str, list[dict[str, str]]]:
+    """The test split's rows (the validation split's, with a warning, when there is no test split)."""
+    rows = split_rows(run, "test")
+    if rows:
+        return "test", rows
+    rows = split_rows(run, "val")
+    if rows:
+        warnings.warn(f"{run / SPLITS_NAME} has no test rows; verifying on the {len(rows)} validation images "
+                      "(train with a test split, or pass --no-verify, to silence this)", SpectroWarning, stacklevel=2)
+        return "val", rows
+    raise SpectroError(f"{run / SPLITS_NAME}: no test or val images to verify the export on; "
+                       "pass --no-verify to export without checking")
+
+
+# -- conversion ----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _quiet_fds() -> Iterator[Path]:
+    """Send this process's stdout/stderr (including C++ logging) to a temp file for the block."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log = tempfile.NamedTemporaryFile(prefix="spectro-export-", suffix=".log", delete=False)
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield Path(log.name)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        log.close()
+
+
+def convert(model, mode: str, representative: np.ndarray | None = None) -> bytes:
+    """Convert a Keras model to a TFLite flatbuffer, builtin ops only.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Pixels in (float32 0…255), fine-class softmax out.
+    mode : {"none", "dynamic", "int8"}
+    representative : numpy.ndarray, optional
+        ``(n, n_mels, frames, 1)`` calibration images; required for ``int8``.
+
+    Raises
+    ------
+    SpectroError
+        Conversion failed (the converter's last log lines are in the message).
+    """
+    import tensorflow as tf
+
+    if mode not in QUANTIZE_MODES:
+        raise SpectroError(f"unknown quantisation {mode!r}: expected one of {', '.join(QUANTIZE_MODES)}")
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if mode in ("dynamic", "int8"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "int8":
+        if representative is None or len(representative) == 0:
+            raise SpectroError("int8 export needs representative images (the run's training split)")
+
+        def dataset():
+            for image in representative:
+                yield [image[None].astype(np.float32)]
+
+        converter.representative_dataset = dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    with _quiet_fds() as log, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Statistics for quantized inputs.*")
+        try:
+            flatbuffer = converter.convert()
+        except Exception as exc:  # the converter raises many types; report them all as one line
+            lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-3:]
+            detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise SpectroError(f"TFLite conversion ({mode}) failed: {detail}" +
+                               (f" | {' | '.join(lines)}" if lines else "")) from None
+    log.unlink(missing_ok=True)
+    return flatbuffer
+
+
+def tflite_ops(model: str | Path | bytes) -> list[str]:
+    """Sorted names of the operators a ``.tflite`` file uses (custom ops as ``CUSTOM:<name>``), TF-free."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    buffer = Path(model).read_bytes() if isinstance(model, (str, Path)) else bytes(model)
+    try:
+        root = schema.Model.GetRootAsModel(buffer, 0)
+        codes = [root.OperatorCodes(i) for i in range(root.OperatorCodesLength())]
+    except Exception as exc:  # flatbuffers raises struct/index errors on garbage
+        raise SpectroError(f"not a TFLite flatbuffer ({type(exc).__name__})") from None
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    ops = set()
+    for code in codes:
+        if code.CustomCode() is not None:
+            ops.add(f"CUSTOM:{code.CustomCode().decode()}")
+        else:
+            builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+            ops.add(names.get(builtin, f"BUILTIN_{builtin}"))
+    return sorted(ops)
+
+
+def check_builtin_ops(ops: list[str], *, mode: str) -> None:
+    """Refuse Flex (Select TF) and other custom ops: the file must run on any LiteRT runtime."""
+    custom = [op for op in ops if op.startswith("CUSTOM:")]
+    if custom:
+        raise SpectroError(f"{mode} model uses non-builtin ops {custom}; only builtin TFLite ops are allowed")
+
+
+# -- verification ------------------------------------------------------------------------------------
+AUC_RESOLUTION = 1e-3  # anomaly scores are compared on this grid (see anomaly_auc)
+
+
+def anomaly_auc(labels: LabelSpace, fine_probs: np.ndarray, abnormal: np.ndarray) -> float | None:
+    """ROC AUC of the anomaly score against the true abnormal flags (None with only one class present).
+
+    Scores are rounded to :data:`AUC_RESOLUTION` first: a model whose scores differ by less (an
+    untrained one gives nearly equal scores to every image) would otherwise have its ranking, and so its
+    AUC, decided by float rounding noise, and Keras and a float32 TFLite file could differ by 0.3.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    abnormal = np.asarray(abnormal, dtype=bool)
+    if abnormal.all() or not abnormal.any():
+        return None
+    scores = np.round(labels.anomaly_score(fine_probs) / AUC_RESOLUTION) * AUC_RESOLUTION
+    return float(roc_auc_score(abnormal, scores))
+
+
+def median_latency_ms(predictor, images: np.ndarray, runs: int) -> float:
+    """Median wall time of ``predictor.predict`` on one image (cycling through ``images``), in ms."""
+    for image in images[:3]:  # warm-up
+        predictor.predict(image[None])
+    times = []
+    for i in range(runs):
+        image = images[i % len(images)][None]
+        start = time.perf_counter()
+        predictor.predict(image)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+def verify(path: Path, run: Path, *, mode: str, split: str, images: np.ndarray, abnormal: np.ndarray,
+           keras_probs: np.ndarray, keras_size: int, latency_runs: int = 50) -> Verification:
+    """Compare the ``.tflite`` at ``path`` with the Keras model's probabilities on ``images``."""
+    predictor = LiteRTPredictor(path, run, num_threads=1)
+    probs = predictor.predict(images)
+    labels = predictor.labels
+    agreement = float(np.mean(probs.argmax(axis=1) == keras_probs.argmax(axis=1)))
+    return Verification(
+        mode=mode, split=split, n_images=len(images), agreement=agreement,
+        keras_auc=anomaly_auc(labels, keras_probs, abnormal), tflite_auc=anomaly_auc(labels, probs, abnormal),
+        max_prob_diff=float(np.abs(probs - keras_probs).max()),
+        auc_pairs=int(np.sum(abnormal)) * int(np.sum(~np.asarray(abnormal, dtype=bool))), size_bytes=path.stat().st_size,
+        keras_size_bytes=keras_size, latency_ms=median_latency_ms(predictor, images, latency_runs),
+        input_dtype=predictor.input_dtype.name,
+        input_quantization=(float(predictor.input_quantization[0]), int(predictor.input_quantization[1])))
+
+
+# -- the export ---------------------------------------------------------------------------------------
+def _device_config(config: dict, run: Path) -> dict:
+    """The part of a run's config a device needs beside the model."""
+    keep = {k: config[k] for k in ("features", "input_shape", "task", "model", "seed") if k in config}
+    keep["threshold"] = config.get("threshold") or {"value": 0.5, "method": "default (run not evaluated)"}
+    keep["exported_from"] = str(run)
+    return keep
+
+
+def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings(), *,
+               out: str | Path | None = None, progress: bool = True) -> list[ExportResult]:
+    """Convert, check and write a run's model in each of ``settings.quantize``'s modes.
+
+    Parameters
+    ----------
+    run : str, Path or None
+        A run folder (``None``: ``models/latest``).
+    settings : ExportSettings
+    out : str or Path, optional
+        Folder for the files; gets ``labels.json`` and ``config.json`` too. Default: the run folder.
+    progress : bool
+        Print a line per step to stderr.
+
+    Returns
+    -------
+    list of ExportResult
+        One per mode, in the order given.
+
+    Raises
+    ------
+    SpectroError
+        No Keras model in the run, no images to calibrate or verify on, conversion failure, non-builtin
+        ops. A model that misses :data:`BOUNDS` does not raise here: its result has ``failures`` and
+        ``path=None`` (the file is not written); :func:`main` turns that into an error.
+    """
+    from spectro.model import load_keras_model
+
+    run = resolve_run(run)
+    keras_path = run / MODEL_NAME
+    if not keras_path.is_file():
+        raise SpectroError(f"{run}: no {MODEL_NAME} to export (export needs the Keras model written by "
+                           "'spectro train')")
+    config = load_config(run)
+    labels = LabelSpace.load(run)
+    input_shape = tuple(int(n) for n in config["input_shape"][:2])
+    dest = Path(out).resolve() if out is not None else run
+    dest.mkdir(parents=True, exist_ok=True)
+    if dest != run:
+        labels.save(dest)
+        save_config(dest, _device_config(config, run))
+
+    def say(message: str) -> None:
+        if progress:
+            print(message, file=sys.stderr, flush=True)
+
+    model = load_keras_model(keras_path)
+    representative = None
+    if "int8" in settings.quantize:
+        image_size = int(config.get("model", {}).get("image_size", 0)) or None
+        representative = representative_images(run, settings.representative, input_shape=input_shape,
+                                               image_size=image_size, seed=int(config.get("seed", 0) or 0))
+    if settings.verify:
+        split, rows = verification_rows(run)
+        images = load_images(rows, input_shape)
+        abnormal = np.array([_is_abnormal(row) for row in rows])
+        keras_probs = np.asarray(model.predict(images, batch_size=32, verbose=0), dtype=np.float32)
+
+    results = []
+    for mode in settings.quantize:
+        final = dest / TFLITE_NAMES[mode]
+        say(f"converting {run.name} -> {final.name} ({mode}) ...")
+        flatbuffer = convert(model, mode, representative)
+        check_builtin_ops(tflite_ops(flatbuffer), mode=mode)
+        tmp = final.with_name(f".{final.name}.tmp")
+        tmp.write_bytes(flatbuffer)
+        verification, failures = None, ()
+        try:
+            if settings.verify:
+                verification = verify(tmp, dest, mode=mode, split=split, images=images, abnormal=abnormal,
+                                      keras_probs=keras_probs, keras_size=keras_path.stat().st_size,
+                                      latency_runs=settings.latency_runs)
+                failures = tuple(verification.failures(BOUNDS[mode]))
+                if verification.auc_loss is not None and not verification.auc_enforced(BOUNDS[mode]):
+                    warnings.warn(f"{mode}: anomaly AUC bound not enforced: the {split} split has only "
+                                  f"{verification.auc_pairs} normal x abnormal pairs, so one swapped pair moves "
+                                  f"the AUC by {1 / verification.auc_pairs:.3f} > {BOUNDS[mode].max_auc_loss}; "
+                                  "use a test split with more images to enforce it and silence this",
+                                  SpectroWarning, stacklevel=2)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if failures:
+            tmp.unlink(missing_ok=True)
+            results.append(ExportResult(mode, None, verification, failures))
+        else:
+            tmp.replace(final)
+            results.append(ExportResult(mode, final, verification))
+
+    # the figures go into the config.json beside the files (the run's, or the --out folder's)
+    figures = {r.mode: _figures(r) for r in results}
+    update_config(dest, export={**load_config(dest).get("export", {}), **figures})
+    return results
+
+
+def _is_abnormal(row: dict[str, str]) -> bool:
+    from spectro.config import NORMAL_LABEL
+
+    return row.get("label", NORMAL_LABEL) != NORMAL_LABEL
+
+
+def _figures(result: ExportResult) -> dict:
+    data = {"file": str(result.path) if result.path else None, "passed": not result.failures,
+            "bounds": asdict(BOUNDS[result.mode]), "failures": list(result.failures)}
+    if result.verification is not None:
+        data.update(result.verification.to_dict())
+    else:
+        data["verified"] = False
+        if result.path is not None:
+            data["size_bytes"] = result.path.stat().st_size
+    return data
+
+
+def format_table(results: list[ExportResult]) -> str:
+    """A small plain-text table of the figures, one row per mode."""
+    head = ("mode", "file", "size", "top-1 agree", "AUC keras", "AUC tflite", "AUC loss", "max |dp|",
+            "latency 1 thr", "verdict")
+    rows = [head]
+
+    def auc(value):
+        return "n/a" if value is None else f"{value:.4f}"
+
+    for r in results:
+        v = r.verification
+        name = r.path.name if r.path else f"{TFLITE_NAMES[r.mode]} (not written)"
+        if v is None:
+            size = f"{r.path.stat().st_size / 1e6:.2f} MB" if r.path else "-"
+            rows.append((r.mode, name, size, "-", "-", "-", "-", "-", "-", "not verified"))
+            continue
+        bounds = BOUNDS[r.mode]
+        loss = "n/a" if v.auc_loss is None else f"{v.auc_loss:+.4f}"
+        enforced = "<=" if v.auc_enforced(bounds) else "(not enforced, too few pairs)"
+        rows.append((r.mode, name, f"{v.size_bytes / 1e6:.2f} MB ({v.size_bytes / v.keras_size_bytes:.0%} of .keras)",
+                     f"{v.agreement:.1%} ({round(v.agreement * v.n_images)}/{v.n_images}) >= {bounds.min_agreement:.1%}",
+                     auc(v.keras_auc), auc(v.tflite_auc),
+                     f"{loss} <= {bounds.max_auc_loss}" if v.auc_enforced(bounds) or v.auc_loss is None else f"{loss} {enforced}",
+                     f"{v.max_prob_diff:.4f}", f"{v.latency_ms:.2f} ms", "FAIL" if r.failures else "ok"))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -- CLI ---------------------------------------------------------------------------------------------
+def add_arguments(parser) -> None:
+    parser.add_argument("run", nargs="?", default=str(MODELS_DIR / LATEST), metavar="RUN", help="run folder to export")
+    parser.add_argument("--quantize", nargs="+", choices=QUANTIZE_MODES, default=["int8"],
+                        help="none: float32 model.tflite; dynamic: model_dynamic.tflite; int8: full-integer "
+                             "model_int8.tflite with uint8 input/output; several at once share one model load")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="write the model(s) with labels.json and config.json into DIR; None: into the run folder")
+    parser.add_argument("--representative", type=int, default=ExportSettings.representative, metavar="N",
+                        help="training images used to calibrate int8 quantisation")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the checks against the Keras model on the test split (and their bounds)")
+
+
+def main(args) -> int:
+    settings = ExportSettings(quantize=tuple(dict.fromkeys(args.quantize)), representative=args.representative,
+                              verify=not args.no_verify)
+    results = export_run(args.run, settings, out=args.out)
+    split = next((r.verification.split for r in results if r.verification), None)
+    if split:
+        n = next(r.verification.n_images for r in results if r.verification)
+        print(f"verified on the {split} split ({n} images) against {MODEL_NAME}; latency: median single image, 1 thread")
+    print(format_table(results))
+    for r in results:
+        if r.path:
+            print(f"wrote {r.path}")
+    failed = [r for r in results if r.failures]
+    if failed:
+        detail = "; ".join(f"{r.mode}: {', '.join(r.failures)}" for r in failed)
+        raise SpectroError(f"export missed its bounds, file(s) not written ({detail}); "
+                           "rerun with --no-verify to write them anyway")
+    return 0

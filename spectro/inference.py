@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,29 @@ import numpy as np
 from spectro.errors import SpectroError
 from spectro.labels import LabelSpace
 from spectro.runs import MODEL_NAME, TFLITE_NAME, load_config, resolve_run
+
+# ``spectro export --quantize MODE`` writes these names, so all three variants live side by side
+TFLITE_NAMES = {"none": TFLITE_NAME, "dynamic": "model_dynamic.tflite", "int8": "model_int8.tflite"}
+# what a run folder given without a file name resolves to, in this order
+MODEL_SEARCH_ORDER = (MODEL_NAME, TFLITE_NAMES["none"], TFLITE_NAMES["int8"], TFLITE_NAMES["dynamic"])
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (C++ runtime logging) for the block; Python errors still propagate."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (embedded interpreters): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class Predictor:
@@ -58,18 +84,82 @@ class KerasPredictor(Predictor):
 
 
 class LiteRTPredictor(Predictor):
-    """A ``.tflite`` model through ``ai_edge_litert`` (quantised int8 input/output handled)."""
+    """A ``.tflite`` model through ``ai_edge_litert``'s interpreter — no TensorFlow import.
+
+    Float32, dynamic-range and full-integer models are all handled: a quantised (uint8/int8) input is
+    fed ``round(pixels / scale + zero_point)`` and a quantised output is read back as
+    ``(q - zero_point) * scale``. Images run one at a time (batch 1), as on a device.
+
+    Raises
+    ------
+    SpectroError
+        Not a loadable ``.tflite`` file, or its input/output shapes do not fit the run's config/labels.
+    """
 
     def __init__(self, path: Path, run: Path, num_threads: int = 1):
         self._setup(path, run)
-        raise SpectroError("TFLite inference is not implemented yet (issue 6)")
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:  # pragma: no cover - ai-edge-litert is a dependency
+            raise SpectroError("running .tflite models needs the ai-edge-litert package (pip install ai-edge-litert)") from None
+        try:
+            with _quiet_stderr():  # LiteRT logs "INFO: Created TensorFlow Lite XNNPACK delegate" on stderr
+                self.interpreter = Interpreter(model_path=str(path), num_threads=int(num_threads))
+                self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise SpectroError(f"{path}: not a loadable TFLite model ({reason})") from None
+        self.num_threads = int(num_threads)
+        self.input_detail = self.interpreter.get_input_details()[0]
+        self.output_detail = self.interpreter.get_output_details()[0]
+        shape = tuple(int(n) for n in self.input_detail["shape"])
+        if len(shape) != 4 or shape[1:3] != self.input_shape or shape[3] != 1:
+            raise SpectroError(f"{path}: model input {shape} does not fit the run's images "
+                               f"(1, {self.input_shape[0]}, {self.input_shape[1]}, 1)")
+        n_out = int(self.output_detail["shape"][-1])
+        if n_out != len(self.labels.classes):
+            raise SpectroError(f"{path}: model has {n_out} outputs but labels.json lists "
+                               f"{len(self.labels.classes)} classes")
+        self.input_dtype = np.dtype(self.input_detail["dtype"])
+        self.output_dtype = np.dtype(self.output_detail["dtype"])
+        self.input_quantization = tuple(self.input_detail["quantization"])  # (scale, zero_point)
+        self.output_quantization = tuple(self.output_detail["quantization"])
+
+    @property
+    def quantized(self) -> bool:
+        """True for integer input (a full-integer model)."""
+        return self.input_dtype.kind in "ui"
+
+    def _quantize(self, image: np.ndarray) -> np.ndarray:
+        if not self.quantized:
+            return image[None].astype(self.input_dtype, copy=False)
+        scale, zero_point = self.input_quantization
+        info = np.iinfo(self.input_dtype)
+        q = np.rint(image / scale + zero_point) if scale else np.rint(image)
+        return np.clip(q, info.min, info.max).astype(self.input_dtype)[None]
+
+    def _dequantize(self, output: np.ndarray) -> np.ndarray:
+        if self.output_dtype.kind not in "ui":
+            return output.astype(np.float32, copy=False)
+        scale, zero_point = self.output_quantization
+        return ((output.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
-        raise SpectroError("TFLite inference is not implemented yet (issue 6)")
+        pixels = self._check(pixels)
+        out = np.zeros((len(pixels), len(self.labels.classes)), dtype=np.float32)
+        index_in, index_out = self.input_detail["index"], self.output_detail["index"]
+        for i, image in enumerate(pixels):
+            self.interpreter.set_tensor(index_in, self._quantize(image))
+            self.interpreter.invoke()
+            out[i] = self._dequantize(self.interpreter.get_tensor(index_out))[0]
+        return out
 
 
 def load_predictor(model: str | Path | None = None) -> Predictor:
-    """A predictor for a run folder (its ``model.keras``), a ``.keras`` file or a ``.tflite`` file.
+    """A predictor for a run folder, a ``.keras`` file or a ``.tflite`` file.
+
+    A run folder gives the first of :data:`MODEL_SEARCH_ORDER` it holds (``model.keras`` first). A
+    ``.tflite`` file is run by :class:`LiteRTPredictor` without importing TensorFlow.
 
     Raises
     ------
@@ -83,9 +173,8 @@ def load_predictor(model: str | Path | None = None) -> Predictor:
         run = resolve_run(path.parent)
         return LiteRTPredictor(path, run) if path.suffix == ".tflite" else KerasPredictor(path, run)
     run = resolve_run(path)
-    keras_path = run / MODEL_NAME
-    if keras_path.is_file():
-        return KerasPredictor(keras_path, run)
-    if (run / TFLITE_NAME).is_file():
-        return LiteRTPredictor(run / TFLITE_NAME, run)
-    raise SpectroError(f"{run}: no {MODEL_NAME} or {TFLITE_NAME} in the run folder (train with 'spectro train')")
+    for name in MODEL_SEARCH_ORDER:
+        if (run / name).is_file():
+            return KerasPredictor(run / name, run) if name == MODEL_NAME else LiteRTPredictor(run / name, run)
+    raise SpectroError(f"{run}: no model in the run folder (looked for {', '.join(MODEL_SEARCH_ORDER)}); "
+                       "train one with 'spectro train' or export one with 'spectro export'")

@@ -26,7 +26,9 @@ class ModelSettings:
     """Backbone choice and head shape (stored in the run's ``config.json`` under ``model``)."""
 
     backbone: str = "mobilenet_v2"
-    alpha: float = 1.0
+    # 0.35: ~2x the training throughput of 1.0 and fewer parameters to learn from a few hundred clips when
+    # training from scratch; ImageNet weights exist for it too (Keras downloads them when it can).
+    alpha: float = 0.35
     image_size: int = 128
     weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file
     dropout: float = 0.2

@@ -131,3 +131,25 @@ def tiny_run(tiny_images, tmp_path_factory) -> Path:
         for r, s in zip(rows, split):
             writer.writerow([str(tiny_images / r.image), r.source, r.machine, r.machine_id, r.label, r.snr, r.segment, s])
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tiny_run, tmp_path_factory) -> dict:
+    """A copy of ``tiny_run`` exported by ``spectro export`` in all three modes (verified).
+
+    Returns ``{"run": Path of the copy, "results": {mode: ExportResult}}``. Tests may add files to the
+    copy but never to ``tiny_run`` itself.
+    """
+    import shutil
+    import warnings
+
+    from spectro.errors import SpectroWarning
+    from spectro.export import ExportSettings, export_run
+
+    run = tmp_path_factory.mktemp("exported") / "tiny"
+    shutil.copytree(tiny_run, run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpectroWarning)  # the tiny test split is too small for the AUC bound
+        results = export_run(run, ExportSettings(quantize=("none", "dynamic", "int8"), latency_runs=5),
+                             progress=False)
+    return {"run": run, "results": {r.mode: r for r in results}}

@@ -1,0 +1,212 @@
+"""Anomaly detection quality: spectro's CNN vs a loudness (RMS) threshold vs the DCASE dense autoencoder.
+
+1. Synthetic dataset (``spectro.synth.generate``, default sizes; smaller with ``--quick``), rendered with the
+   default feature settings. One split (``spectro train``'s own, seeded); every method is scored on its test
+   split: the CNN (``--weights none``, and ImageNet MobileNetV2 α=1.0 from ``../shared/weights`` when
+   present), the level threshold (direction and threshold fit on the training split) and the autoencoder
+   (one per machine type, trained on that type's normal training images only).
+2. The real MIMII fan sample, cut into 1 s segments: 5-fold cross-validation grouped by clip (stratified by
+   label); a clip's score is the mean over its segments; AUC over the pooled out-of-fold clip scores.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+TITLE = "Anomaly detection quality (spectro train)"
+
+PRETRAINED = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+
+
+def _auc(truth, score) -> tuple[float, float]:
+    from sklearn.metrics import roc_auc_score
+
+    truth = np.asarray(truth, bool)
+    if truth.all() or not truth.any():
+        return float("nan"), float("nan")
+    return float(roc_auc_score(truth, score)), float(roc_auc_score(truth, score, max_fpr=0.1))
+
+
+def _read_split(run: Path) -> list[dict]:
+    with (run / "splits.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _baseline_scores(pixels, rows, train_mask, test_mask, features, *, quick: bool) -> dict[str, np.ndarray]:
+    """Level threshold and per-machine autoencoder scores for the test images."""
+    from spectro.baselines import AutoencoderSettings, DenseAutoencoder, LevelThreshold, level_db, pixels_to_db_batch
+
+    db = pixels_to_db_batch(pixels, db_min=features.db_min, db_per_step=features.db_per_step)
+    abnormal = np.array([r["label"] != "normal" for r in rows])
+    levels = level_db(db)
+    rms = LevelThreshold().fit(levels[train_mask], abnormal[train_mask]).score(levels[test_mask])
+    ae_scores = np.zeros(int(test_mask.sum()))
+    machines = np.array([r["machine"] for r in rows])
+    settings = AutoencoderSettings(epochs=10 if quick else 30, hop=2)
+    test_idx = np.flatnonzero(test_mask)
+    for machine in sorted(set(machines[test_mask])):
+        fit = np.flatnonzero(train_mask & ~abnormal & (machines == machine))
+        ae = DenseAutoencoder(settings).fit([db[i][::-1] for i in fit])
+        chosen = machines[test_idx] == machine
+        ae_scores[chosen] = ae.score([db[i][::-1] for i in test_idx[chosen]])
+    return {"RMS threshold": rms, "dense autoencoder": ae_scores}
+
+
+def _cnn_scores(run: Path, pixels: np.ndarray) -> tuple[np.ndarray, float]:
+    """Anomaly scores and inference images/s of a run's model."""
+    from spectro.inference import load_predictor
+
+    predictor = load_predictor(run)
+    predictor.predict(pixels[:8])  # warm-up (graph tracing)
+    t0 = time.perf_counter()
+    probs = predictor.predict(pixels)
+    return predictor.labels.anomaly_score(probs), len(pixels) / (time.perf_counter() - t0)
+
+
+def _table(groups: dict[str, np.ndarray], truth: np.ndarray, scores: dict[str, np.ndarray], what: str) -> list[str]:
+    methods = list(scores)
+    lines = [f"| {what} | clips (abn.) | " + " | ".join(f"{m} AUC / pAUC" for m in methods) + " |",
+             "|---|---|" + "---|" * len(methods)]
+    for name, mask in groups.items():
+        cells = []
+        for m in methods:
+            auc, pauc = _auc(truth[mask], scores[m][mask])
+            cells.append(f"{auc:.3f} / {pauc:.3f}")
+        lines.append(f"| {name} | {int(mask.sum())} ({int(truth[mask].sum())}) | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _synthetic(ctx) -> list[str]:
+    from spectro.config import FeatureSettings
+    from spectro.convert import convert
+    from spectro.images import read_pixels
+    from spectro.model import ModelSettings
+    from spectro.runs import load_config
+    from spectro.synth import generate
+    from spectro.train import TrainSettings, train
+
+    sizes = dict(clips_per_class=4, ids=2, snrs=(6.0, -6.0), seconds=5.0) if ctx.quick else {}
+    data, images = ctx.work / ("synth_quick" if ctx.quick else "synth"), ctx.work / (
+        "synth_quick_images" if ctx.quick else "synth_images")
+    generate(data, seed=0, progress=False, force=True, **sizes)
+    convert(data, images, FeatureSettings(), jobs=0, progress=False)
+    models = ctx.work / "models"
+    settings = TrainSettings(epochs=3 if ctx.quick else 12, seed=0)
+    runs = {}
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    runs["CNN (weights none)"] = train(images, models, settings=settings, progress=False, name=f"{stamp}-none",
+                                       model_settings=ModelSettings(weights="none", alpha=0.35, image_size=96))
+    ctx.state["synthetic_run"] = runs["CNN (weights none)"]
+    weights = ctx.weights_dir / PRETRAINED if ctx.weights_dir else None
+    if weights is not None and weights.is_file():
+        runs["CNN (ImageNet)"] = train(
+            images, models, name=f"{stamp}-imagenet", progress=False,
+            settings=TrainSettings(epochs=2 if ctx.quick else 6, fine_tune_epochs=1 if ctx.quick else 4, seed=0),
+            model_settings=ModelSettings(weights=str(weights), alpha=1.0, image_size=96))
+
+    first = next(iter(runs.values()))
+    rows = _read_split(first)
+    pixels = np.stack([read_pixels(r["image"]) for r in rows])
+    split = np.array([r["split"] for r in rows])
+    train_mask, test_mask = split == "train", split == "test"
+    features = FeatureSettings.from_dict(load_config(first)["features"])
+    scores = {}
+    speed = []
+    for name, run in runs.items():
+        assert [r["image"] for r in _read_split(run)] == [r["image"] for r in rows]  # same split
+        scores[name], infer = _cnn_scores(run, pixels[test_mask])
+        train_speed = load_config(run)["training"]["images_per_second"]
+        speed.append(f"| {name} | {train_speed:.1f} | {infer:.1f} | {train_speed / infer:.2f} |")
+    scores.update(_baseline_scores(pixels, rows, train_mask, test_mask, features, quick=ctx.quick))
+    test_rows = [r for r in rows if r["split"] == "test"]
+    truth = np.array([r["label"] != "normal" for r in test_rows])
+    by_machine = {m: np.array([r["machine"] == m for r in test_rows]) for m in sorted({r["machine"] for r in test_rows})}
+    by_snr = {s: np.array([r["snr"] == s for r in test_rows]) for s in sorted({r["snr"] for r in test_rows})}
+    metrics = load_config(first)["metrics"]["test"]
+    lines = [f"Synthetic dataset ({'quick sizes ' + str(sizes) if ctx.quick else 'default sizes'}): "
+             f"{len(rows)} images, {int(train_mask.sum())} train / {int((split == 'val').sum())} val / "
+             f"{int(test_mask.sum())} test (split by clip, stratified, seed 0). CNN: MobileNetV2 α=0.35 at 96 px, "
+             f"`TrainSettings(epochs={settings.epochs})` defaults otherwise; its failure-type accuracy on abnormal "
+             f"test images: {metrics.get('failure_type_accuracy', float('nan')):.3f}, task accuracy "
+             f"{metrics['task_accuracy']:.3f}.", "",
+             *_table({"all": np.ones(len(test_rows), bool), **by_machine}, truth, scores, "machine"), "",
+             *_table(by_snr, truth, scores, "SNR"), "",
+             "Training speed (images/s, first epoch left out) as a ratio to the same model's inference speed "
+             "measured in this run:", "",
+             "| model | train img/s | inference img/s | ratio |", "|---|---|---|---|", *speed]
+    return lines
+
+
+def _real(ctx) -> list[str]:
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from spectro.config import FeatureSettings
+    from spectro.convert import convert
+    from spectro.dataset import read_manifest
+    from spectro.images import read_pixels
+    from spectro.model import ModelSettings
+    from spectro.train import TrainSettings, train
+
+    features = FeatureSettings(segment_seconds=1.0)
+    images = ctx.work / "mimii_1s_images"
+    convert(ctx.mimii_sample, images, features, jobs=0, progress=False)
+    rows = read_manifest(images)
+    pixels = np.stack([read_pixels(images / r.image) for r in rows])
+    sources = np.array([r.source for r in rows])
+    clip_names = sorted(set(sources))
+    clip_label = {r.source: r.label != "normal" for r in rows}
+    y_clip = np.array([clip_label[c] for c in clip_names])
+    n_folds = 2 if ctx.quick else 5
+    folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=0)
+    methods = {"CNN (weights none)": ModelSettings(weights="none", alpha=0.35, image_size=96)}
+    weights = ctx.weights_dir / PRETRAINED if ctx.weights_dir else None
+    if weights is not None and weights.is_file():
+        methods["CNN (ImageNet)"] = ModelSettings(weights=str(weights), alpha=1.0, image_size=96)
+    clip_scores: dict[str, dict[str, float]] = defaultdict(dict)
+    dict_rows = [{"label": r.label, "machine": r.machine} for r in rows]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for k, (train_clips, test_clips) in enumerate(folds.split(clip_names, y_clip, groups=clip_names)):
+        test_set = {clip_names[i] for i in test_clips}
+        train_list = [clip_names[i] for i in train_clips]
+        val_set = set(train_list[::5])  # every 5th training clip validates (early stopping)
+        split = ["test" if s in test_set else "val" if s in val_set else "train" for s in sources]
+        for name, model_settings in methods.items():
+            pretrained = model_settings.weights != "none"
+            settings = TrainSettings(task="anomaly", epochs=(2 if ctx.quick else 8) if pretrained else (3 if ctx.quick else 12),
+                                     fine_tune_epochs=(1 if ctx.quick else 4) if pretrained else 0, seed=k)
+            run = train(images, ctx.work / "models_cv", settings=settings, model_settings=model_settings,
+                        splits=split, progress=False, name=f"{stamp}-fold{k}-{'imagenet' if pretrained else 'none'}")
+            test_idx = np.flatnonzero(np.array(split) == "test")
+            score, _ = _cnn_scores(run, pixels[test_idx])
+            for s in test_set:
+                clip_scores[name][s] = float(score[sources[test_idx] == s].mean())
+        train_mask = np.array([s in ("train", "val") for s in split])
+        test_mask = np.array([s == "test" for s in split])
+        base = _baseline_scores(pixels, dict_rows, train_mask, test_mask, features, quick=ctx.quick)
+        for name, score in base.items():
+            for s in test_set:
+                clip_scores[name][s] = float(score[sources[test_mask] == s].mean())
+    lines = [f"Real MIMII sample (`{ctx.mimii_sample}`): {len(clip_names)} clips ({int(y_clip.sum())} abnormal) cut "
+             f"into 1 s segments ({len(rows)} images); {n_folds}-fold cross-validation grouped by clip, stratified by label; "
+             "a clip scores the mean of its segments; AUC over the pooled out-of-fold clip scores.", "",
+             "| method | clip AUC | clip pAUC (0.1) |", "|---|---|---|"]
+    for name, per_clip in clip_scores.items():
+        auc, pauc = _auc(y_clip, [per_clip[c] for c in clip_names])
+        lines.append(f"| {name} | {auc:.3f} | {pauc:.3f} |")
+    lines += ["", "FIELD-NOTES: on this one machine abnormal clips are louder, so the RMS threshold is already "
+              "perfect here; a CNN can at best tie. This does not carry over to other machines."]
+    return lines
+
+
+def run(ctx) -> str:
+    lines = _synthetic(ctx)
+    if ctx.mimii_sample is not None:
+        lines += ["", *_real(ctx)]
+    else:
+        lines += ["", "Real MIMII sample absent: real-data rows skipped."]
+    return "\n".join(lines) + "\n"

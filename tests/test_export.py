@@ -1,0 +1,274 @@
+"""spectro export: TFLite files in three modes, builtin ops only, verified against Keras.
+
+Golden figures come from Keras itself (``keras.saving.load_model(...).predict``) and from the raw
+``ai_edge_litert`` interpreter driven here, not from spectro's predictor classes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+from spectro import cli
+from spectro.errors import SpectroError, SpectroWarning
+from spectro.export import (BOUNDS, Bounds, ExportSettings, Verification, export_run, representative_images,
+                            tflite_ops, verification_rows)
+from spectro.inference import TFLITE_NAMES
+
+pytestmark = pytest.mark.slow
+MODES = ("none", "dynamic", "int8")
+# largest |p_tflite - p_keras| accepted per mode (float32 is the same computation up to rounding)
+PROB_TOLERANCE = {"none": 1e-4, "dynamic": 0.05, "int8": 0.05}
+
+
+def _test_split(run):
+    with (run / "splits.csv").open(newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["split"] == "test"]
+    from PIL import Image
+
+    x = np.stack([np.asarray(Image.open(r["image"]), dtype=np.float32) for r in rows])[..., None]
+    return rows, x
+
+
+def _raw_tflite_probs(path, x):
+    """Run a .tflite file with the bare LiteRT interpreter, (de)quantising by hand."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    probs = []
+    for image in x:
+        value = image[None]
+        if inp["dtype"] != np.float32:
+            scale, zero = inp["quantization"]
+            value = np.clip(np.round(value / scale + zero), 0, 255).astype(inp["dtype"])
+        interpreter.set_tensor(inp["index"], value)
+        interpreter.invoke()
+        y = interpreter.get_tensor(out["index"])[0]
+        if out["dtype"] != np.float32:
+            scale, zero = out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        probs.append(y)
+    return np.array(probs)
+
+
+@pytest.fixture(scope="module")
+def keras_test_probs(tiny_exports):
+    import keras
+
+    run = tiny_exports["run"]
+    rows, x = _test_split(run)
+    model = keras.saving.load_model(run / "model.keras", compile=False)
+    return x, model.predict(x, verbose=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_mode_writes_its_own_file(tiny_exports, mode):
+    result = tiny_exports["results"][mode]
+    assert result.path == tiny_exports["run"] / TFLITE_NAMES[mode]
+    assert result.path.is_file() and not result.failures
+    assert len({TFLITE_NAMES[m] for m in MODES}) == 3  # all three can coexist
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_only_builtin_ops(tiny_exports, mode):
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = tiny_exports["results"][mode].path
+    interpreter = Interpreter(model_path=str(path))
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert ops and not [op for op in ops if "flex" in op.lower() or "custom" in op.lower()]
+    assert set(tflite_ops(path)) == ops  # spectro's TF-free flatbuffer reader sees the same ops
+    assert "CONV_2D" in ops and "SOFTMAX" in ops
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tflite_agrees_with_keras_within_bounds(tiny_exports, keras_test_probs, mode):
+    x, keras_probs = keras_test_probs
+    path = tiny_exports["results"][mode].path
+    probs = _raw_tflite_probs(path, x)
+    agreement = np.mean(probs.argmax(1) == keras_probs.argmax(1))
+    assert agreement >= BOUNDS[mode].min_agreement
+    assert np.abs(probs - keras_probs).max() <= PROB_TOLERANCE[mode]
+    # the figures stored in config.json are the ones computed here
+    figures = json.loads((tiny_exports["run"] / "config.json").read_text())["export"][mode]
+    assert figures["passed"] is True and figures["split"] == "test" and figures["n_images"] == len(x)
+    assert figures["agreement"] == pytest.approx(agreement)
+    assert figures["size_bytes"] == path.stat().st_size
+    assert figures["max_prob_diff"] == pytest.approx(np.abs(probs - keras_probs).max(), abs=1e-6)
+    assert figures["latency_ms"] > 0
+
+
+def test_int8_has_exact_uint8_input_and_uint8_output(tiny_exports):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(tiny_exports["results"]["int8"].path))
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    assert inp["dtype"] == np.uint8 and out["dtype"] == np.uint8
+    scale, zero = inp["quantization"]
+    assert scale == pytest.approx(1.0) and zero == 0  # a PNG's pixels go in unchanged
+
+
+def test_quantised_files_are_smaller(tiny_exports):
+    sizes = {m: tiny_exports["results"][m].path.stat().st_size for m in MODES}
+    assert sizes["int8"] < 0.5 * sizes["none"]
+    assert sizes["dynamic"] < 0.5 * sizes["none"]
+
+
+def test_representative_images_come_from_train_split_with_range_anchors(tiny_exports):
+    run = tiny_exports["run"]
+    with (run / "splits.csv").open(newline="") as handle:
+        n_train = sum(r["split"] == "train" for r in csv.DictReader(handle))
+    images = representative_images(run, 1000, input_shape=(32, 63), image_size=32)
+    assert images.shape == (n_train, 32, 63, 1)
+    assert images[0].min() == 0 and images[0].max() == 255
+    assert representative_images(run, 3, input_shape=(32, 63)).shape[0] == 3
+
+
+def _copy_run(src, dst, *, drop=(), split_filter=None):
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.tflite"))
+    for name in drop:
+        (dst / name).unlink()
+    if split_filter is not None:
+        with (src / "splits.csv").open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        with (dst / "splits.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(r for r in rows if split_filter(r["split"]))
+    return dst
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no_model", "no model.keras to export"),
+    ("no_config", "not a spectro run folder"),
+    ("missing", "no such run folder"),
+    ("no_train_split", "no 'train' rows"),
+    ("no_test_or_val", "no test or val images"),
+])
+def test_bad_run_folders_give_clear_errors(tiny_run, tmp_path, case, message):
+    run = tmp_path / "run"
+    if case == "no_model":
+        _copy_run(tiny_run, run, drop=["model.keras"])
+    elif case == "no_config":
+        _copy_run(tiny_run, run, drop=["config.json"])
+    elif case == "no_train_split":
+        _copy_run(tiny_run, run, split_filter=lambda s: s != "train")
+    elif case == "no_test_or_val":
+        _copy_run(tiny_run, run, split_filter=lambda s: s == "train")
+    with pytest.raises(SpectroError, match=message):
+        export_run(run, ExportSettings(quantize=("int8",)), progress=False)
+    if run.exists():
+        assert not list(run.glob("*.tflite"))
+
+
+def test_cli_error_is_one_line_exit_2(tiny_run, tmp_path, capsys):
+    run = _copy_run(tiny_run, tmp_path / "run", drop=["model.keras"])
+    assert cli.main(["export", str(run), "--quantize", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "model.keras" in err and "Traceback" not in err
+
+
+def test_cli_rejects_unknown_quantisation(tiny_run):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["export", str(tiny_run), "--quantize", "int4"])
+    assert exc.value.code == 2
+
+
+def test_verification_falls_back_to_val_with_a_warning(tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path / "run", split_filter=lambda s: s != "test")
+    with pytest.warns(SpectroWarning, match="no test rows"):
+        split, rows = verification_rows(run)
+    assert split == "val" and rows and all(r["split"] == "val" for r in rows)
+
+
+def _reuse_conversion(monkeypatch, run):
+    """Skip the TF converter (tested by ``tiny_exports``): hand back the session's converted bytes."""
+    import spectro.export as export
+
+    monkeypatch.setattr(export, "convert", lambda model, mode, representative=None:
+                        (run / TFLITE_NAMES[mode]).read_bytes())
+
+
+def test_cli_out_dir_is_self_contained(tiny_exports, tmp_path, capsys, monkeypatch):
+    from spectro.inference import load_predictor
+
+    run, out = tiny_exports["run"], tmp_path / "device"
+    _reuse_conversion(monkeypatch, run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpectroWarning)
+        assert cli.main(["export", str(run), "--quantize", "none", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "top-1 agree" in printed and "model.tflite" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "labels.json", "model.tflite"]
+    assert json.loads((out / "labels.json").read_text()) == json.loads((run / "labels.json").read_text())
+    run_config, device_config = (json.loads((d / "config.json").read_text()) for d in (run, out))
+    assert device_config["features"] == run_config["features"]
+    assert device_config["input_shape"] == run_config["input_shape"]
+    assert device_config["threshold"]["value"] == 0.5  # the run was never evaluated
+    assert device_config["export"]["none"]["passed"] is True
+    # the folder alone is enough to classify with
+    _, x = _test_split(run)
+    probs = load_predictor(out).predict(x)
+    np.testing.assert_allclose(probs, _raw_tflite_probs(out / "model.tflite", x), atol=1e-6)
+
+
+def test_model_missing_its_bounds_is_not_written(tiny_exports, tmp_path, monkeypatch, capsys):
+    import spectro.export as export
+
+    monkeypatch.setitem(export.BOUNDS, "none", Bounds(min_agreement=1.01, max_auc_loss=0.005))
+    _reuse_conversion(monkeypatch, tiny_exports["run"])
+    out = tmp_path / "device"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SpectroWarning)
+        assert cli.main(["export", str(tiny_exports["run"]), "--quantize", "none", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "missed its bounds" in captured.err and "top-1 agreement 100.0% < 101.0%" in captured.err
+    assert "FAIL" in captured.out
+    assert not (out / "model.tflite").exists() and not list(out.glob(".*tmp"))
+    assert json.loads((out / "config.json").read_text())["export"]["none"]["passed"] is False
+
+
+def _verification(**changes):
+    base = dict(mode="int8", split="test", n_images=200, agreement=1.0, keras_auc=0.95, tflite_auc=0.95,
+                max_prob_diff=0.01, auc_pairs=10000, size_bytes=1, keras_size_bytes=3, latency_ms=1.0,
+                input_dtype="uint8", input_quantization=(1.0, 0))
+    base.update(changes)
+    return Verification(**base)
+
+
+@pytest.mark.parametrize("changes, bounds, expected", [
+    ({}, Bounds(0.98, 0.01), []),
+    ({"agreement": 0.975}, Bounds(0.98, 0.01), ["top-1 agreement"]),
+    ({"agreement": 0.98}, Bounds(0.98, 0.01), []),
+    ({"tflite_auc": 0.939}, Bounds(0.98, 0.01), ["anomaly AUC"]),
+    ({"tflite_auc": 0.9405}, Bounds(0.98, 0.01), []),
+    ({"tflite_auc": 0.97}, Bounds(0.98, 0.01), []),  # a gain is not a loss
+    ({"agreement": 0.5, "tflite_auc": 0.5}, Bounds(0.98, 0.01), ["top-1 agreement", "anomaly AUC"]),
+    ({"keras_auc": None, "tflite_auc": None}, Bounds(0.98, 0.01), []),  # one class only: AUC n/a
+    ({"tflite_auc": 0.5, "auc_pairs": 99}, Bounds(0.98, 0.01), []),  # too few pairs to test 0.01
+    ({"tflite_auc": 0.5, "auc_pairs": 100}, Bounds(0.98, 0.01), ["anomaly AUC"]),
+    ({"agreement": 0.994}, BOUNDS["none"], ["top-1 agreement"]),
+    ({"agreement": 0.995}, BOUNDS["none"], []),
+])
+def test_verification_bounds(changes, bounds, expected):
+    failures = _verification(**changes).failures(bounds)
+    assert len(failures) == len(expected)
+    for failure, start in zip(failures, expected):
+        assert failure.startswith(start)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"quantize": ()}, "--quantize takes"),
+    ({"quantize": ("int4",)}, "--quantize takes"),
+    ({"representative": 0}, "--representative"),
+])
+def test_export_settings_validate(kwargs, message):
+    with pytest.raises(SpectroError, match=message):
+        ExportSettings(**kwargs)

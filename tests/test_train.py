@@ -1,0 +1,293 @@
+"""spectro train: splits, weights, loss, augmentation, errors, and one tiny end-to-end run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spectro.augment import AugmentSettings, augment, mix_background, random_gain, spec_augment, time_shift
+from spectro.cli import main as cli_main
+from spectro.config import FeatureSettings
+from spectro.dataset import ManifestRow, read_manifest, write_manifest
+from spectro.errors import SpectroError
+from spectro.labels import LabelSpace
+from spectro.train import _split_counts, sample_weights, split_rows
+
+from conftest import make_image_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--alpha", "0.35", "--image-size", "32", "--weights", "none", "--no-progress"]
+
+
+def rows_with_segments(per_stratum=10, segments=3, ids=("id_00", "id_02")):
+    rows = []
+    for machine, label in [("fan", "normal"), ("fan", "bearing"), ("valve", "normal"), ("valve", "leakage")]:
+        for i in range(per_stratum):
+            machine_id = ids[i % len(ids)]
+            source = f"/data/{machine}/{machine_id}/{label}/{i:08d}.wav"
+            for s in range(segments):
+                rows.append(ManifestRow(image=f"{machine}/{label}/{machine_id}_{i}_s{s}.png", source=source,
+                                        machine=machine, machine_id=machine_id, label=label, snr="6dB", segment=s,
+                                        settings_hash="abc"))
+    return rows
+
+
+# -- splitting --------------------------------------------------------------------------------------
+def test_segments_of_one_recording_stay_together_and_strata_are_cut_alike():
+    rows = rows_with_segments()
+    splits = split_rows(rows, seed=3, val_fraction=0.2, test_fraction=0.2)
+    by_source = defaultdict(set)
+    for row, split in zip(rows, splits):
+        by_source[row.source].add(split)
+    assert all(len(s) == 1 for s in by_source.values())
+    per_stratum = Counter((r.machine, r.label, s) for r, s in zip(rows, splits) if r.segment == 0)
+    for machine, label in {(r.machine, r.label) for r in rows}:
+        assert [per_stratum[(machine, label, s)] for s in ("train", "val", "test")] == [6, 2, 2]
+
+
+def test_split_is_seeded():
+    rows = rows_with_segments()
+    assert split_rows(rows, seed=1) == split_rows(rows, seed=1)
+    assert split_rows(rows, seed=1) != split_rows(rows, seed=2)
+
+
+@pytest.mark.parametrize("test_ids, held", [
+    (("id_02",), lambda r: r.machine_id == "id_02"),
+    (("fan/id_02",), lambda r: r.machine == "fan" and r.machine_id == "id_02"),
+    (("id_00", "valve/id_02"), lambda r: r.machine_id == "id_00" or (r.machine, r.machine_id) == ("valve", "id_02")),
+])
+def test_test_ids_hold_whole_machines_out(test_ids, held):
+    rows = rows_with_segments()
+    splits = split_rows(rows, seed=0, test_ids=test_ids)
+    assert [s == "test" for s in splits] == [held(r) for r in rows]
+    assert {"train", "val"} <= set(splits)
+
+
+@pytest.mark.parametrize("test_ids, message", [(("id_09",), "match no image"),
+                                               (("id_00", "id_02"), "nothing left to train")])
+def test_bad_test_ids_raise(test_ids, message):
+    with pytest.raises(SpectroError, match=message):
+        split_rows(rows_with_segments(), test_ids=test_ids)
+
+
+@pytest.mark.parametrize("n, expected", [(1, (0, 0)), (2, (1, 0)), (3, (1, 1)), (10, (2, 2)), (20, (3, 3)),
+                                         (100, (15, 15))])
+def test_tiny_strata_keep_training_clips(n, expected):
+    assert _split_counts(n, 0.15, 0.15) == expected
+
+
+# -- weights and loss -------------------------------------------------------------------------------
+def test_sample_weights_balance_normal_abnormal_and_failure_types():
+    labels = LabelSpace.from_pairs([("fan", "normal"), ("fan", "bearing"), ("fan", "unbalance"),
+                                    ("pump", "normal"), ("pump", "leak")], task="anomaly")
+    counts = {"fan/bearing": 5, "fan/normal": 40, "fan/unbalance": 10, "pump/leak": 8, "pump/normal": 30}
+    y = np.concatenate([np.full(n, labels.classes.index(c)) for c, n in counts.items()])
+    w = sample_weights(labels, y)
+    assert w.mean() == pytest.approx(1.0)
+    total = {c: w[y == labels.classes.index(c)].sum() for c in counts}
+    cell = total["fan/normal"]  # every (machine, normal/abnormal) cell has the same total weight ...
+    assert total["pump/normal"] == pytest.approx(cell)
+    assert total["pump/leak"] == pytest.approx(cell)
+    assert total["fan/bearing"] + total["fan/unbalance"] == pytest.approx(cell)
+    assert total["fan/bearing"] == pytest.approx(total["fan/unbalance"])  # ... shared by its failure types
+
+
+@pytest.mark.parametrize("task, fine_weight", [("failure", 0.0), ("anomaly", 0.3), ("machine", 0.3)])
+def test_loss_is_group_cross_entropy_plus_lighter_fine_term(task, fine_weight):
+    from spectro.train import make_loss, make_task_accuracy
+
+    labels = LabelSpace.from_pairs([("fan", "normal"), ("fan", "bearing"), ("pump", "normal"), ("pump", "leak")],
+                                   task=task)
+    probs = np.random.default_rng(0).dirichlet(np.ones(4), size=6).astype("float32")
+    y = np.array([0, 1, 2, 3, 1, 2])
+    got = np.asarray(make_loss(labels.group_matrix, fine_weight=fine_weight)(y, probs))
+    groups = [labels.group_of(c) for c in labels.classes]
+    expected = []
+    for p, t in zip(probs, y):
+        p_group = sum(p[i] for i in range(4) if groups[i] == groups[t])
+        expected.append(-np.log(p_group) - fine_weight * np.log(p[t]))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    acc = np.asarray(make_task_accuracy(labels.group_matrix)(y, probs))
+    truth = [groups[t] for t in y]
+    np.testing.assert_array_equal(acc, [a == b for a, b in zip(truth, labels.predicted(probs))])
+
+
+# -- augmentation -----------------------------------------------------------------------------------
+def _batch(n=4, rows=16, cols=50, seed=0):
+    return np.random.default_rng(seed).integers(60, 200, size=(n, rows, cols)).astype(np.uint8)
+
+
+def test_augment_off_changes_nothing_and_keeps_shape():
+    x = _batch()
+    out = augment(x, rng=np.random.default_rng(0), settings=AugmentSettings.off(), db_per_step=100 / 255)
+    assert out.dtype == np.float32 and out.shape == x.shape
+    np.testing.assert_array_equal(out, x)
+
+
+def test_time_shift_is_a_roll_along_time_only():
+    x = _batch()
+    out = time_shift(x, rng=np.random.default_rng(1), max_fraction=0.5)
+    for a, b in zip(x, out):
+        shifts = [k for k in range(x.shape[-1]) if np.array_equal(np.roll(a, k, axis=-1), b)]
+        assert shifts, "each image is its input rolled in time (never flipped)"
+
+
+def test_spec_augment_masks_bands_to_the_image_mean():
+    x = _batch(n=8)
+    out = spec_augment(x, rng=np.random.default_rng(2), time_masks=1, time_mask_width=0.2, freq_masks=1,
+                       freq_mask_width=0.25)
+    for a, b in zip(x, out):
+        fill = a.astype(np.float32).mean()
+        masked_cols = np.flatnonzero(np.all(b == fill, axis=0))
+        masked_rows = np.flatnonzero(np.all(b == fill, axis=1))
+        assert 1 <= len(masked_cols) <= 10 and np.all(np.diff(masked_cols) == 1)
+        assert 1 <= len(masked_rows) <= 4 and np.all(np.diff(masked_rows) == 1)
+        keep = np.ones_like(b, bool)
+        keep[masked_rows, :] = False
+        keep[:, masked_cols] = False
+        np.testing.assert_array_equal(b[keep], a[keep])
+
+
+def test_random_gain_shifts_each_image_by_a_constant_within_the_range():
+    x = _batch(n=16)
+    step = 100 / 255
+    out = random_gain(x, rng=np.random.default_rng(3), gain_db=6.0, db_per_step=step)
+    delta = (out - x.astype(np.float32)).reshape(len(x), -1)
+    np.testing.assert_allclose(delta, delta[:, :1] * np.ones_like(delta), atol=1e-4)  # constant per image
+    gains_db = delta[:, 0] * step
+    assert np.all(np.abs(gains_db) <= 6.0 + 1e-4) and gains_db.std() > 1.0
+    clipped = random_gain(np.full((1, 2, 2), 250, np.uint8), rng=np.random.default_rng(0), gain_db=50, db_per_step=step)
+    assert clipped.min() >= 0 and clipped.max() <= 255
+
+
+def test_mixing_a_copy_at_zero_db_adds_three_db():
+    x = _batch(n=2).astype(np.float32)
+    step = 100 / 255
+    out = mix_background(x, x, level_db=np.zeros(2), db_per_step=step)
+    np.testing.assert_allclose(out, x + 10 * np.log10(2) / step, rtol=1e-5)
+    quiet = mix_background(x, x, level_db=np.full(2, -60.0), db_per_step=step)
+    np.testing.assert_allclose(quiet, x, atol=0.01)
+
+
+@pytest.mark.parametrize("kwargs", [dict(time_shift=1.5), dict(gain_db=-1), dict(mix_db=(0, -10)),
+                                    dict(time_masks=-1)])
+def test_bad_augment_settings_raise(kwargs):
+    with pytest.raises(SpectroError, match="augmentation"):
+        AugmentSettings(**kwargs)
+
+
+# -- errors through the CLI -------------------------------------------------------------------------
+def _cli_error(capsys, argv):
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def mixed_images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mixed")
+    rows = make_image_tree(root / "a", per_class=2)
+    other = FeatureSettings(n_mels=32, n_fft=512, hop_length=128)
+    rows2 = make_image_tree(root / "b", per_class=2, settings=other)
+    merged = [ManifestRow(**{**r.__dict__, "image": f"{sub}/{r.image}"}) for sub, rs in (("a", rows), ("b", rows2))
+              for r in rs]
+    write_manifest(root / "manifest.csv", merged)
+    return root
+
+
+def test_errors_are_one_line(capsys, tmp_path, tiny_images, mixed_images):
+    (tmp_path / "empty").mkdir()
+    assert "no manifest.csv" in _cli_error(capsys, ["train", str(tmp_path / "empty"), "--out", str(tmp_path)])
+    assert "no such folder" in _cli_error(capsys, ["train", str(tmp_path / "nope"), "--out", str(tmp_path)])
+    line = _cli_error(capsys, ["train", str(mixed_images), "--out", str(tmp_path), *TINY])
+    assert "2 different feature settings" in line and "hop_length=256 vs 128" in line
+    missing = tmp_path / "missing.weights.h5"
+    line = _cli_error(capsys, ["train", str(tiny_images), "--out", str(tmp_path), *TINY[:4], "--weights", str(missing),
+                                   "--no-progress"])
+    assert "not found" in line and str(missing) in line
+    assert "match no image" in _cli_error(capsys, ["train", str(tiny_images), "--out", str(tmp_path), *TINY,
+                                                   "--test-ids", "id_07"])
+    assert not any(p.name != "empty" for p in tmp_path.iterdir())  # no half-made run folders
+
+
+def test_one_class_is_refused(capsys, tmp_path):
+    rows = make_image_tree(tmp_path / "img", per_class=2)
+    write_manifest(tmp_path / "img" / "manifest.csv", [r for r in rows if r.machine == "fan" and r.label == "normal"])
+    assert "at least 2 classes" in _cli_error(capsys, ["train", str(tmp_path / "img"), "--out", str(tmp_path), *TINY])
+
+
+# -- a tiny end-to-end run --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tiny_images, tmp_path_factory):
+    out = tmp_path_factory.mktemp("models")
+    assert cli_main(["train", str(tiny_images), "--out", str(out), *TINY, "--epochs", "3", "--batch-size", "8",
+                     "--seed", "1", "--name", "tiny"]) == 0
+    return out, out / "tiny"
+
+
+@pytest.mark.slow
+def test_end_to_end_run_writes_every_output(trained, tiny_images):
+    out, run = trained
+    for name in ("model.keras", "labels.json", "config.json", "splits.csv", "history.csv", "training.png"):
+        assert (run / name).is_file(), name
+    assert (out / "latest").resolve() == run.resolve()
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["weights_used"] == "none" and config["model"]["weights_requested"] == "none"
+    assert config["images"] == str(tiny_images.resolve())
+    assert config["task"] == "failure" and config["seed"] == 1
+    assert config["input_shape"] == list(read_manifest_shape(tiny_images))
+    assert FeatureSettings.from_dict(config["features"]) == FeatureSettings(n_mels=32, n_fft=512, hop_length=256)
+    assert config["training"]["phases"] == ["warmup", "full"] and config["training"]["epochs_run"] >= 1
+    assert {"task_accuracy", "task_balanced_accuracy", "anomaly_auc", "anomaly_pauc"} <= set(config["metrics"]["test"])
+    with (run / "history.csv").open() as handle:
+        history = list(csv.DictReader(handle))
+    assert len(history) == config["training"]["epochs_run"]
+    assert {"loss", "val_loss", "task_accuracy", "val_task_accuracy"} <= set(history[0])
+    with (run / "splits.csv").open() as handle:
+        splits = list(csv.DictReader(handle))
+    assert len(splits) == 32 and all(Path(r["image"]).is_absolute() and Path(r["image"]).is_file() for r in splits)
+    assert Counter(r["split"] for r in splits) == Counter(train=24, val=4, test=4)
+    assert LabelSpace.load(run).classes == ("fan/bearing", "fan/normal", "pump/leak", "pump/normal")
+
+
+def read_manifest_shape(folder):
+    from spectro.images import read_pixels
+
+    return read_pixels(folder / read_manifest(folder)[0].image).shape
+
+
+@pytest.mark.slow
+def test_saved_model_reloads_in_a_fresh_process_with_the_same_predictions(trained, tmp_path):
+    from spectro.images import read_pixels
+    from spectro.inference import load_predictor
+
+    _, run = trained
+    with (run / "splits.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    x = np.stack([read_pixels(r["image"]) for r in rows]).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    code = ("import sys, numpy as np, keras\n"
+            "m = keras.saving.load_model(sys.argv[1])\n"  # plain Keras: nothing spectro-specific imported
+            "assert not any(k.startswith('spectro') for k in sys.modules)\n"
+            "np.save(sys.argv[3], m.predict(np.load(sys.argv[2])[..., None], verbose=0))\n")
+    result = subprocess.run([sys.executable, "-c", code, str(run / "model.keras"), str(tmp_path / "x.npy"),
+                             str(tmp_path / "p.npy")], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    fresh = np.load(tmp_path / "p.npy")
+    here = load_predictor(run).predict(x)
+    np.testing.assert_allclose(fresh, here, rtol=1e-5, atol=1e-6)
+    # the saved model is the one the metrics in config.json were computed with
+    labels = LabelSpace.load(run)
+    test = np.array([r["split"] == "test" for r in rows])
+    truth = [f"{r['machine']}/{r['label']}" for r, t in zip(rows, test) if t]
+    accuracy = np.mean([labels.classes[i] == c for i, c in zip(fresh[test].argmax(axis=1), truth)])
+    config = json.loads((run / "config.json").read_text())
+    assert config["metrics"]["test"]["task_accuracy"] == pytest.approx(accuracy)
