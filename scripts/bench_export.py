@@ -210,7 +210,7 @@ def run(ctx) -> str:
                  else f" (split too small to test 0.01: {i8.auc_pairs} pairs)")]
 
     # classify start-up: a fresh `spectro classify` on one PNG, wall time of the subprocess
-    png = rows[0]["image"]
+    png = rows[0].path
     repeats = 1 if ctx.quick else 3
     walls = {}
     for label, model in (("`.tflite` (int8)", out / TFLITE_NAMES["int8"]), ("`.keras`", run_dir / "model.keras")):

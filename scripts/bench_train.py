@@ -96,7 +96,7 @@ def _synthetic(ctx) -> list[str]:
     generate(data, seed=0, progress=False, force=True, **sizes)
     convert(data, images, FeatureSettings(), jobs=0, progress=False)
     models = ctx.work / "models"
-    settings = TrainSettings(epochs=3 if ctx.quick else 12, seed=0)
+    settings = TrainSettings(epochs=3, seed=0) if ctx.quick else TrainSettings(seed=0)  # the defaults of make train
     runs = {}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs["CNN (weights none)"] = train(images, models, settings=settings, progress=False, name=f"{stamp}-none",
@@ -106,7 +106,7 @@ def _synthetic(ctx) -> list[str]:
     if weights is not None and weights.is_file():
         runs["CNN (ImageNet)"] = train(
             images, models, name=f"{stamp}-imagenet", progress=False,
-            settings=TrainSettings(epochs=2 if ctx.quick else 6, fine_tune_epochs=1 if ctx.quick else 4, seed=0),
+            settings=TrainSettings(epochs=2 if ctx.quick else 5, fine_tune_epochs=1 if ctx.quick else 10, seed=0),
             model_settings=ModelSettings(weights=str(weights), alpha=1.0, image_size=96))
 
     first = next(iter(runs.values()))
@@ -177,8 +177,8 @@ def _real(ctx) -> list[str]:
         split = ["test" if s in test_set else "val" if s in val_set else "train" for s in sources]
         for name, model_settings in methods.items():
             pretrained = model_settings.weights != "none"
-            settings = TrainSettings(task="anomaly", epochs=(2 if ctx.quick else 8) if pretrained else (3 if ctx.quick else 12),
-                                     fine_tune_epochs=(1 if ctx.quick else 4) if pretrained else 0, seed=k)
+            settings = TrainSettings(task="anomaly", epochs=(2 if ctx.quick else 5) if pretrained else (3 if ctx.quick else 12),
+                                     fine_tune_epochs=(1 if ctx.quick else 6) if pretrained else 0, seed=k)
             run = train(images, ctx.work / "models_cv", settings=settings, model_settings=model_settings,
                         splits=split, progress=False, name=f"{stamp}-fold{k}-{'imagenet' if pretrained else 'none'}")
             test_idx = np.flatnonzero(np.array(split) == "test")

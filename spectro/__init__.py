@@ -9,4 +9,6 @@ Importing the package is cheap: TensorFlow and Keras are imported only by the mo
 
 __version__ = "0.1.0"
 
-from spectro.errors import SpectroError  # noqa: E402,F401
+from spectro.errors import SpectroError  # noqa: E402
+
+__all__ = ["SpectroError", "__version__"]

@@ -14,13 +14,13 @@ import csv
 import json
 import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from spectro.errors import SpectroError, SpectroWarning
+from spectro.runs import ImageRow, read_splits
 from spectro.metrics import DEFAULT_MAX_FPR, PAUC_MAX_FPR
 
 HELP = ("Evaluate a trained run on its test split (or on any image folder / manifest.csv given with --images): "
@@ -51,43 +51,6 @@ def add_arguments(parser) -> None:
     group.add_argument("--youden", action="store_true", help="choose the threshold by Youden's J instead")
     parser.add_argument("--batch-size", type=int, default=32, help="images per prediction batch")
     parser.add_argument("--out", type=Path, default=None, help="where to write metrics, predictions and plots; when not given, the run folder")
-
-
-@dataclass(frozen=True)
-class ImageRow:
-    """One image to evaluate and what is known about it."""
-
-    path: Path
-    source: str
-    machine: str
-    machine_id: str
-    label: str
-    snr: str
-    segment: int
-    split: str
-
-
-def read_splits(run: Path) -> list[ImageRow]:
-    """The rows of the run's ``splits.csv``.
-
-    Raises
-    ------
-    SpectroError
-        Missing file or columns.
-    """
-    from spectro.runs import SPLITS_NAME
-
-    path = run / SPLITS_NAME
-    if not path.is_file():
-        raise SpectroError(f"{path}: missing (expected the {SPLITS_NAME} that 'spectro train' writes)")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        need = ["image", "source", "machine", "machine_id", "label", "snr", "segment", "split"]
-        missing = [c for c in need if c not in (reader.fieldnames or [])]
-        if missing:
-            raise SpectroError(f"{path}: lacks columns {missing}; found {reader.fieldnames}")
-        return [ImageRow(Path(r["image"]), r["source"], r["machine"], r["machine_id"], r["label"], r["snr"],
-                         int(r["segment"] or 0), r["split"]) for r in reader]
 
 
 def rows_from_images(where: str | Path) -> list[ImageRow]:

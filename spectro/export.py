@@ -18,7 +18,6 @@ export fails with the figures, unless verification is switched off.
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
 import os
 import statistics
@@ -36,7 +35,8 @@ from spectro.config import MODELS_DIR
 from spectro.errors import SpectroError, SpectroWarning
 from spectro.inference import TFLITE_NAMES, LiteRTPredictor
 from spectro.labels import LabelSpace
-from spectro.runs import LATEST, MODEL_NAME, SPLITS_NAME, load_config, resolve_run, save_config, update_config
+from spectro.runs import (LATEST, MODEL_NAME, SPLITS_NAME, ImageRow, load_config, read_splits, resolve_run, save_config,
+                          update_config)
 
 HELP = ("Export a trained run to TensorFlow Lite for edge devices and verify the result. --quantize none "
         "writes a float32 model.tflite, dynamic a dynamic-range model_dynamic.tflite (int8 weights), int8 a "
@@ -154,27 +154,20 @@ class ExportResult:
 
 
 # -- reading the run ---------------------------------------------------------------------------------
-def split_rows(run: Path, split: str) -> list[dict[str, str]]:
+def split_rows(run: Path, split: str) -> list[ImageRow]:
     """Rows of the run's ``splits.csv`` whose ``split`` column is ``split``."""
-    path = Path(run) / SPLITS_NAME
-    if not path.is_file():
-        raise SpectroError(f"{path}: missing (expected the splits file written by 'spectro train')")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"image", "split"} <= set(reader.fieldnames):
-            raise SpectroError(f"{path}: expected columns 'image' and 'split', found {reader.fieldnames}")
-        return [row for row in reader if row["split"] == split]
+    return read_splits(run, split)
 
 
-def load_images(rows: list[dict[str, str]], input_shape: tuple[int, int]) -> np.ndarray:
+def load_images(rows: list[ImageRow], input_shape: tuple[int, int]) -> np.ndarray:
     """Pixels of the rows' PNGs as float32 ``(n, n_mels, frames, 1)``."""
     from spectro.images import read_pixels
 
     images = []
     for row in rows:
-        pixels = read_pixels(row["image"])
+        pixels = read_pixels(row.path)
         if pixels.shape != tuple(input_shape):
-            raise SpectroError(f"{row['image']}: image shape {pixels.shape} does not match the model's input "
+            raise SpectroError(f"{row.path}: image shape {pixels.shape} does not match the model's input "
                                f"{tuple(input_shape)}")
         images.append(pixels)
     return np.stack(images)[..., None].astype(np.float32) if images else np.zeros((0, *input_shape, 1), np.float32)
@@ -209,7 +202,7 @@ def _anchor_range(image: np.ndarray, *, image_size: int | None) -> None:
     image[-bh:, -bw:] = 255.0
 
 
-def verification_rows(run: Path) -> tuple[str, list[dict[str, str]]]:
+def verification_rows(run: Path) -> tuple[str, list[ImageRow]]:
     """The test split's rows (the validation split's, with a warning, when there is no test split)."""
     rows = split_rows(run, "test")
     if rows:
@@ -437,7 +430,7 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
     if settings.verify:
         split, rows = verification_rows(run)
         images = load_images(rows, input_shape)
-        abnormal = np.array([_is_abnormal(row) for row in rows])
+        abnormal = np.array([row.is_abnormal for row in rows])
         keras_probs = np.asarray(model.predict(images, batch_size=32, verbose=0), dtype=np.float32)
 
     results = []
@@ -475,12 +468,6 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
     figures = {r.mode: _figures(r) for r in results}
     update_config(dest, export={**load_config(dest).get("export", {}), **figures})
     return results
-
-
-def _is_abnormal(row: dict[str, str]) -> bool:
-    from spectro.config import NORMAL_LABEL
-
-    return row.get("label", NORMAL_LABEL) != NORMAL_LABEL
 
 
 def _figures(result: ExportResult) -> dict:

@@ -257,7 +257,8 @@ def build_report(run: str | Path, *, evaluate: bool = True, out: str | Path | No
     out : path, optional
         The HTML file (default ``<run>/report.html``).
     """
-    from spectro.evaluate import METRICS_NAME, evaluate_run, read_splits
+    from spectro.evaluate import METRICS_NAME, evaluate_run
+    from spectro.runs import read_splits
     from spectro.runs import feature_settings, load_config, resolve_run
 
     run = resolve_run(run)

@@ -15,12 +15,14 @@ Contract (written by ``spectro train``, extended by ``evaluate``/``export``):
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spectro.config import MODELS_DIR, FeatureSettings
+from spectro.config import MODELS_DIR, NORMAL_LABEL, FeatureSettings
 from spectro.errors import SpectroError
 
 CONFIG_NAME = "config.json"
@@ -88,6 +90,48 @@ def feature_settings(config: dict[str, Any]) -> FeatureSettings:
 def threshold(config: dict[str, Any]) -> float:
     """The anomaly-score decision threshold stored by ``evaluate`` (0.5 before evaluation)."""
     return float(config.get("threshold", {}).get("value", DEFAULT_THRESHOLD))
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One image of a run's ``splits.csv`` (or of an image folder given for evaluation)."""
+
+    path: Path
+    source: str
+    machine: str
+    machine_id: str
+    label: str
+    snr: str
+    segment: int
+    split: str
+
+    @property
+    def is_abnormal(self) -> bool:
+        return self.label != NORMAL_LABEL
+
+
+SPLITS_COLUMNS = ["image", "source", "machine", "machine_id", "label", "snr", "segment", "split"]
+
+
+def read_splits(run: str | Path, split: str | None = None) -> list[ImageRow]:
+    """The rows of the run's ``splits.csv`` (only those of ``split`` when given).
+
+    Raises
+    ------
+    SpectroError
+        Missing file or columns.
+    """
+    path = Path(run) / SPLITS_NAME
+    if not path.is_file():
+        raise SpectroError(f"{path}: missing (expected the {SPLITS_NAME} that 'spectro train' writes)")
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in SPLITS_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise SpectroError(f"{path}: lacks columns {missing}; found {reader.fieldnames}")
+        rows = [ImageRow(Path(r["image"]), r["source"], r["machine"], r["machine_id"], r["label"], r["snr"],
+                         int(r["segment"] or 0), r["split"]) for r in reader]
+    return rows if split is None else [r for r in rows if r.split == split]
 
 
 def point_latest(models_dir: str | Path, run: str | Path) -> Path:

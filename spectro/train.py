@@ -71,13 +71,13 @@ class TrainSettings:
     """
 
     task: str = "failure"
-    epochs: int = 12
-    fine_tune_epochs: int = 6
-    fine_tune_layers: int = 30
+    epochs: int = 30
+    fine_tune_epochs: int = 10
+    fine_tune_layers: int = 60
     batch_size: int = 32
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-4
-    patience: int = 4
+    patience: int = 6
     fine_weight: float = 0.3
     bn_momentum: float | None = 0.9
     seed: int = 0

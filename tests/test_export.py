@@ -185,7 +185,7 @@ def test_verification_falls_back_to_val_with_a_warning(tiny_run, tmp_path):
     run = _copy_run(tiny_run, tmp_path / "run", split_filter=lambda s: s != "test")
     with pytest.warns(SpectroWarning, match="no test rows"):
         split, rows = verification_rows(run)
-    assert split == "val" and rows and all(r["split"] == "val" for r in rows)
+    assert split == "val" and rows and all(r.split == "val" for r in rows)
 
 
 def _reuse_conversion(monkeypatch, run):
