@@ -213,7 +213,8 @@ def run(ctx) -> str:
     png = rows[0].path
     repeats = 1 if ctx.quick else 3
     walls = {}
-    for label, model in (("`.tflite` (int8)", out / TFLITE_NAMES["int8"]), ("`.keras`", run_dir / "model.keras")):
+    lite_mode = next(m for m in ("int8", "dynamic", "none") if results[m].path is not None)  # a file that was kept
+    for label, model in ((f"`.tflite` ({lite_mode})", out / TFLITE_NAMES[lite_mode]), ("`.keras`", run_dir / "model.keras")):
         walls[label] = statistics.median(_wall([sys.executable, "-m", "spectro", "classify", png, "--model", str(model)])
                                          for _ in range(repeats))
     (lite, lite_s), (heavy, heavy_s) = walls.items()

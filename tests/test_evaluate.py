@@ -99,7 +99,8 @@ def _check_threshold_against_validation(run: Path, splits: list[dict], thr: dict
     scores = probs[:, predictor.labels.abnormal_mask].sum(axis=1)
     y = np.array([r["label"] != "normal" for r in val])
     best = None
-    for t in sorted(set(scores.tolist()), reverse=True):
+    # candidates: every observed score, and just above the highest (nothing flagged, FPR 0)
+    for t in [float(np.nextafter(scores.max(), np.inf)), *sorted(set(scores.tolist()), reverse=True)]:
         fpr, tpr = (scores[~y] >= t).mean(), (scores[y] >= t).mean()
         if fpr <= thr["max_fpr"] and (best is None or tpr > best[2]):
             best = (t, fpr, tpr)

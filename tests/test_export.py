@@ -69,10 +69,17 @@ def keras_test_probs(tiny_exports):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_each_mode_writes_its_own_file(tiny_exports, mode):
+def test_each_mode_writes_its_own_file_exactly_when_it_keeps_its_bounds(tiny_exports, mode):
     result = tiny_exports["results"][mode]
-    assert result.path == tiny_exports["run"] / TFLITE_NAMES[mode]
-    assert result.path.is_file() and not result.failures
+    figures = json.loads((tiny_exports["run"] / "config.json").read_text())["export"][mode]
+    assert figures["passed"] is (result.path is not None) is (not result.failures)
+    # the tiny test split has 4 x 4 normal/abnormal pairs, too few for the AUC bound: agreement decides
+    assert figures["auc_pairs"] < 1 / BOUNDS[mode].max_auc_loss
+    assert figures["passed"] is bool(figures["agreement"] >= BOUNDS[mode].min_agreement)
+    if result.path is not None:
+        assert result.path == tiny_exports["run"] / TFLITE_NAMES[mode] and result.path.is_file()
+    if mode != "int8":  # float32 and dynamic-range keep their bounds; int8 of the tiny model may not
+        assert result.path is not None
     assert len({TFLITE_NAMES[m] for m in MODES}) == 3  # all three can coexist
 
 
@@ -80,7 +87,7 @@ def test_each_mode_writes_its_own_file(tiny_exports, mode):
 def test_only_builtin_ops(tiny_exports, mode):
     from ai_edge_litert.interpreter import Interpreter
 
-    path = tiny_exports["results"][mode].path
+    path = tiny_exports["files"][mode]
     interpreter = Interpreter(model_path=str(path))
     ops = {op["op_name"] for op in interpreter._get_ops_details()}
     assert ops and not [op for op in ops if "flex" in op.lower() or "custom" in op.lower()]
@@ -91,14 +98,16 @@ def test_only_builtin_ops(tiny_exports, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_tflite_agrees_with_keras_within_bounds(tiny_exports, keras_test_probs, mode):
     x, keras_probs = keras_test_probs
-    path = tiny_exports["results"][mode].path
+    path = tiny_exports["files"][mode]
     probs = _raw_tflite_probs(path, x)
     agreement = np.mean(probs.argmax(1) == keras_probs.argmax(1))
-    assert agreement >= BOUNDS[mode].min_agreement
-    assert np.abs(probs - keras_probs).max() <= PROB_TOLERANCE[mode]
-    # the figures stored in config.json are the ones computed here
+    if mode != "int8":
+        assert agreement >= BOUNDS[mode].min_agreement
+        assert np.abs(probs - keras_probs).max() <= PROB_TOLERANCE[mode]
+    # the figures stored in config.json are the ones computed here, and decide whether the file was kept
     figures = json.loads((tiny_exports["run"] / "config.json").read_text())["export"][mode]
-    assert figures["passed"] is True and figures["split"] == "test" and figures["n_images"] == len(x)
+    assert figures["passed"] is bool(agreement >= BOUNDS[mode].min_agreement)
+    assert figures["split"] == "test" and figures["n_images"] == len(x)
     assert figures["agreement"] == pytest.approx(agreement)
     assert figures["size_bytes"] == path.stat().st_size
     assert figures["max_prob_diff"] == pytest.approx(np.abs(probs - keras_probs).max(), abs=1e-6)
@@ -108,7 +117,7 @@ def test_tflite_agrees_with_keras_within_bounds(tiny_exports, keras_test_probs, 
 def test_int8_has_exact_uint8_input_and_uint8_output(tiny_exports):
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(tiny_exports["results"]["int8"].path))
+    interpreter = Interpreter(model_path=str(tiny_exports["files"]["int8"]))
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     assert inp["dtype"] == np.uint8 and out["dtype"] == np.uint8
     scale, zero = inp["quantization"]
@@ -116,7 +125,7 @@ def test_int8_has_exact_uint8_input_and_uint8_output(tiny_exports):
 
 
 def test_quantised_files_are_smaller(tiny_exports):
-    sizes = {m: tiny_exports["results"][m].path.stat().st_size for m in MODES}
+    sizes = {m: tiny_exports["files"][m].stat().st_size for m in MODES}
     assert sizes["int8"] < 0.5 * sizes["none"]
     assert sizes["dynamic"] < 0.5 * sizes["none"]
 
