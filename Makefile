@@ -19,7 +19,7 @@ BACKBONE   ?= mobilenet_v2
 WEIGHTS    ?= imagenet
 EPOCHS     ?= 30
 IMAGE_SIZE ?= 96
-QUANTIZE   ?= int8
+QUANTIZE   ?= dynamic
 MACHINES   ?= fan pump slider valve
 SNRS       ?= 6dB 0dB -6dB
 FILE       ?=
@@ -71,7 +71,7 @@ predict: $(STAMP) ## classify a PNG, WAV or folder: make predict FILE=path/to/cl
 report: $(STAMP) ## write $(RUN)/report.html
 	$(SPECTRO) report $(RUN)
 
-export: $(STAMP) ## export $(RUN) to TFLite and verify it: make export QUANTIZE=int8|dynamic|none
+export: $(STAMP) ## export $(RUN) to TFLite and verify it: make export QUANTIZE="none dynamic int8"
 	$(SPECTRO) export $(RUN) --quantize $(QUANTIZE)
 
 bench: $(STAMP) ## run the benchmarks and write reports/benchmarks.md

@@ -67,6 +67,23 @@ def machine_info() -> str:
             f"{platform.system()} {platform.release()}")
 
 
+def _sections(path: Path) -> dict[str, str]:
+    """The ``## TITLE`` sections of an earlier benchmarks file, by title (re-used by ``--only``)."""
+    if not path.is_file():
+        return {}
+    sections, title, body = {}, None, []
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            if title:
+                sections[title] = "\n".join(body).rstrip()
+            title, body = line[3:].strip(), [line]
+        elif title:
+            body.append(line)
+    if title:
+        sections[title] = "\n".join(body).rstrip()
+    return sections
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections (in order)")
@@ -90,10 +107,18 @@ def main(argv=None) -> int:
         "Speed figures are ratios against a reference measured in the same run; absolute times on shared machines are noisy.",
         "",
     ]
+    kept = _sections(args.out) if args.only else {}  # --only: the other sections of the file stay
+    if kept:
+        header[4] = (f"- command: `make bench`; the sections {', '.join(args.only)} re-run with `{command}` "
+                     f"at {dt.datetime.now().isoformat(timespec='seconds')}")
     parts = list(header)
     failed = []
-    for name in args.only or SECTIONS:
+    for name in SECTIONS:
         module = importlib.import_module(f"bench_{name}")
+        if args.only and name not in args.only:
+            if module.TITLE in kept:
+                parts += [kept[module.TITLE], ""]
+            continue
         print(f"== {module.TITLE}", flush=True)
         started = time.perf_counter()
         try:
