@@ -90,12 +90,16 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks.md")
     parser.add_argument("--work", type=Path, default=ROOT / "reports" / "bench")
+    parser.add_argument("--synthetic-run", type=Path, help="with --only export: the run folder the train section made")
     args = parser.parse_args(argv)
     ctx = BenchContext(root=ROOT, work=args.work, shared=ROOT.parent / "shared", quick=args.quick)
+    if args.synthetic_run:
+        ctx.state["synthetic_run"] = args.synthetic_run.resolve()
     ctx.work.mkdir(parents=True, exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     command = "make bench" if not (args.only or args.quick) else "python scripts/bench.py " + " ".join(
-        (["--only", *args.only] if args.only else []) + (["--quick"] if args.quick else []))
+        (["--only", *args.only] if args.only else []) + (["--quick"] if args.quick else [])
+        + ([f"--synthetic-run {args.synthetic_run}"] if args.synthetic_run else []))
     header = [
         "# spectro benchmarks", "",
         f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
@@ -129,6 +133,7 @@ def main(argv=None) -> int:
             print(body, file=sys.stderr)
         parts += [f"## {module.TITLE}", "", body.strip(), "", f"_section time: {time.perf_counter() - started:.0f} s_", ""]
         args.out.write_text("\n".join(parts))
+    args.out.write_text("\n".join(parts))  # also the sections kept from an earlier run after the last one run
     print(f"wrote {args.out}")
     return 1 if failed else 0
 

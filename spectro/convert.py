@@ -294,6 +294,10 @@ def _write_errors(path: Path, failures: list[tuple[str, str]]) -> None:
     tmp.replace(path)
 
 
+def _process_chunk(jobs: list[_Job]) -> list[_Result]:
+    return [_process(job) for job in jobs]
+
+
 def _pool_context():
     import multiprocessing
 
@@ -317,12 +321,17 @@ def _run_jobs(jobs: list[_Job], settings: FeatureSettings, n_workers: int, progr
 
     executor = ProcessPoolExecutor(max_workers=min(n_workers, len(jobs)), mp_context=_pool_context(),
                                    initializer=_init_worker, initargs=(settings, filters))
+    # small chunks: one future per recording costs the parent about 1 ms of IPC each (measured: 17 % more
+    # CPU with 2 workers than with 1); a chunk of <= 16 keeps Ctrl-C prompt (unstarted chunks are dropped)
+    size = max(1, min(16, len(jobs) // (4 * n_workers)))
     try:
-        futures = [executor.submit(_process, job) for job in jobs]  # workers fork here, before tqdm's thread
+        futures = [executor.submit(_process_chunk, jobs[i:i + size])  # workers fork here, before tqdm's thread
+                   for i in range(0, len(jobs), size)]
         with tqdm(total=len(jobs), unit="rec", desc="images", disable=not progress) as bar:
             for future in as_completed(futures):
-                yield future.result()
-                bar.update()
+                for result in future.result():
+                    yield result
+                    bar.update()
     except BrokenProcessPool:
         raise SpectroError("a worker process died (out of memory or killed); images written so far are whole: "
                            "re-run to finish, or use --jobs 1") from None

@@ -154,10 +154,15 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
         path = path / MANIFEST_NAME
     if not path.is_file():
         raise SpectroError(f"{path}: no manifest (expected the {MANIFEST_NAME} that 'spectro images' writes)")
-    with path.open(newline="") as handle:
+    return [ManifestRow(**{**{c: row[c] for c in MANIFEST_COLUMNS}, "segment": int(row["segment"] or 0)})
+            for row in read_csv_rows(path, MANIFEST_COLUMNS)]
+
+
+def read_csv_rows(path: Path, columns: list[str]) -> list[dict[str, str]]:
+    """The rows of a CSV file that must have ``columns`` (a clear error names the missing ones)."""
+    with Path(path).open(newline="") as handle:
         reader = csv.DictReader(handle)
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
-            raise SpectroError(f"{path}: manifest lacks columns {missing}; found {reader.fieldnames}")
-        return [ManifestRow(**{**{c: row[c] for c in MANIFEST_COLUMNS}, "segment": int(row["segment"] or 0)})
-                for row in reader]
+            raise SpectroError(f"{path}: lacks columns {missing}; found {reader.fieldnames}")
+        return list(reader)

@@ -15,7 +15,6 @@ Contract (written by ``spectro train``, extended by ``evaluate``/``export``):
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from dataclasses import dataclass
@@ -124,13 +123,10 @@ def read_splits(run: str | Path, split: str | None = None) -> list[ImageRow]:
     path = Path(run) / SPLITS_NAME
     if not path.is_file():
         raise SpectroError(f"{path}: missing (expected the {SPLITS_NAME} that 'spectro train' writes)")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in SPLITS_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise SpectroError(f"{path}: lacks columns {missing}; found {reader.fieldnames}")
-        rows = [ImageRow(Path(r["image"]), r["source"], r["machine"], r["machine_id"], r["label"], r["snr"],
-                         int(r["segment"] or 0), r["split"]) for r in reader]
+    from spectro.dataset import read_csv_rows
+
+    rows = [ImageRow(Path(r["image"]), r["source"], r["machine"], r["machine_id"], r["label"], r["snr"],
+                     int(r["segment"] or 0), r["split"]) for r in read_csv_rows(path, SPLITS_COLUMNS)]
     return rows if split is None else [r for r in rows if r.split == split]
 
 

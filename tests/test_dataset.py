@@ -104,7 +104,7 @@ def test_manifest_round_trip(tmp_path):
 
 @pytest.mark.parametrize("text, match", [
     (None, "no manifest"),
-    ("image,source\nx.png,y.wav\n", "manifest lacks columns"),
+    ("image,source\nx.png,y.wav\n", "lacks columns"),
 ])
 def test_read_manifest_rejects(tmp_path, text, match):
     if text is not None:
