@@ -99,7 +99,7 @@ def _default_backbone(ctx, x_train, x_test, runs: int) -> list[str]:
     keras_ms = _keras_times(folder / "model.keras", sample, runs)
     keras_size = (folder / "model.keras").stat().st_size
     return [
-        "", f"Default backbone at the Makefile's image size — MobileNetV2 α 1.0, 96 px (weights {Path(used).name}; "
+        "", f"The ImageNet-weights configuration at the Makefile's image size — MobileNetV2 α 1.0, 96 px (weights {Path(used).name}; "
         "size and latency do not depend on training, so this model is not trained; int8 calibrated on 50 training images):", "",
         "| model | file size | size vs float32 | latency / image (1 thread) | vs Keras `predict` (1 image) |",
         "|---|---:|---:|---:|---:|",
