@@ -359,12 +359,11 @@ def _background_pools(pixels: np.ndarray, labels: LabelSpace, y: np.ndarray, lim
 
 # -- metrics ----------------------------------------------------------------------------------------
 def _auc(y_true: np.ndarray, score: np.ndarray) -> dict:
-    from sklearn.metrics import roc_auc_score
+    """AUC and pAUC as :mod:`spectro.metrics` computes them; empty when only one class is present."""
+    from spectro.metrics import anomaly_auc, anomaly_pauc
 
-    if len(set(y_true.tolist())) < 2:
-        return {}
-    return {"anomaly_auc": float(roc_auc_score(y_true, score)),
-            "anomaly_pauc": float(roc_auc_score(y_true, score, max_fpr=0.1))}
+    auc = anomaly_auc(y_true, score)
+    return {} if auc is None else {"anomaly_auc": auc, "anomaly_pauc": anomaly_pauc(y_true, score)}
 
 
 def split_metrics(probs: np.ndarray, rows: list[ManifestRow], labels: LabelSpace) -> dict:
