@@ -42,7 +42,7 @@ print(json.dumps({
 
 
 def _own_run(ctx) -> Path:
-    """A small default-ish run (synthetic data, MobileNetV2 alpha 0.35 at 96 px, from scratch)."""
+    """A default run (synthetic data, the default MobileNetV2, from scratch)."""
     from spectro.config import FeatureSettings
     from spectro.convert import convert
     from spectro.model import ModelSettings
@@ -55,7 +55,7 @@ def _own_run(ctx) -> Path:
     convert(data, images, FeatureSettings(), jobs=0, progress=False)
     shutil.rmtree(ctx.work / "export_models" / "export-bench", ignore_errors=True)  # a rerun trains afresh
     return train(images, ctx.work / "export_models", settings=TrainSettings(epochs=3 if ctx.quick else 12, seed=0),
-                 model_settings=ModelSettings(weights="none", alpha=0.35, image_size=96), progress=False,
+                 model_settings=ModelSettings(weights="none"), progress=False,
                  name="export-bench")
 
 
@@ -135,6 +135,7 @@ def run(ctx) -> str:
     from spectro.errors import SpectroWarning
     from spectro.export import BOUNDS, ExportSettings, export_run, load_images, split_rows, verification_rows
     from spectro.inference import TFLITE_NAMES
+    from spectro.model import ModelSettings
     from spectro.runs import load_config
 
     lines = []
@@ -142,7 +143,8 @@ def run(ctx) -> str:
     if run_dir is None:
         run_dir = _own_run(ctx)
         lines.append(f"No run from the train section (e.g. `--only export`): trained one here on the synthetic "
-                     f"dataset{' (quick sizes)' if ctx.quick else ''}, MobileNetV2 α 0.35, 96 px, weights none, "
+                     f"dataset{' (quick sizes)' if ctx.quick else ''}, the default MobileNetV2 (α {ModelSettings().alpha}, "
+                     f"{ModelSettings().image_size} px), weights none, "
                      f"{3 if ctx.quick else 12} epochs.")
     run_dir = Path(run_dir)
     config = load_config(run_dir)

@@ -100,7 +100,7 @@ def _synthetic(ctx) -> list[str]:
     runs = {}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs["CNN (weights none)"] = train(images, models, settings=settings, progress=False, name=f"{stamp}-none",
-                                       model_settings=ModelSettings(weights="none", alpha=0.35, image_size=96))
+                                       model_settings=ModelSettings(weights="none"))
     ctx.state["synthetic_run"] = runs["CNN (weights none)"]
     weights = ctx.weights_dir / PRETRAINED if ctx.weights_dir else None
     if weights is not None and weights.is_file():
@@ -130,7 +130,8 @@ def _synthetic(ctx) -> list[str]:
     metrics = load_config(first)["metrics"]["test"]
     lines = [f"Synthetic dataset ({'quick sizes ' + str(sizes) if ctx.quick else 'default sizes'}): "
              f"{len(rows)} images, {int(train_mask.sum())} train / {int((split == 'val').sum())} val / "
-             f"{int(test_mask.sum())} test (split by clip, stratified, seed 0). CNN: MobileNetV2 α=0.35 at 96 px, "
+             f"{int(test_mask.sum())} test (split by clip, stratified, seed 0). CNN: the default MobileNetV2 "
+             f"(α={ModelSettings().alpha}, {ModelSettings().image_size} px), "
              f"`TrainSettings(epochs={settings.epochs})` defaults otherwise; its failure-type accuracy on abnormal "
              f"test images: {metrics.get('failure_type_accuracy', float('nan')):.3f}, task accuracy "
              f"{metrics['task_accuracy']:.3f}.", "",
@@ -163,7 +164,7 @@ def _real(ctx) -> list[str]:
     y_clip = np.array([clip_label[c] for c in clip_names])
     n_folds = 2 if ctx.quick else 5
     folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=0)
-    methods = {"CNN (weights none)": ModelSettings(weights="none", alpha=0.35, image_size=96)}
+    methods = {"CNN (weights none)": ModelSettings(weights="none")}
     weights = ctx.weights_dir / PRETRAINED if ctx.weights_dir else None
     if weights is not None and weights.is_file():
         methods["CNN (ImageNet)"] = ModelSettings(weights=str(weights), alpha=1.0, image_size=96)

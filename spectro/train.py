@@ -43,6 +43,7 @@ HELP = ("Fine-tune a Keras image backbone (MobileNet by default) on the spectrog
         "classes) and the most likely failure type.")
 
 SPLITS = ("train", "val", "test")
+LR_SCHEDULES = ("cosine", "constant")
 HISTORY_NAME = "history.csv"
 PLOT_NAME = "training.png"
 SPLIT_COLUMNS = ["image", "source", "machine", "machine_id", "label", "snr", "segment", "split"]
@@ -68,10 +69,13 @@ class TrainSettings:
         0.999, far too slow for a few hundred steps); ``None`` keeps the backbone's own.
     test_ids : tuple of str
         Machine ids (``id_06``, or ``fan/id_06`` for one machine type) held out as the whole test split.
+    lr_schedule : str
+        ``cosine``: each phase's learning rate decays along a half cosine to 2% of its start (from
+        scratch, warm-up and full training share one); ``constant``: it stays put.
     """
 
     task: str = "failure"
-    epochs: int = 30
+    epochs: int = 40
     fine_tune_epochs: int = 10
     fine_tune_layers: int = 60
     batch_size: int = 32
@@ -85,6 +89,7 @@ class TrainSettings:
     test_fraction: float = 0.15
     test_ids: tuple[str, ...] = ()
     augment: AugmentSettings = field(default_factory=AugmentSettings)
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         problems = []
@@ -101,6 +106,8 @@ class TrainSettings:
                 and self.val_fraction + self.test_fraction < 1):
             problems.append("val and test fractions must be in 0..1 with a sum below 1, got "
                             f"{self.val_fraction}, {self.test_fraction}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.patience < 1:
             problems.append(f"patience must be >= 1, got {self.patience}")
         if self.bn_momentum is not None and not 0 < self.bn_momentum < 1:
@@ -318,31 +325,28 @@ def make_task_accuracy(group_matrix: np.ndarray):
 
 
 # -- data feeding -----------------------------------------------------------------------------------
-def make_batches(pixels: np.ndarray, y: np.ndarray, weights: np.ndarray, *, batch_size: int, seed: int,
-                 augment_settings: AugmentSettings, db_per_step: float, backgrounds: list | None = None):
-    """A shuffling, augmenting ``keras.utils.PyDataset`` of ``(pixels[..., None], y, weight)`` batches."""
-    import keras
+def epoch_images(pixels: np.ndarray, *, rng: np.random.Generator, augment_settings: AugmentSettings,
+                 db_per_step: float, backgrounds: list | None = None, chunk: int = 1024) -> np.ndarray:
+    """One epoch's augmented copy of the training images, float32 ``(n, n_mels, frames, 1)``.
 
-    rng = np.random.default_rng(seed)
+    A whole epoch is augmented at once and handed to ``fit`` as an array: on 2 CPU cores this trains
+    about twice as fast as a ``keras.utils.PyDataset`` (its generator thread fights TensorFlow's threads).
+    ``chunk`` bounds the augmentation's temporaries on large training sets.
+    """
+    out = np.empty((*pixels.shape, 1), dtype=np.float32)
+    for start in range(0, len(pixels), chunk):
+        part = slice(start, start + chunk)
+        pools = None if backgrounds is None else backgrounds[part]
+        out[part, ..., 0] = augment(pixels[part], rng=rng, settings=augment_settings, db_per_step=db_per_step,
+                                    backgrounds=pools)
+    return out
 
-    class Batches(keras.utils.PyDataset):
-        def __init__(self):
-            super().__init__()
-            self.order = rng.permutation(len(pixels))
 
-        def __len__(self):
-            return math.ceil(len(pixels) / batch_size)
-
-        def __getitem__(self, index):
-            idx = self.order[index * batch_size:(index + 1) * batch_size]
-            pools = None if backgrounds is None else [backgrounds[i] for i in idx]
-            x = augment(pixels[idx], rng=rng, settings=augment_settings, db_per_step=db_per_step, backgrounds=pools)
-            return x[..., None], y[idx], weights[idx]
-
-        def on_epoch_end(self):
-            self.order = rng.permutation(len(pixels))
-
-    return Batches()
+def cosine_rate(rate: float, step: int, steps: int, *, floor: float = 0.02) -> float:
+    """Cosine decay of ``rate`` over ``steps`` epochs (epoch ``step``, from 0), ending at ``floor * rate``."""
+    if steps <= 1:
+        return rate
+    return rate * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * step / (steps - 1))))
 
 
 def _background_pools(pixels: np.ndarray, labels: LabelSpace, y: np.ndarray, limit: int = 64) -> list:
@@ -489,6 +493,61 @@ def _timer():
     return EpochTimer()
 
 
+def _one_epoch(rate: float):
+    """A callback that ends ``fit`` after one epoch (each epoch gets freshly augmented arrays) and adds
+    the epoch's ``learning_rate`` to its logs (so ``history.csv`` shows the schedule)."""
+    import keras
+
+    class OneEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs["learning_rate"] = rate
+            self.model.stop_training = True
+
+    return OneEpoch()
+
+
+class _BestKeeper:
+    """Early stopping with the best weights restored, and a checkpoint of the best model on disk.
+
+    Keras' EarlyStopping and ModelCheckpoint reset with every ``fit`` call, and training calls ``fit``
+    once per epoch, so their job is done here across calls: the model of the best monitored epoch is
+    saved to ``path`` (over all phases), and a phase stops after ``patience`` epochs without improvement.
+    """
+
+    def __init__(self, path: Path, *, monitor: str, patience: int):
+        self.path, self.monitor, self.patience = path, monitor, patience
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.best_weights = None
+        self.monitored, self.wait = False, 0
+
+    def start_phase(self, monitored: bool) -> None:
+        self.monitored, self.wait = monitored, 0
+
+    def update(self, model, epoch: int, value: float) -> bool:
+        """Record epoch ``epoch``'s monitored ``value``; True when the phase should stop."""
+        if not self.monitored:
+            return False
+        if self.best is None or value < self.best:
+            self.best, self.best_epoch, self.wait = float(value), epoch, 0
+            self.best_weights = model.get_weights()
+            tmp = self.path.with_name(".tmp." + self.path.name)
+            model.save(tmp)
+            os.replace(tmp, self.path)
+            return False
+        self.wait += 1
+        if self.wait >= self.patience:
+            print(f"early stopping: {self.monitor} has not improved for {self.patience} epochs "
+                  f"(best {self.best:.4f} at epoch {self.best_epoch + 1})")
+            return True
+        return False
+
+    def restore(self, model) -> None:
+        if self.best_weights is not None:
+            model.set_weights(self.best_weights)
+
+
 def _throughput(n_images: int, seconds: list[float]) -> float:
     """Training images per second, leaving out the first epoch (graph tracing) when there are more."""
     steady = seconds[1:] or seconds
@@ -592,9 +651,6 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
     x_train, y_train = image_set.pixels[idx["train"]], y[idx["train"]]
     w_train = sample_weights(labels, y_train)
     backgrounds = (_background_pools(x_train, labels, y_train) if settings.augment.mix_probability > 0 else None)
-    batches = make_batches(x_train, y_train, w_train, batch_size=settings.batch_size, seed=settings.seed,
-                           augment_settings=settings.augment, db_per_step=image_set.settings.db_per_step,
-                           backgrounds=backgrounds)
     has_val = len(idx["val"]) > 0
     validation = None
     if has_val:
@@ -619,8 +675,11 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
         phases.append(("head", settings.epochs, settings.learning_rate, True))
         if settings.fine_tune_epochs > 0:
             phases.append(("fine_tune", settings.fine_tune_epochs, settings.fine_tune_learning_rate, True))
-    best = None
+    rng = np.random.default_rng(settings.seed)
+    keeper = _BestKeeper(run / MODEL_NAME, monitor=monitor, patience=settings.patience)
     epochs_run, phase_starts, timer = 0, [], _timer()
+    # one learning-rate schedule per phase; from scratch, warm-up and full training share one cosine
+    spans = {"warmup": (0, settings.epochs), "full": (0, settings.epochs)}
     for phase, epochs, lr, monitored in phases:
         if phase == "fine_tune":
             unfrozen = unfreeze_top(base, settings.fine_tune_layers)
@@ -628,20 +687,25 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
                   f"({unfrozen} trainable, BatchNorm frozen) at learning rate {lr:g}")
         if not (phase == "full" and phase_starts):  # "full" after the warm-up keeps the optimizer state
             model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, weighted_metrics=[metric])
-        callbacks = [keras.callbacks.CSVLogger(run / HISTORY_NAME, append=bool(phase_starts)), timer]
-        if monitored:
-            checkpoint = keras.callbacks.ModelCheckpoint(run / MODEL_NAME, monitor=monitor, save_best_only=True,
-                                                         initial_value_threshold=best, verbose=0)
-            callbacks += [keras.callbacks.EarlyStopping(monitor=monitor, patience=settings.patience,
-                                                        restore_best_weights=True), checkpoint]
-        history = model.fit(batches, validation_data=validation, initial_epoch=epochs_run,
-                            epochs=epochs_run + epochs, callbacks=callbacks, verbose=verbose)
         phase_starts.append(epochs_run)
-        epochs_run += len(history.history["loss"])
-        if monitored:
-            best = checkpoint.best
-    if (run / MODEL_NAME).is_file():  # the best epoch over all phases
-        model.load_weights(run / MODEL_NAME)
+        span_start, span = spans.get(phase, (epochs_run, epochs))
+        keeper.start_phase(monitored)
+        for epoch in range(epochs_run, epochs_run + epochs):
+            rate = (cosine_rate(lr, epoch - span_start, span) if settings.lr_schedule == "cosine" else lr)
+            model.optimizer.learning_rate.assign(rate)
+            x = epoch_images(x_train, rng=rng, augment_settings=settings.augment,
+                             db_per_step=image_set.settings.db_per_step, backgrounds=backgrounds)
+            # epochs=<phase end> with a one-epoch stop keeps Keras' "Epoch k/N" display right
+            history = model.fit(x, y_train, sample_weight=w_train, batch_size=settings.batch_size, shuffle=True,
+                                validation_data=validation, initial_epoch=epoch, epochs=epochs_run + epochs,
+                                callbacks=[_one_epoch(rate), timer,
+                                           keras.callbacks.CSVLogger(run / HISTORY_NAME, append=epoch > 0)],
+                                verbose=verbose)
+            del x
+            if keeper.update(model, epoch, history.history[monitor][-1]):
+                break
+        epochs_run = epoch + 1
+        keeper.restore(model)  # the next phase (and the saved model) start from this phase's best epoch
     _save_clean(model, run / MODEL_NAME)
     plot_history(run / HISTORY_NAME, run / "training.png", phase_starts=phase_starts[1:])
 
@@ -652,7 +716,7 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
                                   verbose=0)
             metrics[split] = split_metrics(probs, [rows[i] for i in idx[split]], labels)
     config["training"].update({"phases": [p[0] for p in phases], "epochs_run": epochs_run,
-                               "best_" + monitor: float(best) if best is not None else None,
+                               "best_" + monitor: keeper.best,
                                "epoch_seconds": [round(t, 2) for t in timer.seconds],
                                "images_per_second": _throughput(len(idx["train"]), timer.seconds),
                                "seconds": round(time.perf_counter() - started, 1)})
@@ -693,6 +757,8 @@ def add_arguments(parser) -> None:
                         help="Adam learning rate of the first phase")
     parser.add_argument("--fine-tune-learning-rate", type=float, default=d.fine_tune_learning_rate,
                         help="Adam learning rate while fine-tuning")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
+                        help="learning rate over each phase: half-cosine decay to 2%% of its start, or constant")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed for the split, augmentation and weights")
     parser.add_argument("--test-ids", nargs="+", default=[], metavar="ID",
                         help="machine ids (id_06, or fan/id_06) held out as the test split")
@@ -709,7 +775,8 @@ def main(args) -> int:
     settings = TrainSettings(
         task=args.task, epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs,
         fine_tune_layers=args.fine_tune_layers, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        fine_tune_learning_rate=args.fine_tune_learning_rate, patience=args.patience, seed=args.seed,
+        fine_tune_learning_rate=args.fine_tune_learning_rate, lr_schedule=args.lr_schedule, patience=args.patience,
+        seed=args.seed,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, test_ids=tuple(args.test_ids),
         augment=AugmentSettings.off() if args.no_augment else AugmentSettings())
     model_settings = ModelSettings(backbone=args.backbone, alpha=args.alpha, image_size=args.image_size,

@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spectro.augment import AugmentSettings, augment, mix_background, random_gain, spec_augment, time_shift
+from spectro.augment import (AugmentSettings, augment, bin_noise, mix_background, random_gain, spec_augment,
+                             time_shift)
 from spectro.cli import main as cli_main
 from spectro.config import FeatureSettings
 from spectro.dataset import ManifestRow, read_manifest, write_manifest
 from spectro.errors import SpectroError
 from spectro.labels import LabelSpace
-from spectro.train import _split_counts, sample_weights, split_rows
+from spectro.train import TrainSettings, _BestKeeper, _split_counts, cosine_rate, epoch_images, sample_weights, split_rows
 
 from conftest import make_image_tree
 
@@ -167,6 +168,18 @@ def test_random_gain_shifts_each_image_by_a_constant_within_the_range():
     assert clipped.min() >= 0 and clipped.max() <= 255
 
 
+def test_bin_noise_has_the_asked_spread_in_db_and_stays_in_range():
+    rng = np.random.default_rng(0)
+    x = np.full((4, 64, 300), 128.0, np.float32)
+    db_per_step = 100 / 255
+    noisy = bin_noise(x, rng=rng, noise_db=0.5, db_per_step=db_per_step)
+    assert abs(float(np.std(noisy - x)) * db_per_step - 0.5) < 0.01
+    assert abs(float(np.mean(noisy - x))) < 0.05
+    edge = bin_noise(np.zeros((2, 8, 8), np.float32), rng=rng, noise_db=3.0, db_per_step=db_per_step)
+    assert edge.min() == 0.0 and edge.max() > 0  # clipped at the scale's floor
+    np.testing.assert_array_equal(bin_noise(x, rng=rng, noise_db=0.0, db_per_step=db_per_step), x)
+
+
 def test_mixing_a_copy_at_zero_db_adds_three_db():
     x = _batch(n=2).astype(np.float32)
     step = 100 / 255
@@ -177,10 +190,59 @@ def test_mixing_a_copy_at_zero_db_adds_three_db():
 
 
 @pytest.mark.parametrize("kwargs", [dict(time_shift=1.5), dict(gain_db=-1), dict(mix_db=(0, -10)),
-                                    dict(time_masks=-1)])
+                                    dict(time_masks=-1), dict(noise_db=-0.1)])
 def test_bad_augment_settings_raise(kwargs):
     with pytest.raises(SpectroError, match="augmentation"):
         AugmentSettings(**kwargs)
+
+
+# -- the training loop's pieces ----------------------------------------------------------------------
+def test_cosine_rate_falls_from_the_rate_to_its_floor_along_a_half_cosine():
+    rates = [cosine_rate(1e-3, step, 11, floor=0.02) for step in range(11)]
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(2e-5)
+    assert rates[5] == pytest.approx(1e-3 * (0.02 + 0.98 * 0.5))  # the middle: cos(pi/2) = 0
+    assert rates[2] == pytest.approx(1e-3 * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * 0.2))))
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert cosine_rate(1e-3, 0, 1) == 1e-3  # a one-epoch phase keeps its rate
+
+
+def test_epoch_images_are_the_augmented_training_set_in_chunks():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (10, 16, 40)).astype(np.uint8)
+    same = epoch_images(pixels, rng=rng, augment_settings=AugmentSettings.off(), db_per_step=100 / 255, chunk=3)
+    assert same.shape == (10, 16, 40, 1) and same.dtype == np.float32
+    np.testing.assert_array_equal(same[..., 0], pixels)
+    settings = AugmentSettings(mix_probability=0.0)
+    a = epoch_images(pixels, rng=np.random.default_rng(5), augment_settings=settings, db_per_step=100 / 255, chunk=4)
+    b = epoch_images(pixels, rng=np.random.default_rng(5), augment_settings=settings, db_per_step=100 / 255, chunk=4)
+    np.testing.assert_array_equal(a, b)  # seeded
+    assert not np.array_equal(a[..., 0], pixels) and a.min() >= 0 and a.max() <= 255
+
+
+def test_bad_lr_schedule_is_refused():
+    with pytest.raises(SpectroError, match="lr_schedule must be one of cosine, constant"):
+        TrainSettings(lr_schedule="step")
+
+
+def test_best_keeper_saves_the_best_epoch_stops_after_patience_and_restores(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    keeper = _BestKeeper(tmp_path / "model.keras", monitor="val_loss", patience=2)
+    keeper.start_phase(monitored=False)  # a warm-up: nothing kept, never stops
+    assert not keeper.update(model, 0, 0.1) and keeper.best is None and not (tmp_path / "model.keras").exists()
+    keeper.start_phase(monitored=True)
+    assert not keeper.update(model, 1, 3.0)
+    best = [w.copy() for w in model.get_weights()]
+    assert (tmp_path / "model.keras").is_file() and keeper.best == 3.0 and keeper.best_epoch == 1
+    model.set_weights([w + 1 for w in best])
+    assert not keeper.update(model, 2, 3.5)  # worse: one epoch of patience used
+    assert keeper.update(model, 3, 3.2)  # worse again: stop
+    keeper.restore(model)
+    for got, want in zip(model.get_weights(), best):
+        np.testing.assert_array_equal(got, want)
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_array_equal(reloaded.get_weights()[0], best[0])
 
 
 # -- errors through the CLI -------------------------------------------------------------------------
@@ -250,7 +312,9 @@ def test_end_to_end_run_writes_every_output(trained, tiny_images):
     with (run / "history.csv").open() as handle:
         history = list(csv.DictReader(handle))
     assert len(history) == config["training"]["epochs_run"]
-    assert {"loss", "val_loss", "task_accuracy", "val_task_accuracy"} <= set(history[0])
+    assert {"loss", "val_loss", "task_accuracy", "val_task_accuracy", "learning_rate"} <= set(history[0])
+    rates = [float(r["learning_rate"]) for r in history]  # one cosine over warm-up and full training
+    assert rates == pytest.approx([cosine_rate(config["training"]["learning_rate"], e, 3) for e in range(len(rates))])
     with (run / "splits.csv").open() as handle:
         splits = list(csv.DictReader(handle))
     assert len(splits) == 32 and all(Path(r["image"]).is_absolute() and Path(r["image"]).is_file() for r in splits)
