@@ -291,7 +291,7 @@ def test_one_class_is_refused(capsys, tmp_path):
 def trained(tiny_images, tmp_path_factory):
     out = tmp_path_factory.mktemp("models")
     assert cli_main(["train", str(tiny_images), "--out", str(out), *TINY, "--epochs", "3", "--batch-size", "8",
-                     "--seed", "1", "--name", "tiny"]) == 0
+                     "--seed", "1", "--name", "tiny", "--lr-schedule", "cosine"]) == 0
     return out, out / "tiny"
 
 
@@ -313,6 +313,7 @@ def test_end_to_end_run_writes_every_output(trained, tiny_images):
         history = list(csv.DictReader(handle))
     assert len(history) == config["training"]["epochs_run"]
     assert {"loss", "val_loss", "task_accuracy", "val_task_accuracy", "learning_rate"} <= set(history[0])
+    assert config["training"]["lr_schedule"] == "cosine"
     rates = [float(r["learning_rate"]) for r in history]  # one cosine over warm-up and full training
     assert rates == pytest.approx([cosine_rate(config["training"]["learning_rate"], e, 3) for e in range(len(rates))])
     with (run / "splits.csv").open() as handle:
