@@ -132,11 +132,12 @@ def _wall(cmd: list[str]) -> float:
 def run(ctx) -> str:
     import numpy as np
 
+    from spectro.config import FeatureSettings
     from spectro.errors import SpectroWarning
-    from spectro.export import BOUNDS, ExportSettings, export_run, load_images, split_rows, verification_rows
+    from spectro.export import BOUNDS, ExportSettings, export_run, load_images, verification_rows
     from spectro.inference import TFLITE_NAMES
     from spectro.model import ModelSettings
-    from spectro.runs import load_config
+    from spectro.runs import load_config, read_splits
 
     lines = []
     run_dir = ctx.state.get("synthetic_run")
@@ -161,7 +162,8 @@ def run(ctx) -> str:
     export_seconds = time.perf_counter() - started
 
     split, rows = verification_rows(run_dir)
-    x = load_images(rows, tuple(config["input_shape"][:2]))
+    features = FeatureSettings.from_dict(config["features"])
+    x = load_images(rows, tuple(config["input_shape"][:2]), features)
     sample = ctx.work / "export_bench_images.npy"
     np.save(sample, x[:32])
     keras_ms = _keras_times(run_dir / "model.keras", sample, runs)
@@ -222,7 +224,7 @@ def run(ctx) -> str:
     (lite, lite_s), (heavy, heavy_s) = walls.items()
     lines += ["", f"`spectro classify one.png --model …` start-up (subprocess wall time, median of {repeats}): "
               f"{lite} {lite_s:.2f} s, {heavy} {heavy_s:.2f} s — ratio {lite_s / heavy_s:.3f}."]
-    x_train = load_images(split_rows(run_dir, "train")[:50], tuple(config["input_shape"][:2]))
+    x_train = load_images(read_splits(run_dir, "train")[:50], tuple(config["input_shape"][:2]), features)
     lines += _default_backbone(ctx, x_train, x, runs)
     if caught:
         lines += ["", "Warnings: " + "; ".join(str(w.message) for w in caught)]

@@ -24,12 +24,11 @@ PRETRAINED = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 
 
 def _auc(truth, score) -> tuple[float, float]:
-    from sklearn.metrics import roc_auc_score
+    """AUC and pAUC(0.1) as spectro.metrics computes them; NaN where only one class is present."""
+    from spectro.metrics import anomaly_auc, anomaly_pauc
 
-    truth = np.asarray(truth, bool)
-    if truth.all() or not truth.any():
-        return float("nan"), float("nan")
-    return float(roc_auc_score(truth, score)), float(roc_auc_score(truth, score, max_fpr=0.1))
+    auc, pauc = anomaly_auc(truth, score), anomaly_pauc(truth, score)
+    return (float("nan"), float("nan")) if auc is None else (auc, pauc)
 
 
 def _read_split(run: Path) -> list[dict]:

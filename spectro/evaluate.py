@@ -78,7 +78,7 @@ def load_images(rows: list[ImageRow], settings, input_shape: tuple[int, int], *,
     missing = [r.path for r in rows if not r.path.is_file()]
     if missing:
         raise SpectroError(f"{len(missing)} of {len(rows)} images are missing, e.g. {missing[0]}; re-render them with "
-                           "'spectro images' or evaluate with --images")
+                           "'spectro images' (spectro evaluate also takes --images)")
     out = np.empty((len(rows), *input_shape), dtype=np.uint8)
     for i, row in enumerate(tqdm(rows, desc="reading images", unit="img", disable=not progress, leave=False)):
         check_image_settings(row.path, read_info(row.path).settings, settings)

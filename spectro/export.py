@@ -31,7 +31,8 @@ from typing import Iterator
 
 import numpy as np
 
-from spectro.config import MODELS_DIR
+from spectro import metrics
+from spectro.config import MODELS_DIR, FeatureSettings
 from spectro.errors import SpectroError, SpectroWarning
 from spectro.inference import TFLITE_NAMES, LiteRTPredictor
 from spectro.labels import LabelSpace
@@ -154,23 +155,15 @@ class ExportResult:
 
 
 # -- reading the run ---------------------------------------------------------------------------------
-def split_rows(run: Path, split: str) -> list[ImageRow]:
-    """Rows of the run's ``splits.csv`` whose ``split`` column is ``split``."""
-    return read_splits(run, split)
+def load_images(rows: list[ImageRow], input_shape: tuple[int, int], settings: FeatureSettings) -> np.ndarray:
+    """Pixels of the rows' PNGs as float32 ``(n, n_mels, frames, 1)``, the model's input.
 
+    :func:`spectro.evaluate.load_images` reads them (refusing missing files, other feature settings and
+    other shapes).
+    """
+    from spectro.evaluate import load_images as read_rows
 
-def load_images(rows: list[ImageRow], input_shape: tuple[int, int]) -> np.ndarray:
-    """Pixels of the rows' PNGs as float32 ``(n, n_mels, frames, 1)``."""
-    from spectro.images import read_pixels
-
-    images = []
-    for row in rows:
-        pixels = read_pixels(row.path)
-        if pixels.shape != tuple(input_shape):
-            raise SpectroError(f"{row.path}: image shape {pixels.shape} does not match the model's input "
-                               f"{tuple(input_shape)}")
-        images.append(pixels)
-    return np.stack(images)[..., None].astype(np.float32) if images else np.zeros((0, *input_shape, 1), np.float32)
+    return read_rows(rows, settings, input_shape)[..., None].astype(np.float32)
 
 
 def representative_images(run: Path, n: int, *, input_shape: tuple[int, int], image_size: int | None = None,
@@ -179,11 +172,12 @@ def representative_images(run: Path, n: int, *, input_shape: tuple[int, int], im
 
     ``image_size`` is the backbone's input size (the anchors are sized to survive resizing to it).
     """
-    rows = split_rows(run, "train")
+    rows = read_splits(run, "train")
     if not rows:
         raise SpectroError(f"{run / SPLITS_NAME}: no 'train' rows to calibrate int8 quantisation on")
     order = np.random.default_rng(seed).permutation(len(rows))[:n]
-    images = load_images([rows[i] for i in order], input_shape)
+    features = FeatureSettings.from_dict(load_config(run)["features"])
+    images = load_images([rows[i] for i in order], input_shape, features)
     _anchor_range(images[0], image_size=image_size)
     return images
 
@@ -204,10 +198,10 @@ def _anchor_range(image: np.ndarray, *, image_size: int | None) -> None:
 
 def verification_rows(run: Path) -> tuple[str, list[ImageRow]]:
     """The test split's rows (the validation split's, with a warning, when there is no test split)."""
-    rows = split_rows(run, "test")
+    rows = read_splits(run, "test")
     if rows:
         return "test", rows
-    rows = split_rows(run, "val")
+    rows = read_splits(run, "val")
     if rows:
         warnings.warn(f"{run / SPLITS_NAME} has no test rows; verifying on the {len(rows)} validation images "
                       "(train with a test split, or pass --no-verify, to silence this)", SpectroWarning, stacklevel=2)
@@ -327,13 +321,8 @@ def anomaly_auc(labels: LabelSpace, fine_probs: np.ndarray, abnormal: np.ndarray
     untrained one gives nearly equal scores to every image) would otherwise have its ranking, and so its
     AUC, decided by float rounding noise, and Keras and a float32 TFLite file could differ by 0.3.
     """
-    from sklearn.metrics import roc_auc_score
-
-    abnormal = np.asarray(abnormal, dtype=bool)
-    if abnormal.all() or not abnormal.any():
-        return None
     scores = np.round(labels.anomaly_score(fine_probs) / AUC_RESOLUTION) * AUC_RESOLUTION
-    return float(roc_auc_score(abnormal, scores))
+    return metrics.anomaly_auc(np.asarray(abnormal, dtype=bool), scores)
 
 
 def median_latency_ms(predictor, images: np.ndarray, runs: int) -> float:
@@ -411,6 +400,7 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
     config = load_config(run)
     labels = LabelSpace.load(run)
     input_shape = tuple(int(n) for n in config["input_shape"][:2])
+    features = FeatureSettings.from_dict(config["features"])
     dest = Path(out).resolve() if out is not None else run
     dest.mkdir(parents=True, exist_ok=True)
     if dest != run:
@@ -429,7 +419,7 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
                                                image_size=image_size, seed=int(config.get("seed", 0) or 0))
     if settings.verify:
         split, rows = verification_rows(run)
-        images = load_images(rows, input_shape)
+        images = load_images(rows, input_shape, features)
         abnormal = np.array([row.is_abnormal for row in rows])
         keras_probs = np.asarray(model.predict(images, batch_size=32, verbose=0), dtype=np.float32)
 

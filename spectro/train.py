@@ -678,8 +678,6 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
     rng = np.random.default_rng(settings.seed)
     keeper = _BestKeeper(run / MODEL_NAME, monitor=monitor, patience=settings.patience)
     epochs_run, phase_starts, timer = 0, [], _timer()
-    # one learning-rate schedule per phase; from scratch, warm-up and full training share one cosine
-    spans = {"warmup": (0, settings.epochs), "full": (0, settings.epochs)}
     for phase, epochs, lr, monitored in phases:
         if phase == "fine_tune":
             unfrozen = unfreeze_top(base, settings.fine_tune_layers)
@@ -688,7 +686,8 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
         if not (phase == "full" and phase_starts):  # "full" after the warm-up keeps the optimizer state
             model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, weighted_metrics=[metric])
         phase_starts.append(epochs_run)
-        span_start, span = spans.get(phase, (epochs_run, epochs))
+        # one learning-rate schedule per phase; from scratch, warm-up and full training share one
+        span_start, span = (0, settings.epochs) if scratch else (epochs_run, epochs)
         keeper.start_phase(monitored)
         for epoch in range(epochs_run, epochs_run + epochs):
             rate = (cosine_rate(lr, epoch - span_start, span) if settings.lr_schedule == "cosine" else lr)
