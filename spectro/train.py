@@ -678,6 +678,7 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
     rng = np.random.default_rng(settings.seed)
     keeper = _BestKeeper(run / MODEL_NAME, monitor=monitor, patience=settings.patience)
     epochs_run, phase_starts, timer = 0, [], _timer()
+    total_epochs = sum(phase[1] for phase in phases)
     for phase, epochs, lr, monitored in phases:
         if phase == "fine_tune":
             unfrozen = unfreeze_top(base, settings.fine_tune_layers)
@@ -694,9 +695,9 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
             model.optimizer.learning_rate.assign(rate)
             x = epoch_images(x_train, rng=rng, augment_settings=settings.augment,
                              db_per_step=image_set.settings.db_per_step, backgrounds=backgrounds)
-            # epochs=<phase end> with a one-epoch stop keeps Keras' "Epoch k/N" display right
+            # epochs=<all phases' epochs> with a one-epoch stop keeps Keras' "Epoch k/N" display right
             history = model.fit(x, y_train, sample_weight=w_train, batch_size=settings.batch_size, shuffle=True,
-                                validation_data=validation, initial_epoch=epoch, epochs=epochs_run + epochs,
+                                validation_data=validation, initial_epoch=epoch, epochs=total_epochs,
                                 callbacks=[_one_epoch(rate), timer,
                                            keras.callbacks.CSVLogger(run / HISTORY_NAME, append=epoch > 0)],
                                 verbose=verbose)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
+import re
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -290,14 +293,16 @@ def test_one_class_is_refused(capsys, tmp_path):
 @pytest.fixture(scope="module")
 def trained(tiny_images, tmp_path_factory):
     out = tmp_path_factory.mktemp("models")
-    assert cli_main(["train", str(tiny_images), "--out", str(out), *TINY, "--epochs", "3", "--batch-size", "8",
-                     "--seed", "1", "--name", "tiny", "--lr-schedule", "cosine"]) == 0
-    return out, out / "tiny"
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        assert cli_main(["train", str(tiny_images), "--out", str(out), *TINY, "--epochs", "3", "--batch-size", "8",
+                         "--seed", "1", "--name", "tiny", "--lr-schedule", "cosine"]) == 0
+    return out, out / "tiny", log.getvalue()
 
 
 @pytest.mark.slow
 def test_end_to_end_run_writes_every_output(trained, tiny_images):
-    out, run = trained
+    out, run, log = trained
     for name in ("model.keras", "labels.json", "config.json", "splits.csv", "history.csv", "training.png"):
         assert (run / name).is_file(), name
     assert (out / "latest").resolve() == run.resolve()
@@ -308,6 +313,9 @@ def test_end_to_end_run_writes_every_output(trained, tiny_images):
     assert config["input_shape"] == list(read_manifest_shape(tiny_images))
     assert FeatureSettings.from_dict(config["features"]) == FeatureSettings(n_mels=32, n_fft=512, hop_length=256)
     assert config["training"]["phases"] == ["warmup", "full"] and config["training"]["epochs_run"] >= 1
+    # the epoch counter runs over all phases: "Epoch 1/3", "Epoch 2/3", … (not 1/1 for the warm-up)
+    counters = re.findall(r"Epoch (\d+)/(\d+)", log)
+    assert counters[:2] == [("1", "3"), ("2", "3")] and {total for _, total in counters} == {"3"}
     assert {"task_accuracy", "task_balanced_accuracy", "anomaly_auc", "anomaly_pauc"} <= set(config["metrics"]["test"])
     with (run / "history.csv").open() as handle:
         history = list(csv.DictReader(handle))
@@ -334,7 +342,7 @@ def test_saved_model_reloads_in_a_fresh_process_with_the_same_predictions(traine
     from spectro.images import read_pixels
     from spectro.inference import load_predictor
 
-    _, run = trained
+    _, run, _ = trained
     with (run / "splits.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     x = np.stack([read_pixels(r["image"]) for r in rows]).astype(np.float32)
