@@ -102,10 +102,10 @@ def _synthetic(ctx) -> list[str]:
                                        model_settings=ModelSettings(weights="none"))
     ctx.state["synthetic_run"] = runs["CNN (weights none)"]
     weights = ctx.weights_dir / PRETRAINED if ctx.weights_dir else None
+    pretrained = TrainSettings(epochs=2, fine_tune_epochs=1, seed=0) if ctx.quick else settings
     if weights is not None and weights.is_file():
         runs["CNN (ImageNet)"] = train(
-            images, models, name=f"{stamp}-imagenet", progress=False,
-            settings=TrainSettings(epochs=2, fine_tune_epochs=1, seed=0) if ctx.quick else settings,
+            images, models, name=f"{stamp}-imagenet", progress=False, settings=pretrained,
             model_settings=ModelSettings(weights=str(weights), alpha=1.0, image_size=96))
 
     first = next(iter(runs.values()))
@@ -136,9 +136,9 @@ def _synthetic(ctx) -> list[str]:
              f"`TrainSettings(epochs={settings.epochs})` defaults otherwise; its failure-type accuracy on abnormal "
              f"test images: {metrics.get('failure_type_accuracy', float('nan')):.3f}, task accuracy "
              f"{metrics['task_accuracy']:.3f}."
-             + (f" CNN (ImageNet): MobileNetV2 α 1.0 at 96 px with `{PRETRAINED}`, the same TrainSettings (the head "
-                f"for up to {settings.epochs} epochs, then the top {settings.fine_tune_layers} layers of the base "
-                f"fine-tuned for {settings.fine_tune_epochs})." if "CNN (ImageNet)" in runs else ""), "",
+             + (f" CNN (ImageNet): MobileNetV2 α 1.0 at 96 px with `{PRETRAINED}`, the head for up to "
+                f"{pretrained.epochs} epochs, then the top {pretrained.fine_tune_layers} layers of the base "
+                f"fine-tuned for {pretrained.fine_tune_epochs}." if "CNN (ImageNet)" in runs else ""), "",
              *_table({"all": np.ones(len(test_rows), bool), **by_machine}, truth, scores, "machine"), "",
              *_table(by_snr, truth, scores, "SNR"), "",
              "Training: epochs run, wall time of the whole `train()` call (loading, training, test metrics; the "
