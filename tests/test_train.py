@@ -227,6 +227,12 @@ def test_bad_lr_schedule_is_refused():
         TrainSettings(lr_schedule="step")
 
 
+def test_negative_fine_tune_layers_are_refused():
+    assert TrainSettings().fine_tune_layers == 0  # the default: the whole base
+    with pytest.raises(SpectroError, match=r"fine-tune layers must be >= 0 \(0: the whole base\), got -1"):
+        TrainSettings(fine_tune_layers=-1)
+
+
 def test_best_keeper_saves_the_best_epoch_stops_after_patience_and_restores(tmp_path):
     import keras
 
@@ -364,3 +370,27 @@ def test_saved_model_reloads_in_a_fresh_process_with_the_same_predictions(traine
     accuracy = np.mean([labels.classes[i] == c for i, c in zip(fresh[test].argmax(axis=1), truth)])
     config = json.loads((run / "config.json").read_text())
     assert config["metrics"]["test"]["task_accuracy"] == pytest.approx(accuracy)
+
+
+@pytest.mark.slow
+def test_pretrained_run_trains_the_head_then_fine_tunes_the_whole_base(tiny_images, tmp_path):
+    import keras
+
+    from spectro.model import ModelSettings, load_backbone, load_keras_model
+
+    base, _ = load_backbone(ModelSettings(weights="none", alpha=0.35, image_size=32))
+    weights = tmp_path / "tiny.weights.h5"
+    base.save_weights(weights)
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        assert cli_main(["train", str(tiny_images), "--out", str(tmp_path / "models"), *TINY[:4], "--weights",
+                         str(weights), "--no-progress", "--epochs", "1", "--fine-tune-epochs", "1",
+                         "--batch-size", "8", "--name", "pre"]) == 0
+    config = json.loads((tmp_path / "models" / "pre" / "config.json").read_text())
+    assert config["model"]["weights_used"] == str(weights)
+    assert config["training"]["phases"] == ["head", "fine_tune"] and config["training"]["fine_tune_layers"] == 0
+    # 0 = every layer of the base: all but BatchNorm were unfrozen, as the log says
+    n_layers = len(base.layers)
+    n_trainable = sum(not isinstance(layer, keras.layers.BatchNormalization) for layer in base.layers)
+    assert f"fine-tuning the top {n_layers} layers of the base ({n_trainable} trainable, BatchNorm frozen)" in log.getvalue()
+    assert load_keras_model(tmp_path / "models" / "pre" / "model.keras").output_shape == (None, 4)
