@@ -63,7 +63,7 @@ class TrainSettings:
         Second phase with pretrained weights: the top ``fine_tune_layers`` of the base (0: all of it, as
         the keras-io guide does) are unfrozen (BatchNorm stays frozen) and trained at
         ``fine_tune_learning_rate``. Skipped from scratch. The whole base is the default (it did better
-        than the top 60 layers on the real MIMII sample: see the README's benchmarks).
+        than the top 60 layers on the real MIMII sample: see the README).
     fine_weight : float
         Weight of the fine-class cross-entropy added for tasks other than ``failure``.
     bn_momentum : float or None
