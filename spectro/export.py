@@ -167,16 +167,17 @@ def load_images(rows: list[ImageRow], input_shape: tuple[int, int], settings: Fe
 
 
 def representative_images(run: Path, n: int, *, input_shape: tuple[int, int], image_size: int | None = None,
-                          seed: int = 0) -> np.ndarray:
+                          seed: int = 0, features: FeatureSettings | None = None) -> np.ndarray:
     """Up to ``n`` training images (a seeded random choice), the first carrying the 0/255 range anchors.
 
-    ``image_size`` is the backbone's input size (the anchors are sized to survive resizing to it).
+    ``image_size`` is the backbone's input size (the anchors are sized to survive resizing to it);
+    ``features`` the run's feature settings (read from its config.json when not given).
     """
     rows = read_splits(run, "train")
     if not rows:
         raise SpectroError(f"{run / SPLITS_NAME}: no 'train' rows to calibrate int8 quantisation on")
     order = np.random.default_rng(seed).permutation(len(rows))[:n]
-    features = FeatureSettings.from_dict(load_config(run)["features"])
+    features = features or FeatureSettings.from_dict(load_config(run)["features"])
     images = load_images([rows[i] for i in order], input_shape, features)
     _anchor_range(images[0], image_size=image_size)
     return images
@@ -416,7 +417,8 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
     if "int8" in settings.quantize:
         image_size = int(config.get("model", {}).get("image_size", 0)) or None
         representative = representative_images(run, settings.representative, input_shape=input_shape,
-                                               image_size=image_size, seed=int(config.get("seed", 0) or 0))
+                                               image_size=image_size, seed=int(config.get("seed", 0) or 0),
+                                               features=features)
     if settings.verify:
         split, rows = verification_rows(run)
         images = load_images(rows, input_shape, features)

@@ -685,8 +685,9 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
     total_epochs = sum(phase[1] for phase in phases)
     for phase, epochs, lr, monitored in phases:
         if phase == "fine_tune":
-            unfrozen = unfreeze_top(base, settings.fine_tune_layers or len(base.layers))
-            print(f"fine-tuning the top {settings.fine_tune_layers or len(base.layers)} layers of the base "
+            top = settings.fine_tune_layers or len(base.layers)  # 0: the whole base
+            unfrozen = unfreeze_top(base, top)
+            print(f"fine-tuning the top {top} layers of the base "
                   f"({unfrozen} trainable, BatchNorm frozen) at learning rate {lr:g}")
         if not (phase == "full" and phase_starts):  # "full" after the warm-up keeps the optimizer state
             model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, weighted_metrics=[metric])
