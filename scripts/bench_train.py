@@ -43,13 +43,10 @@ def _baseline_scores(pixels, rows, train_mask, test_mask, features, *, quick: bo
     The baselines learn from the training rows of ``pixels``; the test rows of ``pixels`` and of each of
     ``variants`` (same shape, e.g. the test clips at another level) are scored, one dict per version.
     """
-    from spectro.baselines import AutoencoderSettings, DenseAutoencoder, LevelThreshold, level_db, pixels_to_db_batch
+    from spectro.baselines import AutoencoderSettings, DenseAutoencoder, LevelThreshold, level_db
 
-    def to_db(images):
-        return pixels_to_db_batch(images, db_min=features.db_min, db_per_step=features.db_per_step)
-
-    db = to_db(pixels)
-    tests = [db[test_mask]] + [to_db(v[test_mask]) for v in variants]
+    db = _to_db(pixels, features)
+    tests = [db[test_mask]] + [_to_db(v[test_mask], features) for v in variants]
     abnormal = np.array([r["label"] != "normal" for r in rows])
     threshold = LevelThreshold().fit(level_db(db[train_mask]), abnormal[train_mask])
     results = [{"RMS threshold": threshold.score(level_db(t)), "dense autoencoder": np.zeros(len(t))} for t in tests]
@@ -63,6 +60,18 @@ def _baseline_scores(pixels, rows, train_mask, test_mask, features, *, quick: bo
         for t, result in zip(tests, results):
             result["dense autoencoder"][chosen] = ae.score([t[i][::-1] for i in chosen])
     return results
+
+
+def _to_db(pixels: np.ndarray, features) -> np.ndarray:
+    """dB values of a batch of pixel images on the feature settings' fixed scale."""
+    from spectro.baselines import pixels_to_db_batch
+
+    return pixels_to_db_batch(pixels, db_min=features.db_min, db_per_step=features.db_per_step)
+
+
+def _clip_means(score: np.ndarray, sources: np.ndarray, clips) -> dict[str, float]:
+    """Each clip's score: the mean of its segments' scores (``sources`` names each score's clip)."""
+    return {c: float(score[sources == c].mean()) for c in clips}
 
 
 def _cnn_scores(run: Path, pixels: np.ndarray) -> tuple[np.ndarray, float]:
@@ -195,25 +204,25 @@ def _real(ctx) -> list[str]:
         train_list = [clip_names[i] for i in train_clips]
         val_set = set(train_list[::5])  # every 5th training clip validates (early stopping)
         split = ["test" if s in test_set else "val" if s in val_set else "train" for s in sources]
+        train_mask = np.array([s in ("train", "val") for s in split])
+        test_mask = np.array([s == "test" for s in split])
+        test_sources = sources[test_mask]
         for name, model_settings in methods.items():
             pretrained = model_settings.weights != "none"
             settings = TrainSettings(task="anomaly", epochs=(2 if ctx.quick else 10) if pretrained else (3 if ctx.quick else 12),
                                      fine_tune_epochs=(1 if ctx.quick else 15) if pretrained else 0, seed=k)
             run = train(images, ctx.work / "models_cv", settings=settings, model_settings=model_settings,
                         splits=split, progress=False, name=f"{stamp}-fold{k}-{'imagenet' if pretrained else 'none'}")
-            test_idx = np.flatnonzero(np.array(split) == "test")
-            for scores, batch in ((clip_scores, pixels), (shifted_scores, shifted)):
-                score, _ = _cnn_scores(run, batch[test_idx])
-                for s in test_set:
-                    scores[name][s] = float(score[sources[test_idx] == s].mean())
-        train_mask = np.array([s in ("train", "val") for s in split])
-        test_mask = np.array([s == "test" for s in split])
+            # one model load and one predict for both versions of the test clips
+            score, _ = _cnn_scores(run, np.concatenate([pixels[test_mask], shifted[test_mask]]))
+            recorded, moved = np.split(score, 2)
+            clip_scores[name].update(_clip_means(recorded, test_sources, test_set))
+            shifted_scores[name].update(_clip_means(moved, test_sources, test_set))
         # baselines learn from the recorded levels; the shifted version changes only the test clips
         bases = _baseline_scores(pixels, dict_rows, train_mask, test_mask, features, quick=ctx.quick, variants=(shifted,))
         for scores, base in zip((clip_scores, shifted_scores), bases):
             for name, score in base.items():
-                for s in test_set:
-                    scores[name][s] = float(score[sources[test_mask] == s].mean())
+                scores[name].update(_clip_means(score, test_sources, test_set))
     lines = [f"Real MIMII sample (`{ctx.mimii_sample}`): {len(clip_names)} clips ({int(y_clip.sum())} abnormal) cut "
              f"into 1 s segments ({len(rows)} images); {n_folds}-fold cross-validation grouped by clip, stratified by label; "
              "a clip scores the mean of its segments; AUC over the pooled out-of-fold clip scores.", "",
@@ -240,19 +249,19 @@ LEVEL_SHIFT_DB = 6.0
 
 def _level_shifted(pixels: np.ndarray, sources: np.ndarray, features, *, db: float, seed: int) -> np.ndarray:
     """``pixels`` with every clip's segments moved by one seeded gain uniform in ±``db`` dB (whole pixels)."""
+    from spectro.augment import apply_gain
+
     rng = np.random.default_rng(seed)
     gains = {c: rng.uniform(-db, db) for c in sorted(set(sources))}
-    steps = np.array([round(gains[c] / features.db_per_step) for c in sources], dtype=np.int32)
-    clipped = np.clip(pixels.astype(np.int32) + steps[:, None, None], 0, 255)
-    return clipped.astype(pixels.dtype)
+    shifted = apply_gain(pixels, np.array([gains[c] for c in sources]), db_per_step=features.db_per_step)
+    return np.rint(shifted).astype(pixels.dtype)  # a PNG holds whole pixels
 
 
 def _level_gap(pixels: np.ndarray, sources: np.ndarray, clip_label: dict, features) -> float:
     """Median clip level of abnormal clips minus that of normal clips, in dB."""
-    from spectro.baselines import level_db, pixels_to_db_batch
+    from spectro.baselines import level_db
 
-    levels = level_db(pixels_to_db_batch(pixels, db_min=features.db_min, db_per_step=features.db_per_step))
-    clip = {c: levels[sources == c].mean() for c in set(sources)}
+    clip = _clip_means(level_db(_to_db(pixels, features)), sources, set(sources))
     abnormal = [v for c, v in clip.items() if clip_label[c]]
     normal = [v for c, v in clip.items() if not clip_label[c]]
     return float(np.median(abnormal) - np.median(normal))

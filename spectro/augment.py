@@ -125,8 +125,13 @@ def random_gain(x: np.ndarray, *, rng: np.random.Generator, gain_db: float, db_p
     out = np.array(x, dtype=np.float32, copy=True)
     if gain_db <= 0:
         return out
-    steps = rng.uniform(-gain_db, gain_db, size=len(out)) / db_per_step
-    return np.clip(out + steps[:, None, None].astype(np.float32), 0.0, 255.0)
+    return apply_gain(out, rng.uniform(-gain_db, gain_db, size=len(out)), db_per_step=db_per_step)
+
+
+def apply_gain(x: np.ndarray, gains_db: np.ndarray, *, db_per_step: float) -> np.ndarray:
+    """Add ``gains_db[i]`` dB to image ``i`` of a batch of pixel images ``(n, n_mels, frames)``, clipped to 0…255."""
+    steps = np.asarray(gains_db, dtype=np.float64) / db_per_step
+    return np.clip(np.asarray(x, dtype=np.float32) + steps[:, None, None].astype(np.float32), 0.0, 255.0)
 
 
 def bin_noise(x: np.ndarray, *, rng: np.random.Generator, noise_db: float, db_per_step: float) -> np.ndarray:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spectro.augment import (AugmentSettings, augment, bin_noise, mix_background, random_gain, spec_augment,
-                             time_shift)
+from spectro.augment import (AugmentSettings, apply_gain, augment, bin_noise, mix_background, random_gain,
+                             spec_augment, time_shift)
 from spectro.cli import main as cli_main
 from spectro.config import FeatureSettings
 from spectro.dataset import ManifestRow, read_manifest, write_manifest
@@ -169,6 +169,14 @@ def test_random_gain_shifts_each_image_by_a_constant_within_the_range():
     assert np.all(np.abs(gains_db) <= 6.0 + 1e-4) and gains_db.std() > 1.0
     clipped = random_gain(np.full((1, 2, 2), 250, np.uint8), rng=np.random.default_rng(0), gain_db=50, db_per_step=step)
     assert clipped.min() >= 0 and clipped.max() <= 255
+
+
+def test_apply_gain_moves_each_image_by_its_own_gain_in_db_and_clips():
+    step = 100 / 255
+    x = np.array([[[10, 254]], [[10, 254]], [[3, 128]]], dtype=np.uint8)
+    out = apply_gain(x, np.array([3 * step, -2 * step, -5 * step]), db_per_step=step)
+    np.testing.assert_allclose(out, [[[13, 255]], [[8, 252]], [[0, 123]]], atol=1e-4)
+    assert out.dtype == np.float32
 
 
 def test_bin_noise_has_the_asked_spread_in_db_and_stays_in_range():
