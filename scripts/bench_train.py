@@ -36,17 +36,17 @@ def _read_split(run: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def _baseline_scores(pixels, rows, train_mask, test_mask, features, *, quick: bool,
+def _baseline_scores(db, rows, train_mask, test_mask, *, quick: bool,
                      variants: tuple = ()) -> list[dict[str, np.ndarray]]:
     """Level threshold and per-machine autoencoder scores for the test images.
 
-    The baselines learn from the training rows of ``pixels``; the test rows of ``pixels`` and of each of
-    ``variants`` (same shape, e.g. the test clips at another level) are scored, one dict per version.
+    ``db`` holds the images in dB (:func:`_to_db`). The baselines learn from its training rows; the test
+    rows of ``db`` and of each of ``variants`` (same shape, e.g. the test clips at another level) are
+    scored, one dict per version.
     """
     from spectro.baselines import AutoencoderSettings, DenseAutoencoder, LevelThreshold, level_db
 
-    db = _to_db(pixels, features)
-    tests = [db[test_mask]] + [_to_db(v[test_mask], features) for v in variants]
+    tests = [db[test_mask]] + [v[test_mask] for v in variants]
     abnormal = np.array([r["label"] != "normal" for r in rows])
     threshold = LevelThreshold().fit(level_db(db[train_mask]), abnormal[train_mask])
     results = [{"RMS threshold": threshold.score(level_db(t)), "dense autoencoder": np.zeros(len(t))} for t in tests]
@@ -141,7 +141,7 @@ def _synthetic(ctx) -> list[str]:
         train_speed = training["images_per_second"]
         speed.append(f"| {name} | {training['epochs_run']} | {training['seconds']:.0f} | {train_speed:.1f} | "
                      f"{infer:.1f} | {train_speed / infer:.2f} |")
-    scores.update(_baseline_scores(pixels, rows, train_mask, test_mask, features, quick=ctx.quick)[0])
+    scores.update(_baseline_scores(_to_db(pixels, features), rows, train_mask, test_mask, quick=ctx.quick)[0])
     test_rows = [r for r in rows if r["split"] == "test"]
     truth = np.array([r["label"] != "normal" for r in test_rows])
     by_machine = {m: np.array([r["machine"] == m for r in test_rows]) for m in sorted({r["machine"] for r in test_rows})}
@@ -197,6 +197,7 @@ def _real(ctx) -> list[str]:
     clip_scores: dict[str, dict[str, float]] = defaultdict(dict)
     shifted_scores: dict[str, dict[str, float]] = defaultdict(dict)  # the same models, test clips at another level
     shifted = _level_shifted(pixels, sources, features, db=LEVEL_SHIFT_DB, seed=0)
+    db, shifted_db = _to_db(pixels, features), _to_db(shifted, features)  # once: every fold's baselines use them
     dict_rows = [{"label": r.label, "machine": r.machine} for r in rows]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for k, (train_clips, test_clips) in enumerate(folds.split(clip_names, y_clip, groups=clip_names)):
@@ -219,7 +220,7 @@ def _real(ctx) -> list[str]:
             clip_scores[name].update(_clip_means(recorded, test_sources, test_set))
             shifted_scores[name].update(_clip_means(moved, test_sources, test_set))
         # baselines learn from the recorded levels; the shifted version changes only the test clips
-        bases = _baseline_scores(pixels, dict_rows, train_mask, test_mask, features, quick=ctx.quick, variants=(shifted,))
+        bases = _baseline_scores(db, dict_rows, train_mask, test_mask, quick=ctx.quick, variants=(shifted_db,))
         for scores, base in zip((clip_scores, shifted_scores), bases):
             for name, score in base.items():
                 scores[name].update(_clip_means(score, test_sources, test_set))
@@ -236,7 +237,7 @@ def _real(ctx) -> list[str]:
         auc, pauc = _auc(y_clip, [per_clip[c] for c in clip_names])
         s_auc, s_pauc = _auc(y_clip, [shifted_scores[name][c] for c in clip_names])
         lines.append(f"| {name} | {auc:.3f} | {pauc:.3f} | {s_auc:.3f} | {s_pauc:.3f} |")
-    gap = _level_gap(pixels, sources, clip_label, features)
+    gap = _level_gap(db, sources, clip_label)
     lines += ["", f"FIELD-NOTES: on this one machine abnormal clips are louder (clip level, median abnormal minus median "
               f"normal: {gap:+.1f} dB), so the RMS threshold is perfect at the recorded levels; a CNN can at best tie "
               "there. This does not carry over to other machines, whose abnormal clips can be quieter; the "
@@ -257,11 +258,11 @@ def _level_shifted(pixels: np.ndarray, sources: np.ndarray, features, *, db: flo
     return np.rint(shifted).astype(pixels.dtype)  # a PNG holds whole pixels
 
 
-def _level_gap(pixels: np.ndarray, sources: np.ndarray, clip_label: dict, features) -> float:
-    """Median clip level of abnormal clips minus that of normal clips, in dB."""
+def _level_gap(db: np.ndarray, sources: np.ndarray, clip_label: dict) -> float:
+    """Median clip level of abnormal clips minus that of normal clips, in dB (``db``: the images in dB)."""
     from spectro.baselines import level_db
 
-    clip = _clip_means(level_db(_to_db(pixels, features)), sources, set(sources))
+    clip = _clip_means(level_db(db), sources, set(sources))
     abnormal = [v for c, v in clip.items() if clip_label[c]]
     normal = [v for c, v in clip.items() if not clip_label[c]]
     return float(np.median(abnormal) - np.median(normal))

@@ -122,10 +122,9 @@ def random_gain(x: np.ndarray, *, rng: np.random.Generator, gain_db: float, db_p
 
     ``db_per_step`` is :attr:`spectro.config.FeatureSettings.db_per_step` (dB per pixel value).
     """
-    out = np.array(x, dtype=np.float32, copy=True)
     if gain_db <= 0:
-        return out
-    return apply_gain(out, rng.uniform(-gain_db, gain_db, size=len(out)), db_per_step=db_per_step)
+        return np.array(x, dtype=np.float32, copy=True)
+    return apply_gain(x, rng.uniform(-gain_db, gain_db, size=len(x)), db_per_step=db_per_step)  # a new array
 
 
 def apply_gain(x: np.ndarray, gains_db: np.ndarray, *, db_per_step: float) -> np.ndarray:
