@@ -113,14 +113,14 @@ def _synthetic(ctx) -> list[str]:
     generate(data, seed=0, progress=False, force=True, **sizes)
     convert(data, images, FeatureSettings(), jobs=0, progress=False)
     models = ctx.work / "models"
-    settings = TrainSettings(epochs=3, seed=0) if ctx.quick else TrainSettings(seed=0)  # the defaults of make train
+    settings = TrainSettings(epochs=3, qat_epochs=1, seed=0) if ctx.quick else TrainSettings(seed=0)  # make train's defaults
     runs = {}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs["CNN (weights none)"] = train(images, models, settings=settings, progress=False, name=f"{stamp}-none",
                                        model_settings=ModelSettings(weights="none"))
     ctx.state["synthetic_run"] = runs["CNN (weights none)"]
     weights = ctx.weights_dir / PRETRAINED if ctx.weights_dir else None
-    pretrained = TrainSettings(epochs=2, fine_tune_epochs=1, seed=0) if ctx.quick else settings
+    pretrained = TrainSettings(epochs=2, fine_tune_epochs=1, qat_epochs=1, seed=0) if ctx.quick else settings
     if weights is not None and weights.is_file():
         runs["CNN (ImageNet)"] = train(
             images, models, name=f"{stamp}-imagenet", progress=False, settings=pretrained,
@@ -210,8 +210,10 @@ def _real(ctx) -> list[str]:
         test_sources = sources[test_mask]
         for name, model_settings in methods.items():
             pretrained = model_settings.weights != "none"
+            # qat_epochs=0: this section measures the float models' detection (no int8 file is made here)
             settings = TrainSettings(task="anomaly", epochs=(2 if ctx.quick else 10) if pretrained else (3 if ctx.quick else 12),
-                                     fine_tune_epochs=(1 if ctx.quick else 15) if pretrained else 0, seed=k)
+                                     fine_tune_epochs=(1 if ctx.quick else 15) if pretrained else 0, qat_epochs=0,
+                                     seed=k)
             run = train(images, ctx.work / "models_cv", settings=settings, model_settings=model_settings,
                         splits=split, progress=False, name=f"{stamp}-fold{k}-{'imagenet' if pretrained else 'none'}")
             # one model load and one predict for both versions of the test clips

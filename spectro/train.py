@@ -39,8 +39,9 @@ HELP = ("Fine-tune a Keras image backbone (MobileNet by default) on the spectrog
         "source recording, stratified by machine and label. With pretrained weights the base is frozen while "
         "a new head trains, then its top layers are fine-tuned at a small learning rate; with random "
         "initialisation (--weights none, or ImageNet weights that cannot be had) the whole network trains "
-        "in one phase. Whatever --task, the model gives an anomaly score (summed probability of the abnormal "
-        "classes) and the most likely failure type.")
+        "in one phase. A last, quantisation-aware phase (--qat-epochs) trains the model to answer the same "
+        "after the rounding of an int8 TFLite file. Whatever --task, the model gives an anomaly score (summed "
+        "probability of the abnormal classes) and the most likely failure type.")
 
 SPLITS = ("train", "val", "test")
 LR_SCHEDULES = ("cosine", "constant")
@@ -74,6 +75,11 @@ class TrainSettings:
     lr_schedule : str
         ``cosine``: each phase's learning rate decays along a half cosine to 2% of its start (from
         scratch, warm-up and full training share one); ``constant``: it stays put.
+    qat_epochs : int
+        Last phase: quantisation-aware fine-tuning (:mod:`spectro.qat`) of the best model so far, so that
+        its int8 TFLite file answers as it does. It trains the model's int8 twin at
+        ``fine_tune_learning_rate``, decaying along a half cosine whatever ``lr_schedule``, with BatchNorm
+        frozen, and keeps the epoch with the twin's best validation loss. 0 skips it.
     """
 
     task: str = "failure"
@@ -92,13 +98,17 @@ class TrainSettings:
     test_ids: tuple[str, ...] = ()
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     lr_schedule: str = "constant"
+    # README, "int8 and quantisation-aware fine-tuning": 8 epochs left a new default model at 97.9 % int8
+    # top-1 agreement, 8 more took it to 99.3 %
+    qat_epochs: int = 16
 
     def __post_init__(self) -> None:
         problems = []
         if self.task not in TASKS:
             problems.append(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        if self.epochs < 1 or self.fine_tune_epochs < 0:
-            problems.append(f"need epochs >= 1 and fine-tune epochs >= 0, got {self.epochs}, {self.fine_tune_epochs}")
+        if self.epochs < 1 or self.fine_tune_epochs < 0 or self.qat_epochs < 0:
+            problems.append(f"need epochs >= 1 and fine-tune and QAT epochs >= 0, got {self.epochs}, "
+                            f"{self.fine_tune_epochs}, {self.qat_epochs}")
         if self.fine_tune_layers < 0:
             problems.append(f"fine-tune layers must be >= 0 (0: the whole base), got {self.fine_tune_layers}")
         if self.batch_size < 1:
@@ -526,8 +536,11 @@ class _BestKeeper:
         self.best_weights = None
         self.monitored, self.wait = False, 0
 
-    def start_phase(self, monitored: bool) -> None:
+    def start_phase(self, monitored: bool, *, fresh: bool = False) -> None:
+        """Start a phase; ``fresh`` forgets the best so far (a phase monitored by another measure)."""
         self.monitored, self.wait = monitored, 0
+        if fresh:
+            self.best = self.best_epoch = self.best_weights = None
 
     def update(self, model, epoch: int, value: float) -> bool:
         """Record epoch ``epoch``'s monitored ``value``; True when the phase should stop."""
@@ -550,6 +563,24 @@ class _BestKeeper:
     def restore(self, model) -> None:
         if self.best_weights is not None:
             model.set_weights(self.best_weights)
+
+
+def _int8_twin(model, base, run: Path, input_shape, features: FeatureSettings, seed: int, image_size: int):
+    """The model's int8 twin (:func:`spectro.qat.int8_twin`), calibrated on the images ``spectro export``
+    calibrates on, with the base's BatchNorm frozen; also the BatchNorm layers' former ``trainable`` flags
+    and the number of layer outputs the twin rounds."""
+    import keras
+
+    from spectro.export import ExportSettings, representative_images
+    from spectro.qat import int8_twin, kept_layers
+
+    bn_trainable = [(layer, layer.trainable) for layer in base.layers
+                    if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer, _ in bn_trainable:
+        layer.trainable = False
+    calibration = representative_images(run, ExportSettings().representative, input_shape=tuple(input_shape),
+                                         image_size=image_size, seed=seed, features=features)
+    return int8_twin(model, calibration), bn_trainable, len(kept_layers(model))
 
 
 def _throughput(n_images: int, seconds: list[float]) -> float:
@@ -679,38 +710,51 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
         phases.append(("head", settings.epochs, settings.learning_rate, True))
         if settings.fine_tune_epochs > 0:
             phases.append(("fine_tune", settings.fine_tune_epochs, settings.fine_tune_learning_rate, True))
+    if settings.qat_epochs > 0:
+        phases.append(("qat", settings.qat_epochs, settings.fine_tune_learning_rate, True))
     rng = np.random.default_rng(settings.seed)
     keeper = _BestKeeper(run / MODEL_NAME, monitor=monitor, patience=settings.patience)
     epochs_run, phase_starts, timer = 0, [], _timer()
     total_epochs = sum(phase[1] for phase in phases)
+    fitted = model  # what fit() trains: the model, or in the QAT phase its int8 twin (same weights)
     for phase, epochs, lr, monitored in phases:
         if phase == "fine_tune":
             top = settings.fine_tune_layers or len(base.layers)  # 0: the whole base
             unfrozen = unfreeze_top(base, top)
             print(f"fine-tuning the top {top} layers of the base "
                   f"({unfrozen} trainable, BatchNorm frozen) at learning rate {lr:g}")
+        if phase == "qat":
+            fitted, bn_trainable, rounded = _int8_twin(model, base, run, input_shape, image_set.settings,
+                                                       settings.seed, model_settings.image_size)
+            print(f"quantisation-aware fine-tuning: {rounded} layer outputs round as the int8 file's will, "
+                  f"BatchNorm frozen, learning rate {lr:g} with cosine decay")
         if not (phase == "full" and phase_starts):  # "full" after the warm-up keeps the optimizer state
-            model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, weighted_metrics=[metric])
+            fitted.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, weighted_metrics=[metric])
         phase_starts.append(epochs_run)
         # one learning-rate schedule per phase; from scratch, warm-up and full training share one
-        span_start, span = (0, settings.epochs) if scratch else (epochs_run, epochs)
-        keeper.start_phase(monitored)
+        span_start, span = (0, settings.epochs) if scratch and phase != "qat" else (epochs_run, epochs)
+        cosine = settings.lr_schedule == "cosine" or phase == "qat"
+        # the twin's validation loss is another measure than the float model's: its phase keeps its own best
+        keeper.start_phase(monitored, fresh=phase == "qat")
         for epoch in range(epochs_run, epochs_run + epochs):
-            rate = (cosine_rate(lr, epoch - span_start, span) if settings.lr_schedule == "cosine" else lr)
-            model.optimizer.learning_rate.assign(rate)
+            rate = cosine_rate(lr, epoch - span_start, span) if cosine else lr
+            fitted.optimizer.learning_rate.assign(rate)
             x = epoch_images(x_train, rng=rng, augment_settings=settings.augment,
                              db_per_step=image_set.settings.db_per_step, backgrounds=backgrounds)
             # epochs=<all phases' epochs> with a one-epoch stop keeps Keras' "Epoch k/N" display right
-            history = model.fit(x, y_train, sample_weight=w_train, batch_size=settings.batch_size, shuffle=True,
-                                validation_data=validation, initial_epoch=epoch, epochs=total_epochs,
-                                callbacks=[_one_epoch(rate), timer,
-                                           keras.callbacks.CSVLogger(run / HISTORY_NAME, append=epoch > 0)],
-                                verbose=verbose)
+            history = fitted.fit(x, y_train, sample_weight=w_train, batch_size=settings.batch_size, shuffle=True,
+                                 validation_data=validation, initial_epoch=epoch, epochs=total_epochs,
+                                 callbacks=[_one_epoch(rate), timer,
+                                            keras.callbacks.CSVLogger(run / HISTORY_NAME, append=epoch > 0)],
+                                 verbose=verbose)
             del x
             if keeper.update(model, epoch, history.history[monitor][-1]):
                 break
         epochs_run = epoch + 1
         keeper.restore(model)  # the next phase (and the saved model) start from this phase's best epoch
+        if phase == "qat":
+            for layer, trainable in bn_trainable:
+                layer.trainable = trainable
     _save_clean(model, run / MODEL_NAME)
     plot_history(run / HISTORY_NAME, run / "training.png", phase_starts=phase_starts[1:])
 
@@ -757,6 +801,9 @@ def add_arguments(parser) -> None:
                         help="epochs with the top of a pretrained base unfrozen (0: skip)")
     parser.add_argument("--fine-tune-layers", type=int, default=d.fine_tune_layers,
                         help="number of top base layers to unfreeze when fine-tuning (0: the whole base)")
+    parser.add_argument("--qat-epochs", type=int, default=d.qat_epochs,
+                        help="last phase: quantisation-aware fine-tuning, so the int8 TFLite file answers as the "
+                             "model does (0: skip)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="images per training step")
     parser.add_argument("--learning-rate", type=float, default=d.learning_rate,
                         help="Adam learning rate of the first phase")
@@ -778,7 +825,7 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     settings = TrainSettings(
-        task=args.task, epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs,
+        task=args.task, epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs, qat_epochs=args.qat_epochs,
         fine_tune_layers=args.fine_tune_layers, batch_size=args.batch_size, learning_rate=args.learning_rate,
         fine_tune_learning_rate=args.fine_tune_learning_rate, lr_schedule=args.lr_schedule, patience=args.patience,
         seed=args.seed,

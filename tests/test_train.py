@@ -230,6 +230,11 @@ def test_epoch_images_are_the_augmented_training_set_in_chunks():
     assert not np.array_equal(a[..., 0], pixels) and a.min() >= 0 and a.max() <= 255
 
 
+def test_negative_qat_epochs_are_refused():
+    with pytest.raises(SpectroError, match="QAT epochs >= 0"):
+        TrainSettings(qat_epochs=-1)
+
+
 def test_bad_lr_schedule_is_refused():
     with pytest.raises(SpectroError, match="lr_schedule must be one of cosine, constant"):
         TrainSettings(lr_schedule="step")
@@ -310,12 +315,16 @@ def trained(tiny_images, tmp_path_factory):
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
         assert cli_main(["train", str(tiny_images), "--out", str(out), *TINY, "--epochs", "3", "--batch-size", "8",
-                         "--seed", "1", "--name", "tiny", "--lr-schedule", "cosine"]) == 0
+                         "--seed", "1", "--name", "tiny", "--lr-schedule", "cosine", "--qat-epochs", "2"]) == 0
     return out, out / "tiny", log.getvalue()
 
 
 @pytest.mark.slow
 def test_end_to_end_run_writes_every_output(trained, tiny_images):
+    import keras
+
+    from spectro.model import load_keras_model
+
     out, run, log = trained
     for name in ("model.keras", "labels.json", "config.json", "splits.csv", "history.csv", "training.png"):
         assert (run / name).is_file(), name
@@ -326,18 +335,23 @@ def test_end_to_end_run_writes_every_output(trained, tiny_images):
     assert config["task"] == "failure" and config["seed"] == 1
     assert config["input_shape"] == list(read_manifest_shape(tiny_images))
     assert FeatureSettings.from_dict(config["features"]) == FeatureSettings(n_mels=32, n_fft=512, hop_length=256)
-    assert config["training"]["phases"] == ["warmup", "full"] and config["training"]["epochs_run"] >= 1
-    # the epoch counter runs over all phases: "Epoch 1/3", "Epoch 2/3", … (not 1/1 for the warm-up)
+    assert config["training"]["phases"] == ["warmup", "full", "qat"] and config["training"]["epochs_run"] == 5
+    # the epoch counter runs over all phases: "Epoch 1/5", "Epoch 2/5", … (not 1/1 for the warm-up)
     counters = re.findall(r"Epoch (\d+)/(\d+)", log)
-    assert counters[:2] == [("1", "3"), ("2", "3")] and {total for _, total in counters} == {"3"}
+    assert counters[:2] == [("1", "5"), ("2", "5")] and {total for _, total in counters} == {"5"}
+    assert "quantisation-aware fine-tuning: 70 layer outputs round" in log
     assert {"task_accuracy", "task_balanced_accuracy", "anomaly_auc", "anomaly_pauc"} <= set(config["metrics"]["test"])
     with (run / "history.csv").open() as handle:
         history = list(csv.DictReader(handle))
     assert len(history) == config["training"]["epochs_run"]
     assert {"loss", "val_loss", "task_accuracy", "val_task_accuracy", "learning_rate"} <= set(history[0])
     assert config["training"]["lr_schedule"] == "cosine"
-    rates = [float(r["learning_rate"]) for r in history]  # one cosine over warm-up and full training
-    assert rates == pytest.approx([cosine_rate(config["training"]["learning_rate"], e, 3) for e in range(len(rates))])
+    rates = [float(r["learning_rate"]) for r in history]  # one cosine over warm-up and full training, one over QAT
+    training = config["training"]
+    assert rates == pytest.approx([cosine_rate(training["learning_rate"], e, 3) for e in range(3)]
+                                  + [cosine_rate(training["fine_tune_learning_rate"], e, 2) for e in range(2)])
+    base = load_keras_model(run / "model.keras").get_layer("backbone")  # QAT froze BatchNorm only while it ran
+    assert all(layer.trainable for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization))
     with (run / "splits.csv").open() as handle:
         splits = list(csv.DictReader(handle))
     assert len(splits) == 32 and all(Path(r["image"]).is_absolute() and Path(r["image"]).is_file() for r in splits)
@@ -393,7 +407,7 @@ def test_pretrained_run_trains_the_head_then_fine_tunes_the_whole_base(tiny_imag
     with contextlib.redirect_stdout(log):
         assert cli_main(["train", str(tiny_images), "--out", str(tmp_path / "models"), *TINY[:4], "--weights",
                          str(weights), "--no-progress", "--epochs", "1", "--fine-tune-epochs", "1",
-                         "--batch-size", "8", "--name", "pre"]) == 0
+                         "--batch-size", "8", "--name", "pre", "--qat-epochs", "0"]) == 0
     config = json.loads((tmp_path / "models" / "pre" / "config.json").read_text())
     assert config["model"]["weights_used"] == str(weights)
     assert config["training"]["phases"] == ["head", "fine_tune"] and config["training"]["fine_tune_layers"] == 0
