@@ -5,7 +5,8 @@ A full-integer TFLite file rounds the resized image to whole pixels and every te
 rounding on the images it finds hardest (2–6 % of the synthetic test split: see the README). The twin
 built here shares the model's layers, and so its weights, and adds a :class:`FakeQuant` after each layer
 whose output the int8 file keeps: round to the step, with the straight-through gradient of Jacob et al.
-(2018), "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference".
+(2018), "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference";
+in training the rounding is stochastic (see :class:`FakeQuant`).
 Training the twin trains the model to answer the same with and without that rounding. The twin is never
 saved; the model stays plain Keras.
 
@@ -84,15 +85,23 @@ def _make_layers():
             return input_shape
 
     class FakeQuant(keras.layers.Layer):
-        """Round to one of 256 steps of ``[low, high]`` (int8, asymmetric); straight-through gradient."""
+        """Round to one of 256 steps of ``[low, high]`` (int8, asymmetric); straight-through gradient.
 
-        def __init__(self, low: float, high: float, **kwargs):
+        In training the rounding is stochastic (to the step below or above, with probabilities by distance:
+        unbiased), so the model learns to shrug off any rounding of that size, not one particular rounding.
+        """
+
+        def __init__(self, low: float, high: float, seed: int = 0, **kwargs):
             super().__init__(**kwargs)
             self.scale = max(high - low, 1e-8) / 255.0
             self.zero_point = float(np.round(-128.0 - low / self.scale))
+            self.seed_generator = keras.random.SeedGenerator(seed)
 
-        def call(self, x):
-            q = ops.clip(ops.round(x / self.scale) + self.zero_point, -128.0, 127.0)
+        def call(self, x, training=None):
+            steps = x / self.scale
+            if training:
+                steps = steps + keras.random.uniform(ops.shape(x), -0.5, 0.5, seed=self.seed_generator)
+            q = ops.clip(ops.round(steps) + self.zero_point, -128.0, 127.0)
             rounded = (q - self.zero_point) * self.scale
             return x + ops.stop_gradient(rounded - x)
 
@@ -120,7 +129,7 @@ def _clone_with(model, names: set[str], make):
         model.compiled = compiled
 
 
-def int8_twin(model, calibration: np.ndarray, *, batch_size: int = 32):
+def int8_twin(model, calibration: np.ndarray, *, batch_size: int = 32, seed: int = 0):
     """The model's quantisation-aware twin (shared weights), with ranges taken on ``calibration`` images.
 
     Parameters
@@ -129,6 +138,8 @@ def int8_twin(model, calibration: np.ndarray, *, batch_size: int = 32):
         Pixels in (the model's own input), probabilities out.
     calibration : ndarray
         Images as the model takes them, e.g. a couple of hundred training images.
+    seed : int
+        Seed of the stochastic rounding in training.
 
     Returns
     -------
@@ -146,5 +157,6 @@ def int8_twin(model, calibration: np.ndarray, *, batch_size: int = 32):
     probe = _clone_with(model, names, observe)
     for start in range(0, len(calibration), batch_size):
         probe(np.asarray(calibration[start:start + batch_size], dtype=np.float32), training=False)
+    order = {name: i for i, name in enumerate(sorted(names))}
     return _clone_with(model, names, lambda name: FakeQuant(observers[name].low, observers[name].high,
-                                                            name=f"{name}_int8"))
+                                                            seed=seed + order[name], name=f"{name}_int8"))

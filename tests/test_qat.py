@@ -122,3 +122,20 @@ def test_every_backbone_gets_a_twin_that_rounds_and_trains(backbone):
     np.testing.assert_allclose(twin.predict(x, verbose=0), model.predict(x, verbose=0), atol=0.05)  # same function
     twin.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
     assert np.isfinite(twin.fit(x, rng.integers(0, 3, size=8), epochs=1, verbose=0).history["loss"][0])
+
+
+def test_rounding_is_stochastic_and_unbiased_in_training_only():
+    from keras import ops
+
+    from spectro.qat import _make_layers
+
+    _, FakeQuant = _make_layers()
+    layer = FakeQuant(-1.0, 1.0, seed=3)  # steps of 2/255 with zero point 0
+    step = 2.0 / 255.0
+    x = np.full(20000, 0.3, dtype="float32")  # 38.25 steps: between step 38 and step 39
+    trained = ops.convert_to_numpy(layer(x, training=True))
+    assert set(np.round(trained / step).astype(int)) == {38, 39}
+    assert abs(trained.mean() - 0.3) < 2e-4  # unbiased: 39 with probability 0.25
+    assert abs(np.mean(np.round(trained / step) == 39) - 0.25) < 0.02
+    inferred = ops.convert_to_numpy(layer(x))
+    np.testing.assert_allclose(inferred, 38 * step, rtol=1e-6)  # nearest step, the same every time
