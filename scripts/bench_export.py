@@ -138,19 +138,18 @@ def run(ctx) -> str:
     from spectro.inference import TFLITE_NAMES
     from spectro.model import ModelSettings
     from spectro.runs import load_config, read_splits
-    from spectro.train import TrainSettings
 
     lines = []
     run_dir = ctx.state.get("synthetic_run")
-    if run_dir is None:
-        run_dir = _own_run(ctx)
+    own = run_dir is None
+    run_dir = Path(_own_run(ctx) if own else run_dir)
+    config = load_config(run_dir)
+    if own:
+        training = config["training"]
         lines.append(f"No run from the train section (e.g. `--only export`): trained one here on the synthetic "
                      f"dataset{' (quick sizes)' if ctx.quick else ''}, the default MobileNetV2 (α {ModelSettings().alpha}, "
-                     f"{ModelSettings().image_size} px), weights none, "
-                     f"{3 if ctx.quick else 12} epochs and {1 if ctx.quick else TrainSettings().qat_epochs} of "
-                     "quantisation-aware fine-tuning.")
-    run_dir = Path(run_dir)
-    config = load_config(run_dir)
+                     f"{ModelSettings().image_size} px), weights none, {training['epochs']} epochs and "
+                     f"{training['qat_epochs']} of quantisation-aware fine-tuning.")
     model_info = config.get("model", {})
     out = ctx.work / "export" / run_dir.name
     shutil.rmtree(out, ignore_errors=True)

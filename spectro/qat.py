@@ -39,20 +39,18 @@ def _layers(model) -> list:
     return out
 
 
-def _as_list(tensors) -> list:
-    return list(tensors) if isinstance(tensors, (list, tuple)) else [tensors]
-
-
 def kept_layers(model) -> list[str]:
     """Names of the layers whose outputs an int8 file of ``model`` keeps as int8 tensors (module docstring)."""
+    from keras import tree
+
     layers = _layers(model)
     consumers: dict[int, list[str]] = {}
     for layer in layers:
         if type(layer).__name__ in NOT_KEPT:
             continue
-        for tensor in _as_list(layer.input):
+        for tensor in tree.flatten(layer.input):
             consumers.setdefault(id(tensor), []).append(type(layer).__name__)
-    output_ids = {id(t) for t in _as_list(model.output)}
+    output_ids = {id(t) for t in tree.flatten(model.output)}
     kept = []
     for layer in layers:
         if type(layer).__name__ in NOT_KEPT or id(layer.output) in output_ids:

@@ -578,7 +578,7 @@ def _int8_twin(model, base, run: Path, input_shape, features: FeatureSettings, s
                     if isinstance(layer, keras.layers.BatchNormalization)]
     for layer, _ in bn_trainable:
         layer.trainable = False
-    calibration = representative_images(run, ExportSettings().representative, input_shape=tuple(input_shape),
+    calibration = representative_images(run, ExportSettings().representative, input_shape=input_shape,
                                          image_size=image_size, seed=seed, features=features)
     return int8_twin(model, calibration, seed=seed), bn_trainable, len(kept_layers(model))
 
@@ -732,7 +732,7 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
             fitted.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, weighted_metrics=[metric])
         phase_starts.append(epochs_run)
         # one learning-rate schedule per phase; from scratch, warm-up and full training share one
-        span_start, span = (0, settings.epochs) if scratch and phase != "qat" else (epochs_run, epochs)
+        span_start, span = (0, settings.epochs) if phase in ("warmup", "full") else (epochs_run, epochs)
         cosine = settings.lr_schedule == "cosine" or phase == "qat"
         # the twin's validation loss is another measure than the float model's: its phase keeps its own best
         keeper.start_phase(monitored, fresh=phase == "qat")
