@@ -1,12 +1,13 @@
 """Quantisation-aware fine-tuning: a twin of a model that rounds its tensors the way the int8 file will.
 
-A full-integer TFLite file rounds the resized image to whole pixels and every tensor it keeps to one of
-256 steps of that tensor's calibrated range. A model trained in float alone answers differently after that
-rounding on the images it finds hardest (2–6 % of the synthetic test split: see the README). The twin
-built here shares the model's layers, and so its weights, and adds a :class:`FakeQuant` after each layer
-whose output the int8 file keeps: round to the step, with the straight-through gradient of Jacob et al.
-(2018), "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference";
-in training the rounding is stochastic (see :class:`FakeQuant`).
+A full-integer TFLite file rounds the resized image to whole pixels (a bilinear resize's; a nearest resize
+copies whole pixels) and every tensor it keeps to one of 256 steps of that tensor's calibrated range. A
+model trained in float alone answers differently after that rounding on the images it finds hardest (2–6 %
+of the synthetic test split: see the README). The twin built here shares the model's layers, and so its
+weights, and adds a :class:`FakeQuant` after each layer whose output the int8 file keeps: round to the
+step, with the straight-through gradient of Jacob et al. (2018), "Quantization and Training of Neural
+Networks for Efficient Integer-Arithmetic-Only Inference"; in training the rounding is stochastic (see
+:class:`FakeQuant`).
 Training the twin trains the model to answer the same with and without that rounding. The twin is never
 saved; the model stays plain Keras.
 

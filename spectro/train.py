@@ -30,7 +30,7 @@ from spectro.config import IMAGES_DIR, MODELS_DIR, NORMAL_LABEL, FeatureSettings
 from spectro.dataset import MANIFEST_NAME, ManifestRow, read_manifest
 from spectro.errors import SpectroError, SpectroWarning
 from spectro.labels import TASKS, LabelSpace
-from spectro.model import BACKBONES, ModelSettings
+from spectro.model import BACKBONES, RESIZE_METHODS, ModelSettings
 from spectro.runs import MODEL_NAME, SPLITS_NAME, point_latest, save_config
 
 HELP = ("Fine-tune a Keras image backbone (MobileNet by default) on the spectrogram PNGs of IMAGES "
@@ -792,6 +792,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--alpha", type=float, default=m.alpha, help="MobileNet width multiplier")
     parser.add_argument("--image-size", type=int, default=m.image_size,
                         help="square size the model resizes the spectrogram to (ImageNet weights: 96..224)")
+    parser.add_argument("--resize", choices=RESIZE_METHODS, default=m.resize,
+                        help="resizing inside the model: nearest copies whole pixels, so the int8 TFLite file "
+                             "resizes exactly as Keras does; bilinear interpolates")
     parser.add_argument("--weights", default=m.weights,
                         help="'imagenet' (random initialisation, with a warning, when unavailable), 'none', "
                              "or a path to a Keras weights file for the backbone")
@@ -832,7 +835,7 @@ def main(args) -> int:
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, test_ids=tuple(args.test_ids),
         augment=AugmentSettings.off() if args.no_augment else AugmentSettings())
     model_settings = ModelSettings(backbone=args.backbone, alpha=args.alpha, image_size=args.image_size,
-                                   weights=args.weights)
+                                   weights=args.weights, resize=args.resize)
     train(args.images, args.out, settings=settings, model_settings=model_settings, name=args.name,
           progress=not args.no_progress)
     return 0

@@ -56,17 +56,34 @@ def test_weights_file_for_another_backbone_is_a_clear_error(weights_file, tmp_pa
         load_backbone(ModelSettings(backbone="mobilenet_v2", alpha=1.0, image_size=32, weights=str(path)))
 
 
-def test_mobilenet_v2_scales_pixels_to_plus_minus_one_inside_the_model():
+def test_mobilenet_v2_scales_pixels_to_plus_minus_one_in_steps_of_1_128_inside_the_model():
     import keras
 
     model, base, used = build_model((16, 40), 2, ModelSettings(weights="none", **TINY))
     assert used == "none" and base.trainable
     probe = keras.Model(model.input, model.get_layer("scale_to_pm1").output)
-    x = np.stack([np.zeros((16, 40, 1)), np.full((16, 40, 1), 255.0)]).astype("float32")
+    x = np.stack([np.full((16, 40, 1), v) for v in (0.0, 128.0, 255.0)]).astype("float32")
     out = probe.predict(x, verbose=0)
-    assert out.shape == (2, 32, 32, 3)  # resized, gray -> 3 channels
-    np.testing.assert_allclose(out[0], -1.0, atol=1e-6)
-    np.testing.assert_allclose(out[1], 1.0, atol=1e-6)
+    assert out.shape == (3, 32, 32, 3)  # resized, gray -> 3 channels
+    # pixel p -> p / 128 - 1: exact int8 values on a 1/128 grid (see spectro.export.int8_graph)
+    np.testing.assert_array_equal(out[0], -1.0)
+    np.testing.assert_array_equal(out[1], 0.0)
+    np.testing.assert_array_equal(out[2], 127 / 128)
+
+
+def test_resize_copies_whole_pixels_by_default_and_interpolates_on_request():
+    import keras
+
+    x = np.arange(16 * 40, dtype="float32").reshape(1, 16, 40, 1) % 256
+    for resize in ("nearest", "bilinear"):
+        model, _, _ = build_model((16, 40), 2, ModelSettings(weights="none", resize=resize, **TINY))
+        out = keras.Model(model.input, model.get_layer("resize").output).predict(x, verbose=0)
+        assert out.shape == (1, 32, 32, 1)
+        whole = np.isin(out, x).all()  # every resized pixel is one of the image's pixels
+        assert whole if resize == "nearest" else not whole
+    assert ModelSettings().resize == "nearest"
+    with pytest.raises(SpectroError, match="unknown resize method 'bicubic': expected one of nearest, bilinear"):
+        ModelSettings(resize="bicubic")
 
 
 def test_mobilenet_v3_gets_no_second_scaling():

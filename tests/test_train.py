@@ -315,7 +315,8 @@ def trained(tiny_images, tmp_path_factory):
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
         assert cli_main(["train", str(tiny_images), "--out", str(out), *TINY, "--epochs", "3", "--batch-size", "8",
-                         "--seed", "1", "--name", "tiny", "--lr-schedule", "cosine", "--qat-epochs", "2"]) == 0
+                         "--seed", "1", "--name", "tiny", "--lr-schedule", "cosine", "--qat-epochs", "2",
+                         "--resize", "bilinear"]) == 0
     return out, out / "tiny", log.getvalue()
 
 
@@ -350,7 +351,9 @@ def test_end_to_end_run_writes_every_output(trained, tiny_images):
     training = config["training"]
     assert rates == pytest.approx([cosine_rate(training["learning_rate"], e, 3) for e in range(3)]
                                   + [cosine_rate(training["fine_tune_learning_rate"], e, 2) for e in range(2)])
-    base = load_keras_model(run / "model.keras").get_layer("backbone")  # QAT froze BatchNorm only while it ran
+    model = load_keras_model(run / "model.keras")
+    assert config["model"]["resize"] == "bilinear" and model.get_layer("resize").interpolation == "bilinear"
+    base = model.get_layer("backbone")  # QAT froze BatchNorm only while it ran
     assert all(layer.trainable for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization))
     with (run / "splits.csv").open() as handle:
         splits = list(csv.DictReader(handle))
