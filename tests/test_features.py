@@ -75,9 +75,14 @@ def test_log_mel_matches_librosa_closely():
 
 
 def test_silence_gives_finite_floor():
+    import librosa
+
     s = FeatureSettings()
     db = log_mel(np.zeros(SR, dtype=np.float32), s)
-    assert np.isfinite(db).all() and (db == -100.0).all()
+    # float32 log10 is not correctly rounded on every CPU (AVX-512 gives -100.00001 for 1e-10)
+    assert np.isfinite(db).all()
+    np.testing.assert_allclose(db, librosa.power_to_db(np.zeros((1, 1)), amin=1e-10, top_db=None)[0, 0],
+                               rtol=0, atol=1e-4)
     assert (db_to_pixels(db, s) == 0).all()
 
 
