@@ -91,15 +91,20 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks.md")
     parser.add_argument("--work", type=Path, default=ROOT / "reports" / "bench")
     parser.add_argument("--synthetic-run", type=Path, help="with --only export: the run folder the train section made")
+    parser.add_argument("--pretrained-run", type=Path,
+                        help="with --only export: the ImageNet-initialised run folder the train section made")
     args = parser.parse_args(argv)
     ctx = BenchContext(root=ROOT, work=args.work, shared=ROOT.parent / "shared", quick=args.quick)
     if args.synthetic_run:
         ctx.state["synthetic_run"] = args.synthetic_run.resolve()
+    if args.pretrained_run:
+        ctx.state["pretrained_run"] = args.pretrained_run.resolve()
     ctx.work.mkdir(parents=True, exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     command = "make bench" if not (args.only or args.quick) else "python scripts/bench.py " + " ".join(
         (["--only", *args.only] if args.only else []) + (["--quick"] if args.quick else [])
-        + ([f"--synthetic-run {args.synthetic_run}"] if args.synthetic_run else []))
+        + ([f"--synthetic-run {args.synthetic_run}"] if args.synthetic_run else [])
+        + ([f"--pretrained-run {args.pretrained_run}"] if args.pretrained_run else []))
     header = [
         "# spectro benchmarks", "",
         f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",

@@ -113,6 +113,46 @@ def _default_backbone(ctx, x_train, x_test, runs: int) -> list[str]:
     ]
 
 
+def _bias_correction(ctx, default_run: Path, default_int8, runs: int) -> list[str]:
+    """int8 fidelity with and without bias correction, for the default run and the ImageNet-initialised one."""
+    import warnings
+
+    from spectro.errors import SpectroWarning
+    from spectro.export import BOUNDS, ExportSettings, export_run
+    from spectro.runs import load_config
+
+    def int8(run: Path, corrected: bool):
+        out = ctx.work / "export_bias" / f"{run.name}-{'corrected' if corrected else 'plain'}"
+        shutil.rmtree(out, ignore_errors=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SpectroWarning)
+            settings = ExportSettings(quantize=("int8",), bias_correction=corrected, latency_runs=runs)
+            return export_run(run, settings, out=out, progress=False)[0]
+
+    cases = [("default (weights none)", default_run, {True: default_int8, False: int8(default_run, False)})]
+    pretrained = ctx.state.get("pretrained_run")
+    if pretrained is not None:
+        cases.append((f"ImageNet-initialised (α {load_config(pretrained)['model']['alpha']})", Path(pretrained),
+                      {True: int8(Path(pretrained), True), False: int8(Path(pretrained), False)}))
+    lines = ["", "int8 with and without bias correction (`spectro export --no-bias-correction`): the same "
+             "conversion, with or without the biases of a copy of the model corrected for the mean shift of "
+             "rounding its weights to int8 (`spectro/bias_correction.py`); test split:", "",
+             "| run | bias correction | top-1 agreement | anomaly AUC Keras / int8 | AUC loss | max abs(dp) | result |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for name, run, results in cases:
+        for corrected in (False, True):
+            v, failures = results[corrected].verification, results[corrected].failures
+            loss = "n/a" if v.auc_loss is None else f"{v.auc_loss:+.4f}"
+            lines.append(f"| {name} `{run.name}` | {'on (default)' if corrected else 'off'} | {v.agreement:.1%} "
+                         f"({round(v.agreement * v.n_images)}/{v.n_images}) | {_auc(v.keras_auc)} / {_auc(v.tflite_auc)} | "
+                         f"{loss} | {v.max_prob_diff:.3f} | {'ok' if not failures else 'FAILED: ' + '; '.join(failures)} |")
+    if pretrained is None:
+        lines += ["", "(No ImageNet-initialised run: the train section found no weights in ../shared/weights, or "
+                  "`--only export` was run without `--pretrained-run`.)"]
+    lines += ["", f"The int8 bound is top-1 agreement ≥ {BOUNDS['int8'].min_agreement:.0%}."]
+    return lines
+
+
 def _keras_times(model_path: Path, sample: Path, runs: int) -> dict:
     done = subprocess.run([sys.executable, "-c", _KERAS_TIMER, str(model_path), str(sample), str(runs)],
                           capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
@@ -228,6 +268,7 @@ def run(ctx) -> str:
     (lite, lite_s), (heavy, heavy_s) = walls.items()
     lines += ["", f"`spectro classify one.png --model …` start-up (subprocess wall time, median of {repeats}): "
               f"{lite} {lite_s:.2f} s, {heavy} {heavy_s:.2f} s — ratio {lite_s / heavy_s:.3f}."]
+    lines += _bias_correction(ctx, run_dir, results["int8"], runs)
     x_train = load_images(read_splits(run_dir, "train")[:50], tuple(config["input_shape"][:2]), features)
     lines += _default_backbone(ctx, x_train, x, runs)
     if caught:

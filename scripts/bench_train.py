@@ -125,6 +125,7 @@ def _synthetic(ctx) -> list[str]:
         runs["CNN (ImageNet)"] = train(
             images, models, name=f"{stamp}-imagenet", progress=False, settings=pretrained,
             model_settings=ModelSettings(weights=str(weights), alpha=1.0, image_size=96))
+        ctx.state["pretrained_run"] = runs["CNN (ImageNet)"]
 
     first = next(iter(runs.values()))
     rows = _read_split(first)

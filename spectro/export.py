@@ -7,7 +7,9 @@ and output). Only builtin TFLite ops are allowed, so the files run on any LiteRT
 
 Full-integer calibration draws images from the run's **training** split. The first calibration image
 gets a small block of 0 and one of 255 pixels so that the quantised input covers the whole pixel
-range: the uint8 input then has scale 1 and zero point 0, i.e. a PNG's pixels go in unchanged.
+range: the uint8 input then has scale 1 and zero point 0, i.e. a PNG's pixels go in unchanged. Before
+an int8 conversion the biases of a copy of the model are corrected for the mean shift that rounding the
+weights to int8 causes (:mod:`spectro.bias_correction`; ``--no-bias-correction`` converts as is).
 
 After conversion each file is verified against the Keras model on the run's test split (top-1
 agreement of the fine class, anomaly AUC of each, the largest probability difference, file size,
@@ -41,7 +43,8 @@ from spectro.runs import (LATEST, MODEL_NAME, SPLITS_NAME, ImageRow, load_config
 
 HELP = ("Export a trained run to TensorFlow Lite for edge devices and verify the result. --quantize none "
         "writes a float32 model.tflite, dynamic a dynamic-range model_dynamic.tflite (int8 weights), int8 a "
-        "full-integer model_int8.tflite (uint8 input and output, calibrated on the run's training images); "
+        "full-integer model_int8.tflite (uint8 input and output, calibrated on the run's training images, "
+        "biases corrected for the mean shift of rounding the weights to int8); "
         "several modes may be given at once. Only builtin TFLite ops are used (no Flex ops). Each file is "
         "then checked against the Keras model on the run's test split: top-1 agreement (float32 >= 99.5%, "
         "dynamic >= 99%, int8 >= 98%), anomaly AUC loss (float32 <= 0.005, dynamic and int8 <= 0.01), file "
@@ -77,6 +80,8 @@ class ExportSettings:
         Training images used to calibrate full-integer quantisation (all of them when fewer).
     verify : bool
         Verify each file on the test split and refuse files that miss :data:`BOUNDS`.
+    bias_correction : bool
+        int8: correct the biases for the mean shift of weight rounding (:mod:`spectro.bias_correction`).
     latency_runs : int
         Timed single-image invocations for the median latency.
     """
@@ -84,6 +89,7 @@ class ExportSettings:
     quantize: tuple[str, ...] = ("int8",)
     representative: int = 200
     verify: bool = True
+    bias_correction: bool = True
     latency_runs: int = 50
 
     def __post_init__(self) -> None:
@@ -234,8 +240,10 @@ def _quiet_fds() -> Iterator[Path]:
         log.close()
 
 
-def int8_graph(model):
-    """``model`` as the int8 converter should see it: the same function, its input scaling in one op.
+def int8_graph(model, calibration: np.ndarray | None = None):
+    """``model`` as the int8 converter should see it: its input scaling in one op and, given ``calibration``
+    images, its biases corrected for the mean shift of int8 weight rounding
+    (:func:`spectro.bias_correction.correct_biases`, on a copy: ``model`` is left as it is).
 
     The converter turns MobileNetV2's ``Rescaling`` (``x / 128 - 1``) into MUL then ADD and gives the
     MUL's output the union of both ranges, [-1, 2]: the scaled pixels are rounded to a grid of 1.5
@@ -249,6 +257,13 @@ def int8_graph(model):
 
     from spectro.model import SCALE_NAME
 
+    if calibration is not None:
+        from spectro.bias_correction import correct_biases
+
+        copy = keras.models.clone_model(model, recursive=True)
+        copy.set_weights(model.get_weights())
+        correct_biases(copy, calibration)
+        model = copy
     layer = next((lay for lay in model.layers if lay.name == SCALE_NAME), None)
     if not isinstance(layer, keras.layers.Rescaling) or np.ndim(layer.scale) or np.ndim(layer.offset):
         return model
@@ -258,7 +273,7 @@ def int8_graph(model):
     return keras.models.clone_model(model, clone_function=lambda lay: conv if lay is layer else lay)
 
 
-def convert(model, mode: str, representative: np.ndarray | None = None) -> bytes:
+def convert(model, mode: str, representative: np.ndarray | None = None, *, bias_correction: bool = True) -> bytes:
     """Convert a Keras model to a TFLite flatbuffer, builtin ops only.
 
     Parameters
@@ -269,6 +284,9 @@ def convert(model, mode: str, representative: np.ndarray | None = None) -> bytes
     representative : numpy.ndarray, optional
         ``(n, n_mels, frames, 1)`` calibration images; required for ``int8``, which converts
         :func:`int8_graph` of the model.
+    bias_correction : bool
+        For ``int8``: correct the biases for the mean shift of weight rounding, measured on the
+        calibration images (README, "int8 and quantisation-aware fine-tuning").
 
     Raises
     ------
@@ -279,13 +297,15 @@ def convert(model, mode: str, representative: np.ndarray | None = None) -> bytes
 
     if mode not in QUANTIZE_MODES:
         raise SpectroError(f"unknown quantisation {mode!r}: expected one of {', '.join(QUANTIZE_MODES)}")
-    converter = tf.lite.TFLiteConverter.from_keras_model(int8_graph(model) if mode == "int8" else model)
+    if mode == "int8" and (representative is None or len(representative) == 0):
+        raise SpectroError("int8 export needs representative images (the run's training split)")
+    if mode == "int8":
+        model = int8_graph(model, representative if bias_correction else None)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if mode in ("dynamic", "int8"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode == "int8":
-        if representative is None or len(representative) == 0:
-            raise SpectroError("int8 export needs representative images (the run's training split)")
 
         def dataset():
             for image in representative:
@@ -454,7 +474,7 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
     for mode in settings.quantize:
         final = dest / TFLITE_NAMES[mode]
         say(f"converting {run.name} -> {final.name} ({mode}) ...")
-        flatbuffer = convert(model, mode, representative)
+        flatbuffer = convert(model, mode, representative, bias_correction=settings.bias_correction)
         check_builtin_ops(tflite_ops(flatbuffer), mode=mode)
         tmp = final.with_name(f".{final.name}.tmp")
         tmp.write_bytes(flatbuffer)
@@ -482,14 +502,16 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
             results.append(ExportResult(mode, final, verification))
 
     # the figures go into the config.json beside the files (the run's, or the --out folder's)
-    figures = {r.mode: _figures(r) for r in results}
+    figures = {r.mode: _figures(r, settings) for r in results}
     update_config(dest, export={**load_config(dest).get("export", {}), **figures})
     return results
 
 
-def _figures(result: ExportResult) -> dict:
+def _figures(result: ExportResult, settings: ExportSettings) -> dict:
     data = {"file": str(result.path) if result.path else None, "passed": not result.failures,
             "bounds": asdict(BOUNDS[result.mode]), "failures": list(result.failures)}
+    if result.mode == "int8":
+        data["bias_correction"] = settings.bias_correction
     if result.verification is not None:
         data.update(result.verification.to_dict())
     else:
@@ -539,13 +561,16 @@ def add_arguments(parser) -> None:
                         help="write the model(s) with labels.json and config.json into DIR; None: into the run folder")
     parser.add_argument("--representative", type=int, default=ExportSettings.representative, metavar="N",
                         help="training images used to calibrate int8 quantisation")
+    parser.add_argument("--no-bias-correction", action="store_true",
+                        help="int8: convert the weights as they are, without correcting the biases for the mean "
+                             "shift that rounding the weights to int8 causes")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the checks against the Keras model on the test split (and their bounds)")
 
 
 def main(args) -> int:
     settings = ExportSettings(quantize=tuple(dict.fromkeys(args.quantize)), representative=args.representative,
-                              verify=not args.no_verify)
+                              verify=not args.no_verify, bias_correction=not args.no_bias_correction)
     results = export_run(args.run, settings, out=args.out)
     split = next((r.verification.split for r in results if r.verification), None)
     if split:

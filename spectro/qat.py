@@ -68,17 +68,26 @@ def _make_layers():
     from keras import ops
 
     class RangeObserver(keras.layers.Layer):
-        """Identity that records the min and max of what passes through it when called eagerly."""
+        """Identity that records, when called eagerly, the min and max of what passes through it and its
+        mean over the batch axis (``mean``: one map of the tensor's shape without the batch)."""
 
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
             self.low, self.high = 0.0, 0.0  # the converter's ranges always include 0
+            self.total, self.count = None, 0
 
         def call(self, x):
             if not isinstance(x, keras.KerasTensor) and ops.is_tensor(x) and hasattr(x, "numpy"):
                 values = ops.convert_to_numpy(x)
                 self.low, self.high = min(self.low, float(values.min())), max(self.high, float(values.max()))
+                batch = values.sum(axis=0, dtype=np.float64)
+                self.total = batch if self.total is None else self.total + batch
+                self.count += len(values)
             return x
+
+        @property
+        def mean(self) -> np.ndarray:
+            return self.total / max(self.count, 1)
 
         def compute_output_shape(self, input_shape):
             return input_shape
@@ -110,13 +119,17 @@ def _make_layers():
     return RangeObserver, FakeQuant
 
 
-def _clone_with(model, names: set[str], make):
-    """A copy of ``model`` that shares its layers and passes each named layer's output through ``make(name)``."""
+def _clone_with(model, names: set[str], make, *, inputs: bool = False):
+    """A copy of ``model`` that shares its layers and passes each named layer's output (its input, with
+    ``inputs``) through ``make(name)``."""
     import keras
 
     def call(layer, *args, **kwargs):
-        out = layer(*args, **kwargs)
-        return make(layer.name)(out) if layer.name in names else out
+        if layer.name not in names:
+            return layer(*args, **kwargs)
+        if inputs:
+            return layer(make(layer.name)(args[0]), *args[1:], **kwargs)
+        return make(layer.name)(layer(*args, **kwargs))
 
     # clone_model recompiles a compiled model's copy from its compile config, which cannot rebuild a loss
     # that is a closure (train.make_loss); the caller compiles the copy itself
@@ -126,6 +139,29 @@ def _clone_with(model, names: set[str], make):
                                         recursive=True)
     finally:
         model.compiled = compiled
+
+
+def observe(model, names: set[str], calibration: np.ndarray, *, inputs: bool = False, batch_size: int = 32) -> dict:
+    """Run ``calibration`` through ``model`` (inference mode) and record what the named layers give out
+    (what they take in, with ``inputs``).
+
+    Returns
+    -------
+    dict
+        Layer name -> observer with ``low`` and ``high`` (over everything, 0 included) and ``mean`` (over the
+        calibration images, one value per position and channel).
+    """
+    RangeObserver, _ = _make_layers()
+    observers = {}
+
+    def make(name):
+        observers[name] = RangeObserver(name=f"{name}_{'in' if inputs else 'out'}_range")
+        return observers[name]
+
+    probe = _clone_with(model, set(names), make, inputs=inputs)
+    for start in range(0, len(calibration), batch_size):
+        probe(np.asarray(calibration[start:start + batch_size], dtype=np.float32), training=False)
+    return observers
 
 
 def int8_twin(model, calibration: np.ndarray, *, batch_size: int = 32, seed: int = 0):
@@ -145,17 +181,9 @@ def int8_twin(model, calibration: np.ndarray, *, batch_size: int = 32, seed: int
     keras.Model
         Same input and output as ``model``; training it updates ``model``'s weights.
     """
-    RangeObserver, FakeQuant = _make_layers()
+    _, FakeQuant = _make_layers()
     names = set(kept_layers(model))
-    observers = {}
-
-    def observe(name):
-        observers[name] = RangeObserver(name=f"{name}_range")
-        return observers[name]
-
-    probe = _clone_with(model, names, observe)
-    for start in range(0, len(calibration), batch_size):
-        probe(np.asarray(calibration[start:start + batch_size], dtype=np.float32), training=False)
+    observers = observe(model, names, calibration, batch_size=batch_size)
     order = {name: i for i, name in enumerate(sorted(names))}
     return _clone_with(model, names, lambda name: FakeQuant(observers[name].low, observers[name].high,
                                                             seed=seed + order[name], name=f"{name}_int8"))

@@ -253,7 +253,7 @@ def _reuse_conversion(monkeypatch, run):
     """Skip the TF converter (tested by ``tiny_exports``): hand back the session's converted bytes."""
     import spectro.export as export
 
-    monkeypatch.setattr(export, "convert", lambda model, mode, representative=None:
+    monkeypatch.setattr(export, "convert", lambda model, mode, representative=None, **options:
                         (run / TFLITE_NAMES[mode]).read_bytes())
 
 
@@ -278,6 +278,26 @@ def test_cli_out_dir_is_self_contained(tiny_exports, tmp_path, capsys, monkeypat
     _, x = _test_split(run)
     probs = load_predictor(out).predict(x)
     np.testing.assert_allclose(probs, _raw_tflite_probs(out / "model.tflite", x), atol=1e-6)
+
+
+def test_cli_bias_correction_is_on_unless_switched_off_and_recorded(tiny_exports, tmp_path, monkeypatch):
+    import spectro.export as export
+
+    asked = []
+
+    def conversion(model, mode, representative=None, *, bias_correction=True):
+        asked.append(bias_correction)
+        return tiny_exports["files"]["int8"].read_bytes()
+
+    monkeypatch.setattr(export, "convert", conversion)
+    run = tiny_exports["run"]
+    for flags, folder in (([], "corrected"), (["--no-bias-correction"], "plain")):
+        assert cli.main(["export", str(run), "--quantize", "int8", "--no-verify", "--out", str(tmp_path / folder),
+                         *flags]) == 0
+    assert asked == [True, False]
+    recorded = [json.loads((tmp_path / f / "config.json").read_text())["export"]["int8"]["bias_correction"]
+                for f in ("corrected", "plain")]
+    assert recorded == [True, False]
 
 
 def test_model_missing_its_bounds_is_not_written(tiny_exports, tmp_path, monkeypatch, capsys):
