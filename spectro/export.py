@@ -251,7 +251,7 @@ def int8_graph(model, calibration: np.ndarray | None = None):
     and the offset as bias is the same float function and quantises in one step; with scale 1/128 and
     offset -1 that step is exact (output scale 1/128, zero point 0), so the int8 file sees the pixels
     the Keras model sees. On default models this halves the top-1 flips of int8 against Keras
-    (README, "int8 and quantisation-aware fine-tuning"). Models without the layer come back unchanged.
+    (README, "int8 and quantisation-aware fine-tuning"). Models without the layer keep their own scaling.
     """
     import keras
 
@@ -584,5 +584,6 @@ def main(args) -> int:
     if failed:
         detail = "; ".join(f"{r.mode}: {', '.join(r.failures)}" for r in failed)
         raise SpectroError(f"export missed its bounds, file(s) not written ({detail}); "
-                           "rerun with --no-verify to write them anyway")
+                           "rerun with --no-verify to write them anyway, or export another mode "
+                           "(--quantize none: float32)")
     return 0
