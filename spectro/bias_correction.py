@@ -7,8 +7,7 @@ to an output channel does not average out: its mean is the rounding error's resp
 ``E[conv(x, W_q - W)] = conv(E[x], W_q - W)``. Some networks are very sensitive to such shifts. In an
 ImageNet-initialised MobileNetV2 fine-tuned on spectrograms, rounding the weights of the first depthwise
 convolution alone (0.3 % relative error) flipped 86 of its 960 answers, and the whole int8 file flipped 71;
-with the shift taken out of every layer's bias the file flipped 15 (README, "int8 and
-quantisation-aware fine-tuning").
+with the shift taken out of every layer's bias the file flipped 23 (README, "Bias correction").
 
 :func:`correct_biases` measures ``E[x]`` at every such layer's input on calibration images, computes the
 shift its int8 weights will cause and subtracts it from the bias the converter folds in (the
@@ -66,20 +65,14 @@ def targets(model) -> list[Target]:
     return found
 
 
-def _output_axis_scale(layer, batch_norm) -> np.ndarray:
-    """The factor the converter multiplies each output channel's weights by when it folds ``batch_norm``."""
-    channels = int(layer.kernel.shape[2] if type(layer).__name__ == "DepthwiseConv2D" else layer.kernel.shape[-1])
-    if batch_norm is None:
-        return np.ones(channels)
-    variance = np.asarray(batch_norm.moving_variance, dtype=np.float64)
-    gamma = np.asarray(batch_norm.gamma, dtype=np.float64) if batch_norm.scale else 1.0
-    return gamma / np.sqrt(variance + batch_norm.epsilon)
-
-
 def folded_kernel(layer, batch_norm=None) -> np.ndarray:
     """The layer's kernel with ``batch_norm``'s scale folded in, as the converter quantises it (float64)."""
     kernel = np.asarray(layer.kernel, dtype=np.float64)
-    scale = _output_axis_scale(layer, batch_norm)
+    if batch_norm is None:
+        return kernel
+    variance = np.asarray(batch_norm.moving_variance, dtype=np.float64)
+    gamma = np.asarray(batch_norm.gamma, dtype=np.float64) if batch_norm.scale else 1.0
+    scale = gamma / np.sqrt(variance + batch_norm.epsilon)  # per output channel
     if type(layer).__name__ == "DepthwiseConv2D":  # (kh, kw, channels, multiplier): output channel c*m + j
         return kernel * scale.reshape(kernel.shape[2], kernel.shape[3])
     return kernel * scale  # output channels last
@@ -119,7 +112,7 @@ def mean_shift(layer, kernel_error: np.ndarray, mean_input: np.ndarray) -> np.nd
     return out.reshape(-1, out.shape[-1]).mean(axis=0)
 
 
-def correct_biases(model, calibration: np.ndarray, *, batch_size: int = 32) -> list[dict]:
+def correct_biases(model, calibration: np.ndarray, *, batch_size: int = 32) -> None:
     """Subtract from each target's bias the mean shift its int8 weights will cause (in place).
 
     Parameters
@@ -128,31 +121,16 @@ def correct_biases(model, calibration: np.ndarray, *, batch_size: int = 32) -> l
         A copy to change: its function changes by the opposite of the int8 rounding's mean error.
     calibration : ndarray
         Images as the model takes them (the export's representative images).
-
-    Returns
-    -------
-    list of dict
-        Per corrected layer: its name and the largest shift removed relative to its output's spread
-        (``beta``'s or the bias' scale).
     """
     from spectro.qat import observe
 
     found = targets(model)
     seen = observe(model, {t.layer.name for t in found}, calibration, inputs=True, batch_size=batch_size)
-    summary = []
     for target in found:
         layer, bn = target.layer, target.batch_norm
-        kind = type(layer).__name__
-        error = rounding_error(folded_kernel(layer, bn), kind)
-        scale = _output_axis_scale(layer, bn)
-        if kind == "DepthwiseConv2D":
-            error = error / scale.reshape(error.shape[2], error.shape[3])  # back to the layer's own units
-        else:
-            error = error / scale
-        shift = mean_shift(layer, error, seen[layer.name].mean)  # in the layer's output units
-        if bn is not None:  # BatchNorm multiplies the layer's output by scale before adding beta
-            bn.beta.assign((np.asarray(bn.beta, dtype=np.float64) - shift * scale).astype(np.float32))
-        else:
-            layer.bias.assign((np.asarray(layer.bias, dtype=np.float64) - shift).astype(np.float32))
-        summary.append({"layer": layer.name, "max_shift": float(np.abs(shift * scale).max())})
-    return summary
+        # the folded kernel's error is the layer's own error times the BatchNorm's per-channel scale, so its
+        # shift is already in the units of what the BatchNorm adds beta to
+        shift = mean_shift(layer, rounding_error(folded_kernel(layer, bn), type(layer).__name__),
+                           seen[layer.name].mean)
+        bias = bn.beta if bn is not None else layer.bias
+        bias.assign((np.asarray(bias, dtype=np.float64) - shift).astype(np.float32))

@@ -297,9 +297,9 @@ def convert(model, mode: str, representative: np.ndarray | None = None, *, bias_
 
     if mode not in QUANTIZE_MODES:
         raise SpectroError(f"unknown quantisation {mode!r}: expected one of {', '.join(QUANTIZE_MODES)}")
-    if mode == "int8" and (representative is None or len(representative) == 0):
-        raise SpectroError("int8 export needs representative images (the run's training split)")
     if mode == "int8":
+        if representative is None or len(representative) == 0:
+            raise SpectroError("int8 export needs representative images (the run's training split)")
         model = int8_graph(model, representative if bias_correction else None)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
