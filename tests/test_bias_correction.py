@@ -41,23 +41,18 @@ def tiny_model(tiny_run):
 
 def _file_weights(flatbuffer: bytes) -> list[np.ndarray]:
     """Every per-channel int8 weight tensor in a .tflite file, dequantised (TFLite's own layout)."""
-    import tempfile
-
     from ai_edge_litert.interpreter import Interpreter
 
-    with tempfile.NamedTemporaryFile(suffix=".tflite") as handle:
-        handle.write(flatbuffer)
-        handle.flush()
-        interpreter = Interpreter(model_path=handle.name)
-        weights = []
-        for detail in interpreter.get_tensor_details():
-            params = detail["quantization_parameters"]
-            if detail["dtype"] != np.int8 or len(params["scales"]) < 2:
-                continue
-            q = interpreter.get_tensor(detail["index"]).astype(np.float64)
-            shape = [1] * q.ndim
-            shape[params["quantized_dimension"]] = len(params["scales"])
-            weights.append(q * np.asarray(params["scales"]).reshape(shape))
+    interpreter = Interpreter(model_content=flatbuffer)
+    weights = []
+    for detail in interpreter.get_tensor_details():
+        params = detail["quantization_parameters"]
+        if detail["dtype"] != np.int8 or len(params["scales"]) < 2:
+            continue
+        q = interpreter.get_tensor(detail["index"]).astype(np.float64)
+        shape = [1] * q.ndim
+        shape[params["quantized_dimension"]] = len(params["scales"])
+        weights.append(q * np.asarray(params["scales"]).reshape(shape))
     return weights
 
 
