@@ -43,15 +43,9 @@ def targets(model) -> list[Target]:
     (folded into it by the converter, corrected through ``beta``), or its own bias. Grouped convolutions
     are left out.
     """
-    from keras import tree
+    from spectro.qat import layer_graph
 
-    from spectro.qat import NOT_KEPT, _layers
-
-    layers = [layer for layer in _layers(model) if type(layer).__name__ not in NOT_KEPT]
-    readers: dict[int, list] = {}
-    for layer in layers:
-        for tensor in tree.flatten(layer.input):
-            readers.setdefault(id(tensor), []).append(layer)
+    layers, readers = layer_graph(model)
     found = []
     for layer in layers:
         if type(layer).__name__ not in WEIGHTED or getattr(layer, "groups", 1) != 1:
@@ -125,7 +119,7 @@ def correct_biases(model, calibration: np.ndarray, *, batch_size: int = 32) -> N
     from spectro.qat import observe
 
     found = targets(model)
-    seen = observe(model, {t.layer.name for t in found}, calibration, inputs=True, batch_size=batch_size)
+    seen = observe(model, {t.layer.name for t in found}, calibration, inputs=True, means=True, batch_size=batch_size)
     for target in found:
         layer, bn = target.layer, target.batch_norm
         # the folded kernel's error is the layer's own error times the BatchNorm's per-channel scale, so its

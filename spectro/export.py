@@ -255,15 +255,13 @@ def int8_graph(model, calibration: np.ndarray | None = None):
     """
     import keras
 
-    from spectro.model import SCALE_NAME
+    from spectro.model import SCALE_NAME, copy_model
 
     if calibration is not None:
         from spectro.bias_correction import correct_biases
 
-        copy = keras.models.clone_model(model, recursive=True)
-        copy.set_weights(model.get_weights())
-        correct_biases(copy, calibration)
-        model = copy
+        model = copy_model(model)
+        correct_biases(model, calibration)
     layer = next((lay for lay in model.layers if lay.name == SCALE_NAME), None)
     if not isinstance(layer, keras.layers.Rescaling) or np.ndim(layer.scale) or np.ndim(layer.offset):
         return model
@@ -286,7 +284,7 @@ def convert(model, mode: str, representative: np.ndarray | None = None, *, bias_
         :func:`int8_graph` of the model.
     bias_correction : bool
         For ``int8``: correct the biases for the mean shift of weight rounding, measured on the
-        calibration images (README, "int8 and quantisation-aware fine-tuning").
+        calibration images (README, "Bias correction").
 
     Raises
     ------

@@ -193,6 +193,15 @@ def unfreeze_top(base, n_layers: int) -> int:
     return count
 
 
+def copy_model(model):
+    """An independent copy of ``model`` (nested models too) with the same weights, to change without touching it."""
+    import keras
+
+    copy = keras.models.clone_model(model, recursive=True)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def load_keras_model(path: str | Path):
     """Load a ``.keras`` model for inference (no compile state needed)."""
     import keras

@@ -40,23 +40,30 @@ def _layers(model) -> list:
     return out
 
 
+def layer_graph(model) -> tuple[list, dict[int, list]]:
+    """The layers an int8 file is made of (:func:`_layers` without :data:`NOT_KEPT`) and, by ``id`` of each
+    tensor, the layers among them that read it."""
+    from keras import tree
+
+    layers = [layer for layer in _layers(model) if type(layer).__name__ not in NOT_KEPT]
+    readers: dict[int, list] = {}
+    for layer in layers:
+        for tensor in tree.flatten(layer.input):
+            readers.setdefault(id(tensor), []).append(layer)
+    return layers, readers
+
+
 def kept_layers(model) -> list[str]:
     """Names of the layers whose outputs an int8 file of ``model`` keeps as int8 tensors (module docstring)."""
     from keras import tree
 
-    layers = _layers(model)
-    consumers: dict[int, list[str]] = {}
-    for layer in layers:
-        if type(layer).__name__ in NOT_KEPT:
-            continue
-        for tensor in tree.flatten(layer.input):
-            consumers.setdefault(id(tensor), []).append(type(layer).__name__)
+    layers, readers = layer_graph(model)
     output_ids = {id(t) for t in tree.flatten(model.output)}
     kept = []
     for layer in layers:
-        if type(layer).__name__ in NOT_KEPT or id(layer.output) in output_ids:
+        if id(layer.output) in output_ids:
             continue
-        uses = consumers.get(id(layer.output), [])
+        uses = [type(reader).__name__ for reader in readers.get(id(layer.output), [])]
         if uses and all(use in FUSED_CONSUMERS for use in uses):
             continue
         kept.append(layer.name)
@@ -68,21 +75,22 @@ def _make_layers():
     from keras import ops
 
     class RangeObserver(keras.layers.Layer):
-        """Identity that records, when called eagerly, the min and max of what passes through it and its
-        mean over the batch axis (``mean``: one map of the tensor's shape without the batch)."""
+        """Identity that records, when called eagerly, the min and max of what passes through it and, with
+        ``means``, its mean over the batch axis (``mean``: one map of the tensor's shape without the batch)."""
 
-        def __init__(self, **kwargs):
+        def __init__(self, means: bool = False, **kwargs):
             super().__init__(**kwargs)
             self.low, self.high = 0.0, 0.0  # the converter's ranges always include 0
-            self.total, self.count = None, 0
+            self.means, self.total, self.count = means, None, 0
 
         def call(self, x):
             if not isinstance(x, keras.KerasTensor) and ops.is_tensor(x) and hasattr(x, "numpy"):
                 values = ops.convert_to_numpy(x)
                 self.low, self.high = min(self.low, float(values.min())), max(self.high, float(values.max()))
-                batch = values.sum(axis=0, dtype=np.float64)
-                self.total = batch if self.total is None else self.total + batch
-                self.count += len(values)
+                if self.means:
+                    batch = values.sum(axis=0, dtype=np.float64)
+                    self.total = batch if self.total is None else self.total + batch
+                    self.count += len(values)
             return x
 
         @property
@@ -141,21 +149,22 @@ def _clone_with(model, names: set[str], make, *, inputs: bool = False):
         model.compiled = compiled
 
 
-def observe(model, names: set[str], calibration: np.ndarray, *, inputs: bool = False, batch_size: int = 32) -> dict:
+def observe(model, names: set[str], calibration: np.ndarray, *, inputs: bool = False, means: bool = False,
+            batch_size: int = 32) -> dict:
     """Run ``calibration`` through ``model`` (inference mode) and record what the named layers give out
     (what they take in, with ``inputs``).
 
     Returns
     -------
     dict
-        Layer name -> observer with ``low`` and ``high`` (over everything, 0 included) and ``mean`` (over the
-        calibration images, one value per position and channel).
+        Layer name -> observer with ``low`` and ``high`` (over everything, 0 included) and, with ``means``,
+        ``mean`` (over the calibration images, one value per position and channel).
     """
     RangeObserver, _ = _make_layers()
     observers = {}
 
     def make(name):
-        observers[name] = RangeObserver(name=f"{name}_{'in' if inputs else 'out'}_range")
+        observers[name] = RangeObserver(means=means, name=f"{name}_{'in' if inputs else 'out'}_range")
         return observers[name]
 
     probe = _clone_with(model, set(names), make, inputs=inputs)

@@ -11,16 +11,9 @@ import numpy as np
 import pytest
 
 from spectro.bias_correction import correct_biases, folded_kernel, rounding_error, targets
+from spectro.model import copy_model
 
 pytestmark = pytest.mark.slow
-
-
-def _copy(model):
-    import keras
-
-    copy = keras.models.clone_model(model, recursive=True)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 def _calibration(run, n):
@@ -95,7 +88,7 @@ def test_shift_removed_is_the_mean_error_of_the_rounded_layer(tiny_run, tiny_mod
     import keras
 
     calibration = _calibration(tiny_run, 40)
-    corrected = _copy(tiny_model)
+    corrected = copy_model(tiny_model)
     correct_biases(corrected, calibration)
     base = tiny_model.get_layer("backbone")
     layer, bn = base.get_layer(name), base.get_layer(f"{name}_BN" if name != "Conv1" else "bn_Conv1")
@@ -124,7 +117,7 @@ def test_head_shift_is_the_mean_logit_error(tiny_run, tiny_model):
     import keras
 
     calibration = _calibration(tiny_run, 40)
-    corrected = _copy(tiny_model)
+    corrected = copy_model(tiny_model)
     correct_biases(corrected, calibration)
     head = tiny_model.get_layer("classes")
     pooled = np.asarray(keras.Model(tiny_model.input, tiny_model.get_layer("pool").output)(calibration, training=False),
