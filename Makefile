@@ -23,18 +23,20 @@ QUANTIZE   ?= int8
 MACHINES   ?= fan pump slider valve
 SNRS       ?= 6dB 0dB -6dB
 FILE       ?=
+HOST       ?= 127.0.0.1
+PORT       ?= 8000
 TEST_ARGS  ?=
 IMAGES_ARGS ?=
 TRAIN_ARGS ?=
 
-.PHONY: help venv data download images train evaluate predict report export bench test clean distclean
+.PHONY: help venv data download images train evaluate classify predict report export serve bench test lint clean distclean
 
 help: ## list the targets and the variables they take
 	@echo "spectro — make <target> [VAR=value ...]"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 	@echo "variables: DATA=$(DATA) IMAGES=$(IMAGES) MODELS=$(MODELS) RUN=$(RUN) JOBS=$(JOBS) (0 = all cores)"
 	@echo "           TASK=$(TASK) BACKBONE=$(BACKBONE) WEIGHTS=$(WEIGHTS) EPOCHS=$(EPOCHS) IMAGE_SIZE=$(IMAGE_SIZE) SEED=$(SEED)"
-	@echo "           QUANTIZE=$(QUANTIZE) FILE=... MACHINES=\"$(MACHINES)\" SNRS=\"$(SNRS)\""
+	@echo "           QUANTIZE=$(QUANTIZE) FILE=... MACHINES=\"$(MACHINES)\" SNRS=\"$(SNRS)\" HOST=$(HOST) PORT=$(PORT)"
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,9 +66,11 @@ train: $(IMAGES)/manifest.csv ## train a model on $(IMAGES) into $(MODELS)/<run>
 evaluate: $(STAMP) ## metrics, plots, threshold and predictions.csv for $(RUN)
 	$(SPECTRO) evaluate $(RUN)
 
-predict: $(STAMP) ## classify a PNG, WAV or folder: make predict FILE=path/to/clip.wav
-	@test -n "$(FILE)" || { echo "error: give a file: make predict FILE=path/to/clip.wav" >&2; exit 2; }
+classify: $(STAMP) ## classify a PNG, WAV or folder: make classify FILE=path/to/clip.wav
+	@test -n "$(FILE)" || { echo "error: give a file: make classify FILE=path/to/clip.wav" >&2; exit 2; }
 	$(SPECTRO) classify $(FILE) --model $(RUN)
+
+predict: classify # the target's former name
 
 report: $(STAMP) ## write $(RUN)/report.html
 	$(SPECTRO) report $(RUN)
@@ -74,14 +78,20 @@ report: $(STAMP) ## write $(RUN)/report.html
 export: $(STAMP) ## export $(RUN) to TFLite and verify it: make export QUANTIZE="none dynamic int8"
 	$(SPECTRO) export $(RUN) --quantize $(QUANTIZE)
 
-bench: $(STAMP) ## run the benchmarks and write reports/benchmarks.md
+serve: $(STAMP) ## serve $(RUN) at http://$(HOST):$(PORT)/ (page + API): make serve HOST=0.0.0.0 for the network
+	$(SPECTRO) serve $(RUN) --host $(HOST) --port $(PORT)
+
+bench: $(STAMP) ## run the benchmarks and write docs/benchmarks.md (scratch work in reports/bench)
 	PYTHONUNBUFFERED=1 $(BIN)/python scripts/bench.py
 
 test: $(STAMP) ## run the test suite
 	$(BIN)/python -m pytest tests $(TEST_ARGS)
 
+lint: $(STAMP) ## check the code with ruff (rules in pyproject.toml)
+	$(BIN)/ruff check spectro tests scripts
+
 clean: ## remove generated images, models and reports (keeps data/raw and .venv)
-	rm -rf $(IMAGES) reports/benchmarks.md reports/bench
+	rm -rf $(IMAGES) reports/bench
 	find $(MODELS) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
 
 distclean: clean ## also remove the synthetic dataset and .venv

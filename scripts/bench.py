@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""``make bench``: run every benchmark section and write ``reports/benchmarks.md``.
+"""``make bench``: run every benchmark section and write ``docs/benchmarks.md`` (committed).
 
 Each section is a module ``scripts/bench_<name>.py`` with ``TITLE`` and ``run(ctx) -> str`` (Markdown).
 Sections run in order and share ``ctx`` (``ctx.state`` passes e.g. a trained run from one section to
@@ -46,6 +46,17 @@ class BenchContext:
         return path if path.is_dir() else None
 
 
+def commit_info() -> str:
+    """The commit benchmarked, marked when the working tree has changes."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown (not a git checkout)"
+    return commit + (" with uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def machine_info() -> str:
     import numpy
 
@@ -88,9 +99,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections (in order)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks.md")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--work", type=Path, default=ROOT / "reports" / "bench")
-    parser.add_argument("--synthetic-run", type=Path, help="with --only export: the run folder the train section made")
+    parser.add_argument("--synthetic-run", type=Path,
+                        help="with --only export: the run folder the train section made")
     parser.add_argument("--pretrained-run", type=Path,
                         help="with --only export: the ImageNet-initialised run folder the train section made")
     args = parser.parse_args(argv)
@@ -108,17 +120,21 @@ def main(argv=None) -> int:
     header = [
         "# spectro benchmarks", "",
         f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
+        f"- commit: {commit_info()}",
         f"- machine: {machine_info()}",
         f"- command: `{command}`",
-        f"- real MIMII sample: {'found at ' + str(ctx.mimii_sample) if ctx.mimii_sample else 'absent (real-data rows skipped)'}",
-        f"- ImageNet weights: {'found at ' + str(ctx.weights_dir) if ctx.weights_dir else 'absent (pretrained rows skipped)'}",
+        "- real MIMII sample: "
+        + (f"found at {ctx.mimii_sample}" if ctx.mimii_sample else "absent (real-data rows skipped)"),
+        "- ImageNet weights: "
+        + (f"found at {ctx.weights_dir}" if ctx.weights_dir else "absent (pretrained rows skipped)"),
         "",
-        "Speed figures are ratios against a reference measured in the same run; absolute times on shared machines are noisy.",
+        "Speed figures are ratios against a reference measured in the same run; absolute times on shared machines "
+        "are noisy.",
         "",
     ]
     kept = _sections(args.out) if args.only else {}  # --only: the other sections of the file stay
     if kept:
-        header[4] = (f"- command: `make bench`; the sections {', '.join(args.only)} re-run with `{command}` "
+        header[5] = (f"- command: `make bench`; the sections {', '.join(args.only)} re-run with `{command}` "
                      f"at {dt.datetime.now().isoformat(timespec='seconds')}")
     parts = list(header)
     failed = []
@@ -136,7 +152,8 @@ def main(argv=None) -> int:
             failed.append(name)
             body = "**section failed:**\n\n```\n" + traceback.format_exc() + "```\n"
             print(body, file=sys.stderr)
-        parts += [f"## {module.TITLE}", "", body.strip(), "", f"_section time: {time.perf_counter() - started:.0f} s_", ""]
+        parts += [f"## {module.TITLE}", "", body.strip(), "", f"_section time: {time.perf_counter() - started:.0f} s_",
+                  ""]
         args.out.write_text("\n".join(parts))
     args.out.write_text("\n".join(parts))  # also the sections kept from an earlier run after the last one run
     print(f"wrote {args.out}")

@@ -43,16 +43,16 @@ print(json.dumps({
 
 def _own_run(ctx) -> Path:
     """A default run (synthetic data, the default MobileNetV2, from scratch)."""
-    from spectro.config import FeatureSettings
-    from spectro.convert import convert
-    from spectro.model import ModelSettings
-    from spectro.synth import generate
-    from spectro.train import TrainSettings, train
+    from spectro.data.synth import generate
+    from spectro.features.render import render_folder
+    from spectro.features.settings import FeatureSettings
+    from spectro.model.backbones import ModelSettings
+    from spectro.training.loop import TrainSettings, train
 
     sizes = dict(clips_per_class=4, ids=2, snrs=(6.0, -6.0), seconds=5.0) if ctx.quick else {}
     data, images = ctx.work / "export_synth", ctx.work / "export_synth_images"
     generate(data, seed=0, progress=False, force=True, **sizes)
-    convert(data, images, FeatureSettings(), jobs=0, progress=False)
+    render_folder(data, images, FeatureSettings(), jobs=0, progress=False)
     shutil.rmtree(ctx.work / "export_models" / "export-bench", ignore_errors=True)  # a rerun trains afresh
     settings = TrainSettings(epochs=3, qat_epochs=1, seed=0) if ctx.quick else TrainSettings(epochs=12, seed=0)
     return train(images, ctx.work / "export_models", settings=settings, model_settings=ModelSettings(weights="none"),
@@ -64,10 +64,13 @@ def _default_backbone(ctx, x_train, x_test, runs: int) -> list[str]:
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
-    from spectro.export import _anchor_range, convert
-    from spectro.model import ModelSettings, build_model
+    from spectro.export.calibration import _anchor_range
+    from spectro.export.tflite import convert
+    from spectro.model.backbones import ModelSettings, build_model
 
-    weights = ctx.weights_dir / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5" if ctx.weights_dir else None
+    weights = None
+    if ctx.weights_dir:
+        weights = ctx.weights_dir / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
     settings = ModelSettings(alpha=1.0, image_size=96,
                              weights=str(weights) if weights is not None and weights.is_file() else "none")
     model, _, used = build_model(x_test.shape[1:3], 12, settings)
@@ -99,17 +102,21 @@ def _default_backbone(ctx, x_train, x_test, runs: int) -> list[str]:
     keras_ms = _keras_times(folder / "model.keras", sample, runs)
     keras_size = (folder / "model.keras").stat().st_size
     return [
-        "", f"The ImageNet-weights configuration at the Makefile's image size — MobileNetV2 α 1.0, 96 px (weights {Path(used).name}; "
-        "size and latency do not depend on training, so this model is not trained; int8 calibrated on 50 training images):", "",
+        "", f"The ImageNet-weights configuration at the Makefile's image size — MobileNetV2 α 1.0, 96 px (weights "
+        f"{Path(used).name}; size and latency do not depend on training, so this model is not trained; int8 "
+        "calibrated on 50 training images):", "",
         "| model | file size | size vs float32 | latency / image (1 thread) | vs Keras `predict` (1 image) |",
         "|---|---:|---:|---:|---:|",
-        f"| Keras `.keras`, `predict` on 1 image | {keras_size / 1e6:.2f} MB | – | {keras_ms['predict_1']:.1f} ms | 1 |",
+        f"| Keras `.keras`, `predict` on 1 image | {keras_size / 1e6:.2f} MB | – | {keras_ms['predict_1']:.1f} ms "
+        "| 1 |",
         f"| Keras, `predict` on a batch of 32 (per image) | | | {keras_ms['predict_32_per_image']:.2f} ms | "
         f"{keras_ms['predict_32_per_image'] / keras_ms['predict_1']:.3f} |",
-        f"| TFLite float32 | {sizes['none'] / 1e6:.2f} MB | 1.00 | {latency['none']:.2f} ms | {latency['none'] / keras_ms['predict_1']:.4f} |",
+        f"| TFLite float32 | {sizes['none'] / 1e6:.2f} MB | 1.00 | {latency['none']:.2f} ms | "
+        f"{latency['none'] / keras_ms['predict_1']:.4f} |",
         f"| TFLite int8 | {sizes['int8'] / 1e6:.2f} MB | {sizes['int8'] / sizes['none']:.2f} "
         f"({'≤' if sizes['int8'] <= sizes['none'] / 3 else '>'} 1/3) | {latency['int8']:.2f} ms | "
-        f"{latency['int8'] / keras_ms['predict_1']:.4f} ({'≤' if latency['int8'] <= keras_ms['predict_1'] / 10 else '>'} 1/10) |",
+        f"{latency['int8'] / keras_ms['predict_1']:.4f} "
+        f"({'≤' if latency['int8'] <= keras_ms['predict_1'] / 10 else '>'} 1/10) |",
     ]
 
 
@@ -118,7 +125,7 @@ def _bias_correction(ctx, default_run: Path, default_int8) -> list[str]:
     import warnings
 
     from spectro.errors import SpectroWarning
-    from spectro.export import BOUNDS, ExportSettings, export_run
+    from spectro.export.tflite import BOUNDS, ExportSettings, export_run
     from spectro.runs import load_config
 
     def int8(run: Path, corrected: bool):
@@ -144,8 +151,9 @@ def _bias_correction(ctx, default_run: Path, default_int8) -> list[str]:
             v, failures = results[corrected].verification, results[corrected].failures
             loss = "n/a" if v.auc_loss is None else f"{v.auc_loss:+.4f}"
             lines.append(f"| {name} `{run.name}` | {'on (default)' if corrected else 'off'} | {v.agreement:.1%} "
-                         f"({round(v.agreement * v.n_images)}/{v.n_images}) | {_auc(v.keras_auc)} / {_auc(v.tflite_auc)} | "
-                         f"{loss} | {v.max_prob_diff:.3f} | {'ok' if not failures else 'FAILED: ' + '; '.join(failures)} |")
+                         f"({round(v.agreement * v.n_images)}/{v.n_images}) | {_auc(v.keras_auc)} / "
+                         f"{_auc(v.tflite_auc)} | {loss} | {v.max_prob_diff:.3f} | "
+                         f"{'ok' if not failures else 'FAILED: ' + '; '.join(failures)} |")
     if pretrained is None:
         lines += ["", "(No ImageNet-initialised run: the train section found no weights in ../shared/weights, or "
                   "`--only export` was run without `--pretrained-run`.)"]
@@ -172,12 +180,12 @@ def _wall(cmd: list[str]) -> float:
 def run(ctx) -> str:
     import numpy as np
 
-    from spectro.config import FeatureSettings
     from spectro.errors import SpectroWarning
-    from spectro.export import BOUNDS, ExportSettings, export_run, load_images, verification_rows
-    from spectro.inference import TFLITE_NAMES
-    from spectro.model import ModelSettings
-    from spectro.runs import load_config, read_splits
+    from spectro.export.calibration import model_input
+    from spectro.export.tflite import BOUNDS, ExportSettings, export_run, verification_rows
+    from spectro.features.reader import read_images
+    from spectro.model.backbones import ModelSettings
+    from spectro.runs import TFLITE_NAMES, feature_settings, load_config, read_splits
 
     lines = []
     run_dir = ctx.state.get("synthetic_run")
@@ -187,7 +195,8 @@ def run(ctx) -> str:
     if own:
         training = config["training"]
         lines.append(f"No run from the train section (e.g. `--only export`): trained one here on the synthetic "
-                     f"dataset{' (quick sizes)' if ctx.quick else ''}, the default MobileNetV2 (α {ModelSettings().alpha}, "
+                     f"dataset{' (quick sizes)' if ctx.quick else ''}, the default MobileNetV2 "
+                     f"(α {ModelSettings().alpha}, "
                      f"{ModelSettings().image_size} px), weights none, {training['epochs']} epochs and "
                      f"{training['qat_epochs']} of quantisation-aware fine-tuning.")
     model_info = config.get("model", {})
@@ -203,8 +212,9 @@ def run(ctx) -> str:
     export_seconds = time.perf_counter() - started
 
     split, rows = verification_rows(run_dir)
-    features = FeatureSettings.from_dict(config["features"])
-    x = load_images(rows, tuple(config["input_shape"][:2]), features)
+    features = feature_settings(config)
+    shape = tuple(config["input_shape"][:2])
+    x = model_input(read_images(rows, settings=features, shape=shape)[0])
     sample = ctx.work / "export_bench_images.npy"
     np.save(sample, x[:32])
     keras_ms = _keras_times(run_dir / "model.keras", sample, runs)
@@ -225,7 +235,8 @@ def run(ctx) -> str:
         "| model | file size | size vs float32 | latency / image | vs Keras `predict` (1 image) | "
         "top-1 agreement | anomaly AUC | AUC loss | result |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
-        f"| Keras `.keras`, `predict` on 1 image | {keras_size / 1e6:.2f} MB | – | {keras_ms['predict_1']:.1f} ms | 1 | – | "
+        f"| Keras `.keras`, `predict` on 1 image | {keras_size / 1e6:.2f} MB | – | {keras_ms['predict_1']:.1f} ms "
+        f"| 1 | – | "
         f"{_auc(v['none'].keras_auc)} | – | reference |",
         f"| Keras, `predict` on a batch of 32 (per image) | | | {keras_ms['predict_32_per_image']:.2f} ms | "
         f"{keras_ms['predict_32_per_image'] / keras_ms['predict_1']:.3f} | | | | |",
@@ -238,7 +249,8 @@ def run(ctx) -> str:
         name = {"none": "float32", "dynamic": "dynamic-range", "int8": "int8 (uint8 in/out)"}[mode]
         loss = "n/a" if f.auc_loss is None else f"{f.auc_loss:+.4f}"
         verdict = "ok" if not r.failures else "FAILED: " + "; ".join(r.failures)
-        lines.append(f"| TFLite {name} `{TFLITE_NAMES[mode]}` | {f.size_bytes / 1e6:.2f} MB | {f.size_bytes / float_size:.2f} | "
+        lines.append(f"| TFLite {name} `{TFLITE_NAMES[mode]}` | {f.size_bytes / 1e6:.2f} MB | "
+                     f"{f.size_bytes / float_size:.2f} | "
                      f"{f.latency_ms:.2f} ms | {f.latency_ms / keras_ms['predict_1']:.4f} | {f.agreement:.1%} | "
                      f"{_auc(f.tflite_auc)} | {loss} | {verdict} |")
 
@@ -252,8 +264,10 @@ def run(ctx) -> str:
               f"- int8 file ≤ 1/3 of float32: {size_ratio:.2f} → {'met' if size_ratio <= 1 / 3 else 'MISSED'}",
               f"- int8 single-image latency ≤ 1/10 of Keras single-image `predict`: {speed_ratio:.4f} → "
               f"{'met' if speed_ratio <= 0.1 else 'MISSED'} (vs `model(x)`: {i8.latency_ms / keras_ms['call_1']:.3f})",
-              f"- anomaly AUC loss ≤ 0.01: {'n/a (one class in the split)' if i8.auc_loss is None else f'{i8.auc_loss:+.4f}'}"
-              + ("" if i8.auc_loss is None else f" → {'met' if i8.auc_loss <= BOUNDS['int8'].max_auc_loss else 'MISSED'}")
+              "- anomaly AUC loss ≤ 0.01: "
+              + ("n/a (one class in the split)" if i8.auc_loss is None else f"{i8.auc_loss:+.4f}")
+              + ("" if i8.auc_loss is None
+                 else f" → {'met' if i8.auc_loss <= BOUNDS['int8'].max_auc_loss else 'MISSED'}")
               + ("" if i8.auc_enforced(BOUNDS["int8"]) or i8.auc_loss is None
                  else f" (split too small to test 0.01: {i8.auc_pairs} pairs)")]
 
@@ -262,14 +276,15 @@ def run(ctx) -> str:
     repeats = 1 if ctx.quick else 3
     walls = {}
     lite_mode = next(m for m in ("int8", "dynamic", "none") if results[m].path is not None)  # a file that was kept
-    for label, model in ((f"`.tflite` ({lite_mode})", out / TFLITE_NAMES[lite_mode]), ("`.keras`", run_dir / "model.keras")):
-        walls[label] = statistics.median(_wall([sys.executable, "-m", "spectro", "classify", png, "--model", str(model)])
-                                         for _ in range(repeats))
+    models = {f"`.tflite` ({lite_mode})": out / TFLITE_NAMES[lite_mode], "`.keras`": run_dir / "model.keras"}
+    for label, model in models.items():
+        command = [sys.executable, "-m", "spectro", "classify", png, "--model", str(model)]
+        walls[label] = statistics.median(_wall(command) for _ in range(repeats))
     (lite, lite_s), (heavy, heavy_s) = walls.items()
     lines += ["", f"`spectro classify one.png --model …` start-up (subprocess wall time, median of {repeats}): "
               f"{lite} {lite_s:.2f} s, {heavy} {heavy_s:.2f} s — ratio {lite_s / heavy_s:.3f}."]
     lines += _bias_correction(ctx, run_dir, results["int8"])
-    x_train = load_images(read_splits(run_dir, "train")[:50], tuple(config["input_shape"][:2]), features)
+    x_train = model_input(read_images(read_splits(run_dir, "train")[:50], settings=features, shape=shape)[0])
     lines += _default_backbone(ctx, x_train, x, runs)
     if caught:
         lines += ["", "Warnings: " + "; ".join(str(w.message) for w in caught)]

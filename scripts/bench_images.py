@@ -19,7 +19,7 @@ TITLE = "Conversion speed (spectro images)"
 
 def _clips(ctx) -> tuple[Path, list[Path], str]:
     """The real MIMII clips, or synthetic 8-channel 10 s WAVs of the same shape when they are absent."""
-    from spectro.dataset import discover
+    from spectro.data.layout import discover
 
     if ctx.mimii_sample is not None:
         clips, _ = discover(ctx.mimii_sample)
@@ -57,11 +57,11 @@ def _reference(paths: list[Path], out: Path) -> None:
 
 
 def _spectro(src: Path, out: Path, jobs: int):
-    from spectro.config import FeatureSettings
-    from spectro.convert import convert
+    from spectro.features.render import render_folder
+    from spectro.features.settings import FeatureSettings
 
     shutil.rmtree(out, ignore_errors=True)
-    return convert(src, out, FeatureSettings(), jobs=jobs, progress=False)
+    return render_folder(src, out, FeatureSettings(), jobs=jobs, progress=False)
 
 
 def _timed(fn, *args) -> tuple[float, object]:
@@ -95,9 +95,9 @@ def _linked_copies(paths: list[Path], root: Path, dest: Path, copies: int) -> Pa
 def run(ctx) -> str:
     from threadpoolctl import threadpool_limits
 
-    from spectro.config import FeatureSettings
-    from spectro.features import log_mel, settings_filters
-    from spectro.audio import read_audio
+    from spectro.features.audio import read_audio
+    from spectro.features.logmel import log_mel, settings_filters
+    from spectro.features.settings import FeatureSettings
 
     work = ctx.work / "images"
     work.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,7 @@ def run(ctx) -> str:
     speedup = best_ref / best_ours
     lines = [
         f"Clips: {what}, hard-linked into a batch of {n} files that both pipelines convert; {repeats} repeat(s), "
-        "best taken; spectro runs through `convert(..., jobs=N)` (discovery, PNG writes, manifest included) with "
+        "best taken; spectro runs through `render_folder(..., jobs=N)` (discovery, PNG writes, manifest included) with "
         "default settings (64 mels, n_fft 2048, hop 512).",
         "Other processes may share the CPU while this runs: absolute times are noisy, ratios less so.",
         "",

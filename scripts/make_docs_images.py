@@ -18,10 +18,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from spectro.audio import read_audio  # noqa: E402
-from spectro.config import FeatureSettings  # noqa: E402
-from spectro.features import log_mel  # noqa: E402
-from spectro import synth  # noqa: E402
+from spectro.data import synth  # noqa: E402
+from spectro.features.audio import read_audio  # noqa: E402
+from spectro.features.logmel import log_mel  # noqa: E402
+from spectro.features.settings import FeatureSettings  # noqa: E402
 
 # the failure shown per machine: the one whose physics shows best in a small picture
 SHOWN = {"fan": "bearing", "pump": "leakage", "slider": "rail_damage", "valve": "contamination"}

@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from spectro.config import FeatureSettings  # noqa: E402
-from spectro.features import db_to_pixels, log_mel  # noqa: E402
+from spectro.features.logmel import db_to_pixels, log_mel  # noqa: E402
+from spectro.features.settings import FeatureSettings  # noqa: E402
 
 
 class Model:
@@ -85,12 +85,16 @@ def channel_of(block: np.ndarray, channel: str) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("wav", type=Path, help="recording to score (at the model's sample rate)")
-    parser.add_argument("--model", type=Path, required=True, help=".tflite file with config.json and labels.json beside it")
+    parser.add_argument("--model", type=Path, required=True, help=".tflite file with config.json and labels.json "
+                                                                  "beside it")
     parser.add_argument("--hop", type=float, default=None, metavar="SECONDS",
-                        help="seconds between window starts (default: the training segment hop, else the window length)")
-    parser.add_argument("--threshold", type=float, default=None, help="flag level (default: the model's stored threshold)")
+                        help="seconds between window starts (default: the training segment hop, else the window "
+                             "length)")
+    parser.add_argument("--threshold", type=float, default=None, help="flag level (default: the model's stored "
+                                                                      "threshold)")
     parser.add_argument("--threads", type=int, default=1, help="interpreter threads")
     args = parser.parse_args(argv)
 
@@ -121,7 +125,9 @@ def main(argv=None) -> int:
         p = model.probabilities(channel_of(block, settings.channel))
         elapsed = time.perf_counter() - start
         score = float(np.clip(p[model.abnormal].sum(), 0.0, 1.0))
-        failure = model.classes[int(np.flatnonzero(model.abnormal)[p[model.abnormal].argmax()])] if model.abnormal.any() else ""
+        failure = ""
+        if model.abnormal.any():
+            failure = model.classes[int(np.flatnonzero(model.abnormal)[p[model.abnormal].argmax()])]
         flag = "ABNORMAL" if score >= threshold else "ok"
         t0 = i * hop / settings.sr
         span = f"{t0:.2f}-{t0 + window / settings.sr:.2f}"

@@ -1,8 +1,9 @@
 """``spectro <command>``: one entry point for every stage.
 
-Each command lives in its own module, which provides ``HELP`` (one line), ``add_arguments(parser)``
-and ``main(args) -> int``. Modules are imported only for the command that runs, so ``spectro images``
-never pays for importing TensorFlow.
+Each command lives in its own module, ``spectro/commands/<command>.py``, which provides ``HELP`` (one
+line), ``add_arguments(parser)`` and ``main(args) -> int``. Modules are imported only for the command that
+runs, so ``spectro images`` never pays for importing TensorFlow, and :func:`spectro.quiet.install` keeps
+TensorFlow's start-up lines off the terminal for the commands that do.
 """
 
 from __future__ import annotations
@@ -13,20 +14,12 @@ import os
 import sys
 import warnings
 
-from spectro import __version__
+from spectro import __version__, quiet
 from spectro.errors import SpectroError
 
 # command -> module; order is the order of `spectro --help`
-COMMANDS = {
-    "synth": "spectro.synth",
-    "download": "spectro.download",
-    "images": "spectro.convert",
-    "train": "spectro.train",
-    "evaluate": "spectro.evaluate",
-    "classify": "spectro.predict",
-    "report": "spectro.report",
-    "export": "spectro.export",
-}
+COMMANDS = {name: f"spectro.commands.{name}"
+            for name in ("synth", "download", "images", "train", "evaluate", "classify", "report", "export")}
 
 # one-line help shown by `spectro --help` without importing the command modules
 SUMMARIES = {
@@ -69,6 +62,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet.install()
     warnings.formatwarning = _format_warning
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)

@@ -4,7 +4,7 @@ Contract (written by ``spectro train``, extended by ``evaluate``/``export``):
 
 ``model.keras``   input: raw PNG pixels, float32 of shape ``(n_mels, frames, 1)`` valued 0…255;
                   output: softmax over the fine classes of ``labels.json``
-``labels.json``   :class:`spectro.labels.LabelSpace`
+``labels.json``   :class:`spectro.model.labels.LabelSpace`
 ``config.json``   ``features`` (FeatureSettings dict), ``input_shape``, ``task``, ``model`` (backbone,
                   alpha, image_size, weights requested/used), ``seed``, ``split``, ``training``,
                   ``metrics``, and after ``evaluate`` a ``threshold`` block ``{"value", "method", ...}``
@@ -15,19 +15,31 @@ Contract (written by ``spectro train``, extended by ``evaluate``/``export``):
 
 from __future__ import annotations
 
+import csv
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spectro.config import MODELS_DIR, NORMAL_LABEL, FeatureSettings
+from spectro.data.manifest import ImageRow, read_csv_rows
 from spectro.errors import SpectroError
+from spectro.features.settings import FeatureSettings
+from spectro.paths import MODELS_DIR
 
 CONFIG_NAME = "config.json"
 MODEL_NAME = "model.keras"
-TFLITE_NAME = "model.tflite"
 SPLITS_NAME = "splits.csv"
+HISTORY_NAME = "history.csv"
+TRAINING_PLOT_NAME = "training.png"
+METRICS_NAME = "metrics.json"
+PREDICTIONS_NAME = "predictions.csv"
+PLOT_NAMES = {"confusion": "confusion_matrix.png", "roc": "roc.png", "histograms": "score_histograms.png",
+              "mistakes": "worst_mistakes.png"}
+REPORT_NAME = "report.html"
+# ``spectro export --quantize MODE`` writes these names, so all three variants live side by side
+TFLITE_NAMES = {"none": "model.tflite", "dynamic": "model_dynamic.tflite", "int8": "model_int8.tflite"}
+# what a run folder given without a file name resolves to, in this order
+MODEL_SEARCH_ORDER = (MODEL_NAME, TFLITE_NAMES["none"], TFLITE_NAMES["int8"], TFLITE_NAMES["dynamic"])
 LATEST = "latest"
 DEFAULT_THRESHOLD = 0.5
 
@@ -48,7 +60,8 @@ def resolve_run(path: str | Path | None = None) -> Path:
         raise SpectroError(f"{path}: no such run folder{hint}")
     path = path.resolve()
     if not (path / CONFIG_NAME).is_file():
-        raise SpectroError(f"{path}: not a spectro run folder (no {CONFIG_NAME}); expected a folder written by 'spectro train'")
+        raise SpectroError(f"{path}: not a spectro run folder (no {CONFIG_NAME}); expected a folder written by "
+                           f"'spectro train'")
     return path
 
 
@@ -91,25 +104,19 @@ def threshold(config: dict[str, Any]) -> float:
     return float(config.get("threshold", {}).get("value", DEFAULT_THRESHOLD))
 
 
-@dataclass(frozen=True)
-class ImageRow:
-    """One image of a run's ``splits.csv`` (or of an image folder given for evaluation)."""
-
-    path: Path
-    source: str
-    machine: str
-    machine_id: str
-    label: str
-    snr: str
-    segment: int
-    split: str
-
-    @property
-    def is_abnormal(self) -> bool:
-        return self.label != NORMAL_LABEL
-
-
+SPLITS = ("train", "val", "test")
 SPLITS_COLUMNS = ["image", "source", "machine", "machine_id", "label", "snr", "segment", "split"]
+
+
+def write_splits(run: str | Path, rows: list[ImageRow]) -> Path:
+    """``splits.csv``: one row per image with its absolute path and its split."""
+    path = Path(run) / SPLITS_NAME
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(SPLITS_COLUMNS)
+        for r in rows:
+            writer.writerow([str(r.path), r.source, r.machine, r.machine_id, r.label, r.snr, r.segment, r.split])
+    return path
 
 
 def read_splits(run: str | Path, split: str | None = None) -> list[ImageRow]:
@@ -123,11 +130,27 @@ def read_splits(run: str | Path, split: str | None = None) -> list[ImageRow]:
     path = Path(run) / SPLITS_NAME
     if not path.is_file():
         raise SpectroError(f"{path}: missing (expected the {SPLITS_NAME} that 'spectro train' writes)")
-    from spectro.dataset import read_csv_rows
-
     rows = [ImageRow(Path(r["image"]), r["source"], r["machine"], r["machine_id"], r["label"], r["snr"],
-                     int(r["segment"] or 0), r["split"]) for r in read_csv_rows(path, SPLITS_COLUMNS)]
+                     int(r["segment"] or 0), split=r["split"]) for r in read_csv_rows(path, SPLITS_COLUMNS)]
     return rows if split is None else [r for r in rows if r.split == split]
+
+
+def read_history(run: str | Path) -> dict[str, list[float]]:
+    """The numeric columns of the run's ``history.csv`` (``epoch`` aside), one value per epoch; ``{}`` without it."""
+    path = Path(run) / HISTORY_NAME
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as handle:
+        records = list(csv.DictReader(handle))
+    history: dict[str, list[float]] = {}
+    for key in (records[0].keys() if records else []):
+        try:
+            values = [float(rec[key]) for rec in records]
+        except (TypeError, ValueError):
+            continue
+        if key != "epoch":
+            history[key] = values
+    return history
 
 
 def point_latest(models_dir: str | Path, run: str | Path) -> Path:

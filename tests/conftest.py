@@ -1,4 +1,7 @@
-"""Shared fixtures: small signals, a small image tree, and a small hand-built run folder.
+"""Shared fixtures and helpers: small signals, a small image tree, and a small hand-built run folder.
+
+Test modules in the subfolders import the helpers with ``from conftest import ...`` (pytest puts this
+folder on ``sys.path`` when it loads this file).
 
 ``tiny_run`` builds a run folder exactly as the run-folder contract in ``spectro/runs.py`` describes,
 without going through ``spectro train``, so the downstream stages (evaluate, classify, export) are
@@ -8,7 +11,6 @@ images, so its predictions are meaningful.
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
@@ -51,15 +53,24 @@ def write_wav(path: Path, y: np.ndarray, sr: int = SR, subtype: str = "PCM_16") 
     return path
 
 
+def librosa_db(y: np.ndarray, s) -> np.ndarray:
+    """The log-mel reference: librosa's own mel spectrogram in dB re 1.0, no top_db clamp."""
+    import librosa
+
+    mel = librosa.feature.melspectrogram(y=y, sr=s.sr, n_fft=s.n_fft, hop_length=s.hop_length, n_mels=s.n_mels,
+                                         power=s.power, fmin=s.fmin, fmax=s.fmax)
+    return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
+
+
 def make_image_tree(root: Path, *, per_class: int = 8, seconds: float = 1.0, settings=None):
     """Render a tiny two-machine dataset to ``root`` (PNGs + manifest.csv) with spectro's own functions.
 
-    Returns the list of :class:`spectro.dataset.ManifestRow`.
+    Returns the list of :class:`spectro.data.manifest.ImageRow` (absolute paths), as ``read_manifest`` gives them.
     """
-    from spectro.config import FeatureSettings
-    from spectro.dataset import ManifestRow, write_manifest
-    from spectro.features import db_to_pixels, log_mel
-    from spectro.images import write_png
+    from spectro.data.manifest import ImageRow, write_manifest
+    from spectro.features.logmel import db_to_pixels, log_mel
+    from spectro.features.png import write_png
+    from spectro.features.settings import FeatureSettings
 
     settings = settings or FeatureSettings(n_mels=32, n_fft=512, hop_length=256)
     rows = []
@@ -75,8 +86,8 @@ def make_image_tree(root: Path, *, per_class: int = 8, seconds: float = 1.0, set
             rel = f"{machine}/{label}/{name}.png"
             source = f"/virtual/6_dB_{machine}/{machine}/{machine_id}/{label}/{i:08d}.wav"
             write_png(root / rel, db_to_pixels(log_mel(y, settings), settings), settings=settings, source=source)
-            rows.append(ManifestRow(image=rel, source=source, machine=machine, machine_id=machine_id, label=label,
-                                    snr="6dB", segment=0, settings_hash=settings.hash()))
+            rows.append(ImageRow(path=root / rel, source=source, machine=machine, machine_id=machine_id, label=label,
+                                 snr="6dB", segment=0, settings_hash=settings.hash()))
     write_manifest(root / "manifest.csv", rows)
     return rows
 
@@ -93,18 +104,18 @@ def tiny_run(tiny_images, tmp_path_factory) -> Path:
     """A run folder per the contract in spectro/runs.py, trained by hand (not by spectro train)."""
     import keras
 
-    from spectro.dataset import read_manifest
-    from spectro.images import read_info, read_pixels
-    from spectro.labels import LabelSpace
-    from spectro.model import ModelSettings, build_model
-    from spectro.runs import save_config
+    from spectro.data.manifest import read_manifest
+    from spectro.features.png import read_info, read_pixels
+    from spectro.model.backbones import ModelSettings, build_model
+    from spectro.model.labels import LabelSpace
+    from spectro.runs import MODEL_NAME, save_config, write_splits
 
     keras.utils.set_random_seed(0)
     run = tmp_path_factory.mktemp("runs") / "tiny"
     run.mkdir()
     rows = read_manifest(tiny_images)
     labels = LabelSpace.from_pairs([(r.machine, r.label) for r in rows], task="failure")
-    x = np.stack([read_pixels(tiny_images / r.image) for r in rows])[..., None].astype("float32")
+    x = np.stack([read_pixels(r.path) for r in rows])[..., None].astype("float32")
     y = np.array([labels.index(r.machine, r.label) for r in rows])
     # every 4th image of each class is test, the next val, the rest train
     split = ["test" if i % 4 == 0 else "val" if i % 4 == 1 else "train" for i in range(len(rows))]
@@ -120,20 +131,16 @@ def tiny_run(tiny_images, tmp_path_factory) -> Path:
     # so inference-mode predictions depend on the image: test AUC about 0.8 rather than a constant score
     for _ in range(30):
         model(x[train], training=True)
-    model.save(run / "model.keras")
+    model.save(run / MODEL_NAME)
     labels.save(run)
-    features = read_info(tiny_images / rows[0].image).settings
+    features = read_info(rows[0].path).settings
     save_config(run, {
         "features": features.to_dict(), "input_shape": list(x.shape[1:3]), "task": labels.task,
         "model": {"backbone": settings.backbone, "alpha": settings.alpha, "image_size": settings.image_size,
                   "weights_requested": settings.weights, "weights_used": used},
         "seed": 0, "images": str(tiny_images),
     })
-    with (run / "splits.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "source", "machine", "machine_id", "label", "snr", "segment", "split"])
-        for r, s in zip(rows, split):
-            writer.writerow([str(tiny_images / r.image), r.source, r.machine, r.machine_id, r.label, r.snr, r.segment, s])
+    write_splits(run, [r.with_split(s) for r, s in zip(rows, split)])
     return run
 
 
@@ -148,7 +155,7 @@ def tiny_exports(tiny_run, tmp_path_factory) -> dict:
     import warnings
 
     from spectro.errors import SpectroWarning
-    from spectro.export import ExportSettings, export_run
+    from spectro.export.tflite import ExportSettings, export_run
 
     run = tmp_path_factory.mktemp("exported") / "tiny"
     shutil.copytree(tiny_run, run)
@@ -161,9 +168,10 @@ def tiny_exports(tiny_run, tmp_path_factory) -> dict:
         # int8 of this tiny model misses its top-1 agreement bound (one flip in 8 test images), so the export
         # refused it — tests check that decision against the figures. Tests that need a quantised file get
         # the same conversion written unverified.
-        from spectro.export import TFLITE_NAMES, convert, representative_images
-        from spectro.model import load_keras_model
-        from spectro.runs import load_config
+        from spectro.export.calibration import representative_images
+        from spectro.export.tflite import convert
+        from spectro.model.backbones import load_keras_model
+        from spectro.runs import TFLITE_NAMES, load_config
 
         config = load_config(run)
         images = representative_images(run, 200, input_shape=tuple(config["input_shape"]),
@@ -171,3 +179,36 @@ def tiny_exports(tiny_run, tmp_path_factory) -> dict:
         files["int8"] = run / TFLITE_NAMES["int8"]
         files["int8"].write_bytes(convert(load_keras_model(run / "model.keras"), "int8", images))
     return {"run": run, "results": results, "files": files}
+
+
+def raw_tflite_probs(path, x: np.ndarray) -> np.ndarray:
+    """Run a .tflite file with the bare LiteRT interpreter, (de)quantising by hand (not spectro's predictor)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    probs = []
+    for image in x:
+        value = image[None]
+        if inp["dtype"] != np.float32:
+            scale, zero = inp["quantization"]
+            value = np.clip(np.round(value / scale + zero), 0, 255).astype(inp["dtype"])
+        interpreter.set_tensor(inp["index"], value)
+        interpreter.invoke()
+        y = interpreter.get_tensor(out["index"])[0]
+        if out["dtype"] != np.float32:
+            scale, zero = out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        probs.append(y)
+    return np.array(probs)
+
+
+def split_pixels(run: Path, split: str = "test") -> tuple[list, np.ndarray]:
+    """The rows of one split of a run and their pixels ``(n, n_mels, frames)`` uint8, read with Pillow."""
+    from PIL import Image
+
+    from spectro.runs import read_splits
+
+    rows = read_splits(run, split)
+    return rows, np.stack([np.asarray(Image.open(r.path), dtype=np.uint8) for r in rows])

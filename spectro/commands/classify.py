@@ -1,0 +1,95 @@
+"""``spectro classify``: verdicts for spectrograms and recordings (:func:`spectro.inference.classify.classify_paths`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spectro.inference.classify import classify_paths
+from spectro.paths import MODELS_DIR
+from spectro.runs import LATEST
+
+HELP = ("Classify spectrogram PNGs (written by 'spectro images') or recordings (WAV/FLAC/OGG, rendered with the "
+        "model's own feature settings), or folders of either (searched recursively). Prints per file the verdict "
+        "(normal / ABNORMAL: anomaly score >= threshold), the anomaly score, the most likely failure type and the "
+        "top-k classes. A recording longer than the model's input is scored window by window: the score over time "
+        "is shown, windows over the threshold are flagged, and the file's score is the maximum over its windows.")
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="PNG spectrograms, recordings or folders")
+    parser.add_argument("--model", default=str(MODELS_DIR / LATEST),
+                        help="a run folder, a .keras file or a .tflite file")
+    parser.add_argument("--top-k", type=int, default=3, help="how many classes to list per file")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="anomaly-score threshold; when not given, the one 'spectro evaluate' stored in the run's "
+                             "config.json (0.5 before evaluation)")
+    parser.add_argument("--window-hop", type=float, default=None, metavar="SECONDS",
+                        help="hop between windows of a long recording; when not given, the model's segment hop "
+                             "if it was trained on segments with one, else half a window")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per file instead of text")
+    parser.add_argument("--csv", type=Path, default=None, metavar="OUT", help="also write one row per file to OUT")
+
+
+def sparkline(values: list[float], *, width: int = 80) -> str:
+    """Scores in [0, 1] as block characters; more than ``width`` values are max-pooled to ``width``."""
+    v = np.clip(np.asarray(values, dtype=float), 0, 1)
+    if len(v) > width:
+        edges = np.linspace(0, len(v), width + 1).astype(int)
+        v = np.array([v[a:b].max() for a, b in zip(edges[:-1], edges[1:])])
+    return "".join(SPARK[min(len(SPARK) - 1, int(x * len(SPARK)))] for x in v)
+
+
+def format_text(result: dict[str, Any], *, max_listed: int = 8) -> str:
+    """The human-readable lines for one result."""
+    lines = [f"{result['path']}: {result['verdict']}  anomaly score {result['anomaly_score']:.3f} "
+             f"(threshold {result['threshold']:.3f})"
+             + (f"  failure type {result['failure_type']}" if result["failure_type"] else "")]
+    lines.append("  top: " + "  ".join(f"{c} {p:.3f}" for c, p in result["top_k"]))
+    windows = result.get("windows")
+    if windows:
+        flagged = [w for w in windows if w["over_threshold"]]
+        lines[0] += f"  [max over {len(windows)} windows]"
+        lines.append(f"  score over time {windows[0]['start_s']:.1f}-{windows[-1]['end_s']:.1f} s: "
+                     f"{sparkline([w['anomaly_score'] for w in windows])}")
+        listed = ", ".join(f"#{w['index']} {w['start_s']:.1f}-{w['end_s']:.1f} s ({w['anomaly_score']:.2f})"
+                           for w in flagged[:max_listed])
+        more = f", and {len(flagged) - max_listed} more" if len(flagged) > max_listed else ""
+        lines.append(f"  windows over threshold: {len(flagged)} of {len(windows)}"
+                     + (f": {listed}{more}" if flagged else ""))
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, results: list[dict[str, Any]], classes: tuple[str, ...]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "verdict", "anomaly_score", "threshold", "failure_type", "predicted", "windows",
+                         "windows_over_threshold"] + [f"p_{c}" for c in classes])
+        for r in results:
+            windows = r.get("windows", [])
+            writer.writerow([r["path"], r["verdict"], r["anomaly_score"], r["threshold"], r["failure_type"],
+                             r["predicted"], max(1, len(windows)),
+                             sum(w["over_threshold"] for w in windows) if windows else int(r["verdict"] == "ABNORMAL")]
+                            + [r["probabilities"][c] for c in classes])
+    return path
+
+
+def main(args) -> int:
+    results, predictor = classify_paths(args.paths, args.model, threshold=args.threshold, top_k=args.top_k,
+                                        hop_seconds=args.window_hop)
+    for result in results:
+        print(json.dumps(result) if args.json else format_text(result))
+    if args.csv is not None:
+        write_csv(args.csv, results, predictor.labels.classes)
+        print(f"wrote {args.csv} ({len(results)} rows)", file=sys.stderr if args.json else sys.stdout)
+    return 0

@@ -1,0 +1,100 @@
+"""``spectro train``: fine-tune a backbone on the spectrogram PNGs (:func:`spectro.training.loop.train`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spectro.model.backbones import BACKBONES, RESIZE_METHODS, ModelSettings
+from spectro.model.labels import TASKS
+from spectro.paths import IMAGES_DIR, MODELS_DIR
+from spectro.runs import load_config
+from spectro.training.augment import AugmentSettings
+from spectro.training.loop import LR_SCHEDULES, TrainSettings, train
+
+HELP = ("Fine-tune a Keras image backbone (MobileNet by default) on the spectrogram PNGs of IMAGES "
+        "(written by 'spectro images') and write a run folder to OUT/<run-name>/: model.keras, labels.json, "
+        "config.json, splits.csv, history.csv and training.png; OUT/latest points at it. Images are split by "
+        "source recording, stratified by machine and label. With pretrained weights the base is frozen while "
+        "a new head trains, then its top layers are fine-tuned at a small learning rate; with random "
+        "initialisation (--weights none, or ImageNet weights that cannot be had) the whole network trains "
+        "in one phase. A last, quantisation-aware phase (--qat-epochs) trains the model to answer the same "
+        "after the rounding of an int8 TFLite file. Whatever --task, the model gives an anomaly score (summed "
+        "probability of the abnormal classes) and the most likely failure type.")
+
+
+def format_metrics(name: str, metrics: dict) -> str:
+    """One line of a split's figures (``config.json`` ``metrics.<split>``)."""
+    o = metrics["overall"]
+    parts = [f"{name} ({o['n']} images): task accuracy {o['accuracy']:.3f}",
+             f"balanced accuracy {o['balanced_accuracy']:.3f}"]
+    if o.get("auc") is not None:
+        parts.append(f"anomaly ROC AUC {o['auc']:.3f}, pAUC(0.1) {o['pauc']:.3f}")
+    if "failure_type_accuracy" in o:
+        parts.append(f"failure type accuracy {o['failure_type_accuracy']:.3f}")
+    return ", ".join(parts)
+
+
+def add_arguments(parser) -> None:
+    d, m = TrainSettings(), ModelSettings()
+    parser.add_argument("images", nargs="?", type=Path, default=IMAGES_DIR,
+                        help="folder of spectrogram PNGs with the manifest.csv written by 'spectro images'")
+    parser.add_argument("--out", type=Path, default=MODELS_DIR, help="models folder; the run goes to OUT/<name>/")
+    parser.add_argument("--name", default=None, help="run folder name (None: <date>-<time>-<task>-<backbone>)")
+    parser.add_argument("--task", choices=TASKS, default=d.task,
+                        help="training objective: fine classes <machine>/<label>, normal vs abnormal, or machine type")
+    parser.add_argument("--backbone", choices=BACKBONES, default=m.backbone, help="Keras application backbone")
+    parser.add_argument("--alpha", type=float, default=m.alpha, help="MobileNet width multiplier")
+    parser.add_argument("--image-size", type=int, default=m.image_size,
+                        help="square size the model resizes the spectrogram to (ImageNet weights: 96..224)")
+    parser.add_argument("--resize", choices=RESIZE_METHODS, default=m.resize,
+                        help="resizing inside the model: nearest copies whole pixels, so the int8 TFLite file "
+                             "resizes exactly as Keras does; bilinear interpolates")
+    parser.add_argument("--weights", default=m.weights,
+                        help="'imagenet' (random initialisation, with a warning, when unavailable), 'none', "
+                             "or a path to a Keras weights file for the backbone")
+    parser.add_argument("--epochs", type=int, default=d.epochs,
+                        help="epochs of the head (pretrained) or of the whole network (random initialisation)")
+    parser.add_argument("--fine-tune-epochs", type=int, default=d.fine_tune_epochs,
+                        help="epochs with the top of a pretrained base unfrozen (0: skip)")
+    parser.add_argument("--fine-tune-layers", type=int, default=d.fine_tune_layers,
+                        help="number of top base layers to unfreeze when fine-tuning (0: the whole base)")
+    parser.add_argument("--qat-epochs", type=int, default=d.qat_epochs,
+                        help="last phase: quantisation-aware fine-tuning, so the int8 TFLite file answers as the "
+                             "model does (0: skip)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="images per training step")
+    parser.add_argument("--learning-rate", type=float, default=d.learning_rate,
+                        help="Adam learning rate of the first phase")
+    parser.add_argument("--fine-tune-learning-rate", type=float, default=d.fine_tune_learning_rate,
+                        help="Adam learning rate while fine-tuning")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
+                        help="learning rate over each phase: half-cosine decay to 2%% of its start, or constant")
+    parser.add_argument("--seed", type=int, default=d.seed, help="seed for the split, augmentation and weights")
+    parser.add_argument("--test-ids", nargs="+", default=[], metavar="ID",
+                        help="machine ids (id_06, or fan/id_06) held out as the test split")
+    parser.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of clips for validation")
+    parser.add_argument("--test-fraction", type=float, default=d.test_fraction,
+                        help="share of clips for the test split (ignored with --test-ids)")
+    parser.add_argument("--patience", type=int, default=d.patience,
+                        help="epochs without validation-loss improvement before stopping")
+    parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    parser.add_argument("--no-progress", action="store_true", help="one line per epoch instead of progress bars")
+
+
+def main(args) -> int:
+    settings = TrainSettings(
+        task=args.task, epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs, qat_epochs=args.qat_epochs,
+        fine_tune_layers=args.fine_tune_layers, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        fine_tune_learning_rate=args.fine_tune_learning_rate, lr_schedule=args.lr_schedule, patience=args.patience,
+        seed=args.seed,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, test_ids=tuple(args.test_ids),
+        augment=AugmentSettings.off() if args.no_augment else AugmentSettings())
+    model_settings = ModelSettings(backbone=args.backbone, alpha=args.alpha, image_size=args.image_size,
+                                   weights=args.weights, resize=args.resize)
+    run = train(args.images, args.out, settings=settings, model_settings=model_settings, name=args.name,
+                progress=not args.no_progress)
+    metrics = load_config(run).get("metrics", {})
+    for split in ("val", "test"):
+        if split in metrics:
+            print(format_metrics(split, metrics[split]))
+    print(f"run: {run}")
+    return 0

@@ -1,0 +1,1 @@
+"""Judging a model: metrics, thresholds, ``spectro evaluate``, plots, the HTML report and baselines."""

@@ -1,0 +1,298 @@
+"""``spectro report``: one self-contained HTML page per run (every image embedded as base64, no external URL).
+
+Sections: data summary, evaluation (metrics tables and the ``evaluate`` plots), example spectrograms
+per machine, the public notebooks' exploratory views of one normal and one abnormal clip, training
+curves, and the run's settings.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import tempfile
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from spectro.data.layout import NORMAL_LABEL
+from spectro.errors import SpectroError
+from spectro.evaluation import plots
+from spectro.evaluation.evaluate import evaluate_run
+from spectro.evaluation.metrics import GROUPINGS
+from spectro.features.audio import read_audio
+from spectro.features.png import read_pixels
+from spectro.runs import (
+    HISTORY_NAME,
+    METRICS_NAME,
+    PLOT_NAMES,
+    REPORT_NAME,
+    TRAINING_PLOT_NAME,
+    feature_settings,
+    load_config,
+    read_history,
+    read_splits,
+    resolve_run,
+)
+
+SECTIONS = ("Data summary", "Evaluation", "Example spectrograms", "Exploratory views", "Training curves", "Settings")
+SPLITS_ORDER = ("train", "val", "test")
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
+h1 { border-bottom: 2px solid #444; } h2 { border-bottom: 1px solid #bbb; margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th { background: #f0f0f0; } td.l, th.l { text-align: left; }
+img { max-width: 100%; border: 1px solid #ddd; margin: 0.3em 0; }
+.note { background: #fff6d5; border-left: 4px solid #e0b000; padding: 0.4em 0.8em; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+figure { margin: 0.5em 0 1.5em; } figcaption { font-size: 0.9em; color: #555; }
+"""
+
+
+# -- HTML helpers ------------------------------------------------------------------------------------
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _img(png: bytes | Path, alt: str, caption: str = "") -> str:
+    data = png.read_bytes() if isinstance(png, Path) else png
+    uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    cap = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
+    return f'<figure><img src="{uri}" alt="{_e(alt)}">{cap}</figure>'
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{_e(text)}</p>'
+
+
+def _table(header: list[str], rows: list[list[Any]], *, left: int = 1) -> str:
+    def cell(tag, i, v):
+        cls = ' class="l"' if i < left else ""
+        return f"<{tag}{cls}>{_e(v)}</{tag}>"
+
+    head = "".join(cell("th", i, h) for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+# -- sections ----------------------------------------------------------------------------------------
+def data_summary(rows) -> str:
+    """Clips (distinct source recordings) per machine / id / SNR / label and split, and the images count."""
+    if not rows:
+        return _note("splits.csv lists no images.")
+    clips: dict[tuple, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+    images: Counter = Counter()
+    splits = [s for s in SPLITS_ORDER if any(r.split == s for r in rows)]
+    splits += sorted({r.split for r in rows} - set(splits))
+    for r in rows:
+        key = (r.machine, r.machine_id or "-", r.snr or "-", r.label)
+        clips[key][r.split].add(r.source or str(r.path))
+        images[key] += 1
+    table_rows = []
+    for key in sorted(clips):
+        counts = [len(clips[key][s]) for s in splits]
+        table_rows.append([*key, *counts, sum(counts), images[key]])
+    totals = [sum(r[4 + i] for r in table_rows) for i in range(len(splits) + 2)]
+    table_rows.append(["all", "", "", "", *totals])
+    header = ["machine", "id", "SNR", "label", *[f"{s} clips" for s in splits], "clips", "images"]
+    return (f"<p>{len(rows)} images from {totals[-2]} recordings (a recording cut into segments gives several "
+            "images; all images of a recording share one split).</p>" + _table(header, table_rows, left=4))
+
+
+def evaluation(run: Path, metrics: dict | None, reason: str) -> str:
+    if metrics is None:
+        return _note(reason)
+    o = metrics["overall"]
+    t = metrics.get("threshold", {})
+    parts = [f"<p>Evaluated on the {_e(metrics.get('evaluated', 'test split'))}: {o['n']} images "
+             f"({o['n_normal']} normal, {o['n_abnormal']} abnormal), task <b>{_e(metrics.get('task'))}</b>. "
+             f"Anomaly threshold {_fmt(t.get('value'))} ({_e(t.get('method', 'default'))}"
+             + (f", target FPR {_fmt(t.get('max_fpr'))}" if t.get("max_fpr") is not None else "")
+             + (f"; on validation FPR {_fmt(t.get('val_fpr'))}, TPR {_fmt(t.get('val_tpr'))}" if "val_fpr" in t else "")
+             + ").</p>"]
+    base = metrics.get("baseline") or {}
+    fitted = "overall" in base
+    if fitted:
+        tr = base["train"]
+        parts.append(f"<p>Baseline: {_e(base['name'])} ({_e(base.get('features', ''))}), fit on the run's "
+                     f"{tr['n']} training images ({tr['n_normal']} normal, {tr['n_abnormal']} abnormal) and scored "
+                     "on the same images as the CNN.</p>")
+        if base.get("cnn_beats_baseline") is False and base["overall"]["auc"] > o["auc"]:
+            parts.append(_note(f"The mel-statistics baseline beats the CNN on these images: anomaly AUC "
+                               f"{_fmt(base['overall']['auc'])} vs {_fmt(o['auc'])}, pAUC "
+                               f"{_fmt(base['overall']['pauc'])} vs {_fmt(o['pauc'])}."))
+    elif base.get("skipped"):
+        parts.append(_note(f"Baseline ({base['name']}) skipped: {base['skipped']}."))
+
+    def figures(g: dict, b: dict | None) -> list[str]:
+        cnn = [_fmt(g.get(c)) for c in ("n", "accuracy", "balanced_accuracy")]
+        if not fitted:
+            return [*cnn, _fmt(g.get("auc")), _fmt(g.get("pauc"))]
+        b = b or {}
+        return [*cnn, _fmt(g.get("auc")), _fmt(b.get("auc")), _fmt(g.get("pauc")), _fmt(b.get("pauc"))]
+
+    header = ["group", "images", "accuracy", "balanced accuracy", "anomaly AUC",
+              *(["baseline AUC"] if fitted else []), "pAUC (FPR ≤ 0.1)", *(["baseline pAUC"] if fitted else [])]
+    rows = [["all", *figures(o, base.get("overall"))]]
+    for name in GROUPINGS:
+        for key, g in metrics.get(name, {}).items():
+            rows.append([f"{name.removeprefix('by_').replace('_', ' ')} {key}",
+                         *figures(g, base.get(name, {}).get(key))])
+    parts.append(_table(header, rows))
+    if "clips" in metrics:
+        c = metrics["clips"]
+        bc = base.get("clips") if fitted else None
+        parts.append(f"<p>Per recording ({c['n']} recordings, score = {_e(c['score'])}): anomaly AUC {_fmt(c['auc'])}"
+                     + (f" (baseline {_fmt(bc['auc'])})" if bc else "") + f", pAUC {_fmt(c['pauc'])}"
+                     + (f" (baseline {_fmt(bc['pauc'])})" if bc else "") + ".</p>")
+    if "failure_type_accuracy" in o:
+        parts.append(f"<p>Failure type right on {_fmt(o['failure_type_accuracy'])} of the abnormal images.</p>")
+    report = o.get("report", {})
+    class_rows = [[name, _fmt(v["precision"]), _fmt(v["recall"]), _fmt(v["f1-score"]), _fmt(int(v["support"]))]
+                  for name, v in report.items() if isinstance(v, dict)]
+    if class_rows:
+        parts.append("<h3>Per class</h3>" + _table(["class", "precision", "recall", "F1", "support"], class_rows))
+    captions = {"confusion": "Confusion matrix", "roc": "Anomaly ROC per machine type",
+                "histograms": "Anomaly-score histograms, normal vs abnormal",
+                "mistakes": "The worst mistakes (most confident wrong predictions)"}
+    for key, name in PLOT_NAMES.items():
+        path = run / name
+        parts.append(_img(path, captions[key], captions[key]) if path.is_file() else _note(f"{name} is missing"))
+    return "".join(parts)
+
+
+def examples(rows, tmp: Path, *, per_row: int = 4) -> str:
+    """One normal and up to three abnormal spectrograms per machine, test images first."""
+    order = {"test": 0, "val": 1, "train": 2}
+    rows = sorted(rows, key=lambda r: (order.get(r.split, 3), str(r.path)))
+    parts = []
+    for machine in sorted({r.machine for r in rows}):
+        chosen, seen = [], set()
+        for want_normal in (True, False):
+            for r in rows:
+                if r.machine == machine and (r.label == NORMAL_LABEL) == want_normal and r.label not in seen \
+                        and r.path.is_file() and len(chosen) < per_row:
+                    chosen.append(r)
+                    seen.add(r.label)
+        if not chosen:
+            continue
+        path = plots.image_grid(tmp / f"examples_{machine}.png", [read_pixels(r.path) for r in chosen],
+                                [f"{r.label} ({r.machine_id or r.path.name})" for r in chosen], cols=per_row,
+                                title=f"{machine}: normal vs abnormal", colors=[
+                                    "tab:blue" if r.label == NORMAL_LABEL else "tab:red" for r in chosen])
+        parts.append(_img(path, f"example spectrograms of {machine}"))
+    return "".join(parts) or _note("No spectrogram images found on disk.")
+
+
+def exploratory_views(rows, settings, tmp: Path) -> str:
+    """Waveform, linear and log-frequency STFT and mel spectrogram of one normal and one abnormal recording."""
+    order = {"test": 0, "val": 1, "train": 2}
+    rows = sorted(rows, key=lambda r: (order.get(r.split, 3), r.source))
+    parts = []
+    for kind, want_normal in (("normal", True), ("abnormal", False)):
+        candidates = [r for r in rows if (r.label == NORMAL_LABEL) == want_normal]
+        if not candidates:
+            parts.append(_note(f"No {kind} recording in splits.csv."))
+            continue
+        present = next((r for r in candidates if r.source and Path(r.source).is_file()), None)
+        if present is None:
+            parts.append(_note(f"No {kind} source recording found on disk (e.g. {candidates[0].source or 'no source'}"
+                               "); exploratory views need the original audio."))
+            continue
+        try:
+            y = read_audio(present.source, channel=settings.channel, sr=settings.sr)
+        except SpectroError as exc:
+            parts.append(_note(f"{present.source}: {exc}"))
+            continue
+        path = plots.exploratory(tmp / f"explore_{kind}.png", y, settings.sr, n_fft=settings.n_fft,
+                                 hop_length=settings.hop_length, n_mels=settings.n_mels,
+                                 title=f"{kind}: {present.machine} {present.machine_id} {present.label} — "
+                                       f"{Path(present.source).name}")
+        parts.append(f"<h3>{_e(kind.capitalize())}: {_e(present.source)}</h3>" + _img(path, f"{kind} exploratory "
+                                                                                            f"views"))
+    return "".join(parts)
+
+
+def training_curves(run: Path, tmp: Path) -> str:
+    """``training.png`` when ``spectro train`` wrote one, else a plot of ``history.csv``."""
+    if (run / TRAINING_PLOT_NAME).is_file():
+        return _img(run / TRAINING_PLOT_NAME, "training curves")
+    if not (run / HISTORY_NAME).is_file():
+        return _note(f"No {TRAINING_PLOT_NAME} or {HISTORY_NAME} in the run folder.")
+    history = read_history(run)
+    if not history:
+        return _note(f"{HISTORY_NAME} holds no numeric columns.")
+    return _img(plots.training_curves(tmp / TRAINING_PLOT_NAME, history), "training curves")
+
+
+def settings_section(config: dict) -> str:
+    features = config.get("features", {})
+    parts = []
+    if features:
+        parts.append("<h3>Features</h3>" + _table(["setting", "value"], [[k, _fmt(v)] for k, v in features.items()]))
+    model = config.get("model", {})
+    if isinstance(model, dict) and model:
+        parts.append("<h3>Model</h3>" + _table(["setting", "value"], [[k, _fmt(v)] for k, v in model.items()]))
+    parts.append("<h3>config.json</h3><pre>" + _e(json.dumps(config, indent=2, default=str)) + "</pre>")
+    return "".join(parts)
+
+
+# -- the page ----------------------------------------------------------------------------------------
+def build_report(run: str | Path, *, evaluate: bool = True, out: str | Path | None = None) -> Path:
+    """Write the run's HTML report and return its path.
+
+    Parameters
+    ----------
+    run : path
+        A run folder.
+    evaluate : bool
+        Run :func:`spectro.evaluation.evaluate.evaluate_run` first when ``metrics.json`` is missing.
+    out : path, optional
+        The HTML file (default ``<run>/report.html``).
+    """
+    run = resolve_run(run)
+    out = Path(out) if out is not None else run / REPORT_NAME
+    rows = read_splits(run)
+    metrics = None
+    reason = f"Not evaluated yet: no {METRICS_NAME} in the run folder. Run 'spectro evaluate {run}' first."
+    if not (run / METRICS_NAME).is_file() and evaluate:
+        try:
+            evaluate_run(run)
+        except SpectroError as exc:  # the rest of the report is still worth having
+            reason = f"'spectro evaluate' failed: {exc}"
+    if (run / METRICS_NAME).is_file():
+        metrics = json.loads((run / METRICS_NAME).read_text())
+    config = load_config(run)
+    settings = feature_settings(config)
+    with tempfile.TemporaryDirectory(prefix="spectro-report-") as tmp_name:
+        tmp = Path(tmp_name)
+        bodies = {
+            "Data summary": data_summary(rows),
+            "Evaluation": evaluation(run, metrics, reason),
+            "Example spectrograms": examples(rows, tmp),
+            "Exploratory views": exploratory_views(rows, settings, tmp),
+            "Training curves": training_curves(run, tmp),
+            "Settings": settings_section(config),
+        }
+    anchors = {name: name.lower().replace(" ", "-") for name in SECTIONS}
+    toc = " · ".join(f'<a href="#{anchors[n]}">{_e(n)}</a>' for n in SECTIONS)
+    sections = "".join(f'<section id="{anchors[n]}"><h2>{_e(n)}</h2>{bodies[n]}</section>' for n in SECTIONS)
+    title = f"spectro run {run.name}"
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+            f"<style>{CSS}</style></head><body><h1>{_e(title)}</h1>"
+            f"<p>{_e(str(run))} · task {_e(config.get('task', '?'))} · {toc}</p>{sections}</body></html>\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(f".{out.name}.tmp")
+    tmp_out.write_text(page, encoding="utf-8")
+    tmp_out.replace(out)
+    return out

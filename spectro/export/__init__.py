@@ -1,0 +1,1 @@
+"""TFLite export: calibration, conversion, bias correction and verification against the Keras model."""

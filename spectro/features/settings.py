@@ -1,0 +1,129 @@
+"""The frozen feature settings that travel with every image and every model.
+
+:class:`FeatureSettings` is the contract between rendering and inference: it is written into each PNG's text
+chunks, into ``manifest.csv`` (as a hash) and into each model's ``config.json``, so a recording is always rendered
+at inference exactly as the training images were.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from typing import Any
+
+from spectro.errors import SpectroError
+
+
+def _settings_from_dict(cls, data: dict[str, Any]):
+    """Build a settings dataclass from a dict, rejecting unknown keys with a clear message."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise SpectroError(f"unknown {cls.__name__} keys {unknown}; expected some of {sorted(names)}")
+    return cls(**data)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSettings:
+    """How a recording becomes a spectrogram image.
+
+    Parameters
+    ----------
+    sr : int
+        Sample rate the audio is analysed at (files at other rates are resampled, with a warning).
+    channel : str
+        ``"0"``, ``"1"``, … (one microphone of a multi-channel file) or ``"mean"`` (their average).
+    n_fft, hop_length, n_mels, power, fmin, fmax
+        Mel spectrogram parameters (librosa's meaning). ``fmax=None`` means ``sr / 2``.
+    db_min, db_max : float
+        The **fixed** dB range mapped to pixel values 0…255 (power in dB relative to a full-scale
+        amplitude of 1.0). Fixed, not per image, so loudness survives into the image. The default
+        [-80, +20] dB holds the real MIMII fan sample (-58…+4 dB) with no clipping.
+    segment_seconds, segment_hop_seconds : float or None
+        Cut recordings into windows of this length (and hop; default: the length) — one image each.
+        ``None``: one image per recording.
+    """
+
+    sr: int = 16000
+    channel: str = "0"
+    n_fft: int = 2048
+    hop_length: int = 512
+    n_mels: int = 64
+    power: float = 2.0
+    fmin: float = 0.0
+    fmax: float | None = None
+    db_min: float = -80.0
+    db_max: float = 20.0
+    segment_seconds: float | None = None
+    segment_hop_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.sr <= 0:
+            problems.append(f"sr must be > 0, got {self.sr}")
+        if self.channel != "mean" and not str(self.channel).isdigit():
+            problems.append(f"channel must be a number >= 0 or 'mean', got {self.channel!r}")
+        if self.n_fft <= 0 or self.hop_length <= 0 or self.n_mels <= 0:
+            problems.append("n_fft, hop_length and n_mels must be > 0, got "
+                            f"{self.n_fft}, {self.hop_length}, {self.n_mels}")
+        if self.power <= 0:
+            problems.append(f"power must be > 0, got {self.power}")
+        if not self.db_max > self.db_min:
+            problems.append(f"db_max must be above db_min, got {self.db_min}..{self.db_max}")
+        nyquist = self.sr / 2
+        top = nyquist if self.fmax is None else self.fmax
+        if not 0 <= self.fmin < top <= nyquist:
+            problems.append(f"need 0 <= fmin < fmax <= sr/2 = {nyquist:g}, got fmin={self.fmin}, fmax={self.fmax}")
+        if self.segment_seconds is not None and not (self.segment_seconds > 0 and math.isfinite(self.segment_seconds)):
+            problems.append(f"segment_seconds must be > 0, got {self.segment_seconds}")
+        if self.segment_hop_seconds is not None:
+            if self.segment_seconds is None:
+                problems.append("segment_hop_seconds needs segment_seconds")
+            elif not self.segment_hop_seconds > 0:
+                problems.append(f"segment_hop_seconds must be > 0, got {self.segment_hop_seconds}")
+        if problems:
+            raise SpectroError("invalid feature settings: " + "; ".join(problems))
+
+    @property
+    def db_per_step(self) -> float:
+        """dB represented by one 8-bit pixel step."""
+        return (self.db_max - self.db_min) / 255.0
+
+    @property
+    def segment_samples(self) -> int | None:
+        return None if self.segment_seconds is None else int(round(self.segment_seconds * self.sr))
+
+    @property
+    def segment_hop_samples(self) -> int | None:
+        if self.segment_seconds is None:
+            return None
+        hop = self.segment_hop_seconds or self.segment_seconds
+        return int(round(hop * self.sr))
+
+    def frames_for(self, n_samples: int) -> int:
+        """Number of spectrogram frames librosa (``center=True``) gives for ``n_samples`` samples."""
+        return 1 + n_samples // self.hop_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureSettings:
+        return _settings_from_dict(cls, data)
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSettings:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpectroError(f"feature settings are not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    def hash(self) -> str:
+        """Short stable hash of the settings (12 hex digits), stored per image in the manifest."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]

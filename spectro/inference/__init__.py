@@ -1,0 +1,1 @@
+"""Running a model: predictors for ``.keras`` and ``.tflite`` files, windows of long recordings, verdicts."""

@@ -1,0 +1,110 @@
+"""Verdicts for PNG spectrograms, recordings, or folders of either, from a trained model.
+
+A recording is rendered with exactly the feature settings stored in the model's ``config.json``. One
+longer than the model's input is scored window by window (:mod:`spectro.inference.windows`); its overall
+anomaly score is the **maximum** over windows, and its probabilities and failure type are those of that
+window. TensorFlow is never imported here: a ``.tflite`` model runs through LiteRT.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spectro.errors import SpectroError
+from spectro.inference.windows import expand_inputs, load_windows
+from spectro.runs import feature_settings
+from spectro.runs import threshold as stored_threshold
+
+
+def classify_files(files: list[Path], predictor, *, threshold: float, top_k: int = 3,
+                   hop_seconds: float | None = None, progress: bool = False) -> list[dict[str, Any]]:
+    """One result dict per file (the ``--json`` objects).
+
+    Parameters
+    ----------
+    files : list of Path
+        PNGs and recordings (see :func:`expand_inputs`).
+    predictor : spectro.inference.predictors.Predictor
+        From :func:`spectro.inference.predictors.load_predictor`.
+    threshold : float
+        A file is ``ABNORMAL`` when its anomaly score is >= ``threshold``.
+    """
+    settings = feature_settings(predictor.config)
+    shape = tuple(int(v) for v in predictor.input_shape)
+    labels = predictor.labels
+    from tqdm import tqdm
+
+    all_windows = [load_windows(f, settings, shape, hop_seconds=hop_seconds)
+                   for f in tqdm(files, desc="reading", unit="file", disable=not progress, leave=False)]
+    probs = predictor.predict(np.concatenate([w.pixels for w in all_windows]))
+    scores = labels.anomaly_score(probs)
+    failures = labels.failure_type(probs)
+    predicted = labels.predicted(probs)
+    results, at = [], 0
+    for w in all_windows:
+        n = len(w.pixels)
+        sl = slice(at, at + n)
+        at += n
+        best = at - n + int(np.argmax(scores[sl]))
+        p = probs[best]
+        order = np.argsort(-p)[:max(1, top_k)]
+        result: dict[str, Any] = {
+            "path": str(w.path), "kind": w.kind,
+            "verdict": "ABNORMAL" if scores[best] >= threshold else "normal",
+            "anomaly_score": round(float(scores[best]), 6), "threshold": float(threshold),
+            "failure_type": failures[best], "predicted": predicted[best],
+            "probabilities": {c: round(float(v), 6) for c, v in zip(labels.classes, p)},
+            "top_k": [[labels.classes[i], round(float(p[i]), 6)] for i in order],
+        }
+        if n > 1:
+            result["score"] = "max over windows"
+            result["windows"] = [
+                {"index": i, "start_s": round(w.starts[i], 3), "end_s": round(w.ends[i], 3),
+                 "anomaly_score": round(float(scores[at - n + i]), 6),
+                 "over_threshold": bool(scores[at - n + i] >= threshold), "failure_type": failures[at - n + i]}
+                for i in range(n)]
+        results.append(result)
+    return results
+
+
+def classify_paths(paths: list[str | Path], model: str | Path, *, threshold: float | None = None, top_k: int = 3,
+                   hop_seconds: float | None = None, progress: bool | None = None):
+    """Classify files and folders with a model: ``(results, predictor)``.
+
+    Parameters
+    ----------
+    paths : list of path
+        PNGs, recordings or folders of either (:func:`spectro.inference.windows.expand_inputs`).
+    model : path
+        A run folder, a ``.keras`` or a ``.tflite`` file.
+    threshold : float, optional
+        Anomaly-score threshold in [0, 1]; default: the one stored in the run's ``config.json``.
+    progress : bool, optional
+        Show a progress bar; default: for 20 files or more.
+
+    Raises
+    ------
+    SpectroError
+        Bad options, missing inputs or model, and every bad-input case of the files.
+    """
+    from spectro.inference.predictors import load_predictor
+
+    if top_k < 1:
+        raise SpectroError(f"--top-k must be >= 1, got {top_k}")
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise SpectroError(f"--threshold must be in [0, 1], got {threshold}")
+    if hop_seconds is not None and not hop_seconds > 0:
+        raise SpectroError(f"--window-hop must be > 0 seconds, got {hop_seconds}")
+    files = expand_inputs(paths)
+    model = Path(model)
+    if not model.exists():
+        raise SpectroError(f"{model}: no such model (expected a run folder, a .keras or a .tflite file; "
+                           "train one with 'spectro train')")
+    predictor = load_predictor(model)
+    threshold = threshold if threshold is not None else stored_threshold(predictor.config)
+    results = classify_files(files, predictor, threshold=threshold, top_k=top_k, hop_seconds=hop_seconds,
+                             progress=len(files) >= 20 if progress is None else progress)
+    return results, predictor

@@ -1,0 +1,156 @@
+"""One way to run any spectro model on pixel batches: ``.keras`` through Keras, ``.tflite`` through LiteRT.
+
+:func:`load_predictor` takes a run folder, a ``.keras`` or a ``.tflite`` file. The LiteRT path imports
+``ai_edge_litert`` only — never TensorFlow — so classification on a device starts fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from spectro.errors import SpectroError
+from spectro.model.labels import LabelSpace
+from spectro.quiet import quiet_stderr
+from spectro.runs import MODEL_NAME, MODEL_SEARCH_ORDER, load_config, resolve_run
+
+
+class Predictor:
+    """Fine-class probabilities for a batch of raw pixels ``(n, n_mels, frames)`` or ``(n, n_mels, frames, 1)``."""
+
+    path: Path
+    run: Path
+    labels: LabelSpace
+    config: dict
+    input_shape: tuple[int, int]
+
+    def _setup(self, path: Path, run: Path) -> None:
+        self.path, self.run = path, run
+        self.config = load_config(run)
+        self.labels = LabelSpace.load(path.parent if (path.parent / "labels.json").is_file() else run)
+        self.input_shape = tuple(self.config["input_shape"][:2])
+
+    def _check(self, pixels: np.ndarray) -> np.ndarray:
+        pixels = np.asarray(pixels)
+        if pixels.ndim == 3:
+            pixels = pixels[..., None]
+        if pixels.shape[1:3] != self.input_shape:
+            raise SpectroError(f"image shape {pixels.shape[1:3]} does not match the model's input {self.input_shape}")
+        return pixels.astype(np.float32, copy=False)
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class KerasPredictor(Predictor):
+    def __init__(self, path: Path, run: Path, batch_size: int = 32):
+        from spectro.model.backbones import load_keras_model
+
+        self._setup(path, run)
+        self.model = load_keras_model(path)
+        self.batch_size = batch_size
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        pixels = self._check(pixels)
+        if len(pixels) == 0:
+            return np.zeros((0, len(self.labels.classes)), dtype=np.float32)
+        return np.asarray(self.model.predict(pixels, batch_size=self.batch_size, verbose=0), dtype=np.float32)
+
+
+class LiteRTPredictor(Predictor):
+    """A ``.tflite`` model through ``ai_edge_litert``'s interpreter — no TensorFlow import.
+
+    Float32, dynamic-range and full-integer models are all handled: a quantised (uint8/int8) input is
+    fed ``round(pixels / scale + zero_point)`` and a quantised output is read back as
+    ``(q - zero_point) * scale``. Images run one at a time (batch 1), as on a device.
+
+    Raises
+    ------
+    SpectroError
+        Not a loadable ``.tflite`` file, or its input/output shapes do not fit the run's config/labels.
+    """
+
+    def __init__(self, path: Path, run: Path, num_threads: int = 1):
+        self._setup(path, run)
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:  # pragma: no cover - ai-edge-litert is a dependency
+            raise SpectroError("running .tflite models needs the ai-edge-litert package (pip install "
+                               "ai-edge-litert)") from None
+        try:
+            with quiet_stderr():  # LiteRT logs "INFO: Created TensorFlow Lite XNNPACK delegate" on stderr
+                self.interpreter = Interpreter(model_path=str(path), num_threads=int(num_threads))
+                self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise SpectroError(f"{path}: not a loadable TFLite model ({reason})") from None
+        self.num_threads = int(num_threads)
+        self.input_detail = self.interpreter.get_input_details()[0]
+        self.output_detail = self.interpreter.get_output_details()[0]
+        shape = tuple(int(n) for n in self.input_detail["shape"])
+        if len(shape) != 4 or shape[1:3] != self.input_shape or shape[3] != 1:
+            raise SpectroError(f"{path}: model input {shape} does not fit the run's images "
+                               f"(1, {self.input_shape[0]}, {self.input_shape[1]}, 1)")
+        n_out = int(self.output_detail["shape"][-1])
+        if n_out != len(self.labels.classes):
+            raise SpectroError(f"{path}: model has {n_out} outputs but labels.json lists "
+                               f"{len(self.labels.classes)} classes")
+        self.input_dtype = np.dtype(self.input_detail["dtype"])
+        self.output_dtype = np.dtype(self.output_detail["dtype"])
+        self.input_quantization = tuple(self.input_detail["quantization"])  # (scale, zero_point)
+        self.output_quantization = tuple(self.output_detail["quantization"])
+
+    @property
+    def quantized(self) -> bool:
+        """True for integer input (a full-integer model)."""
+        return self.input_dtype.kind in "ui"
+
+    def _quantize(self, image: np.ndarray) -> np.ndarray:
+        if not self.quantized:
+            return image[None].astype(self.input_dtype, copy=False)
+        scale, zero_point = self.input_quantization
+        info = np.iinfo(self.input_dtype)
+        q = np.rint(image / scale + zero_point) if scale else np.rint(image)
+        return np.clip(q, info.min, info.max).astype(self.input_dtype)[None]
+
+    def _dequantize(self, output: np.ndarray) -> np.ndarray:
+        if self.output_dtype.kind not in "ui":
+            return output.astype(np.float32, copy=False)
+        scale, zero_point = self.output_quantization
+        return ((output.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        pixels = self._check(pixels)
+        out = np.zeros((len(pixels), len(self.labels.classes)), dtype=np.float32)
+        index_in, index_out = self.input_detail["index"], self.output_detail["index"]
+        for i, image in enumerate(pixels):
+            self.interpreter.set_tensor(index_in, self._quantize(image))
+            self.interpreter.invoke()
+            out[i] = self._dequantize(self.interpreter.get_tensor(index_out))[0]
+        return out
+
+
+def load_predictor(model: str | Path | None = None) -> Predictor:
+    """A predictor for a run folder, a ``.keras`` file or a ``.tflite`` file.
+
+    A run folder gives the first of :data:`MODEL_SEARCH_ORDER` it holds (``model.keras`` first). A
+    ``.tflite`` file is run by :class:`LiteRTPredictor` without importing TensorFlow.
+
+    Raises
+    ------
+    SpectroError
+        Nothing loadable there.
+    """
+    path = Path(model) if model is not None else None
+    if path is not None and path.suffix in (".keras", ".tflite"):
+        if not path.is_file():
+            raise SpectroError(f"{path}: no such model file")
+        run = resolve_run(path.parent)
+        return LiteRTPredictor(path, run) if path.suffix == ".tflite" else KerasPredictor(path, run)
+    run = resolve_run(path)
+    for name in MODEL_SEARCH_ORDER:
+        if (run / name).is_file():
+            return KerasPredictor(run / name, run) if name == MODEL_NAME else LiteRTPredictor(run / name, run)
+    raise SpectroError(f"{run}: no model in the run folder (looked for {', '.join(MODEL_SEARCH_ORDER)}); "
+                       "train one with 'spectro train' or export one with 'spectro export'")

@@ -1,0 +1,131 @@
+"""Files to model-sized pixel windows: PNG spectrograms and recordings, long ones window by window.
+
+A recording is rendered with exactly the feature settings stored in the model's ``config.json``. One
+longer than the model's input is cut into windows of the model's input length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from spectro.data.layout import AUDIO_EXTENSIONS
+from spectro.errors import SpectroError
+from spectro.features.reader import read_image
+from spectro.features.settings import FeatureSettings
+
+IMAGE_EXTENSIONS = (".png",)
+
+
+def expand_inputs(paths: list[str | Path]) -> list[Path]:
+    """The files to classify: given files as they are, folders searched recursively (hidden ones skipped).
+
+    Raises
+    ------
+    SpectroError
+        A path that does not exist, a file that is neither PNG nor audio, a folder holding neither.
+    """
+    known = IMAGE_EXTENSIONS + AUDIO_EXTENSIONS
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in known
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                raise SpectroError(f"{path}: no {', '.join(known)} files in this folder")
+            files.extend(found)
+        elif path.is_file():
+            if path.suffix.lower() not in known:
+                raise SpectroError(f"{path}: not a spectrogram image or a recording (expected one of "
+                                   f"{', '.join(known)}, found '{path.suffix or 'no extension'}')")
+            files.append(path)
+        else:
+            raise SpectroError(f"{path}: no such file or folder")
+    return files
+
+
+@dataclass
+class Windows:
+    """The model-sized pixel windows of one file and where they lie in it."""
+
+    path: Path
+    kind: str  # "png" or "audio"
+    pixels: np.ndarray  # (n_windows, n_mels, frames) uint8
+    starts: list[float] = field(default_factory=list)  # seconds
+    ends: list[float] = field(default_factory=list)
+
+
+def _window_starts(total: int, window: int, hop: int) -> list[int]:
+    """Window starts covering ``total`` units (the last window is aligned to the end)."""
+    if total <= window:
+        return [0]
+    starts = list(range(0, total - window + 1, hop))
+    if starts[-1] + window < total:
+        starts.append(total - window)
+    return starts
+
+
+def png_windows(path: Path, settings: FeatureSettings, input_shape: tuple[int, int], *,
+                hop_seconds: float | None = None) -> Windows:
+    """A spectro PNG as model-sized windows (one, unless the image is wider than the model's input)."""
+    rows, frames = input_shape
+    pixels = read_image(path, settings=settings, bands=rows, min_frames=frames)
+    hop = max(1, int(round(hop_seconds * settings.sr / settings.hop_length)) if hop_seconds else frames // 2)
+    starts = _window_starts(pixels.shape[1], frames, hop)
+    step = settings.hop_length / settings.sr
+    return Windows(path, "png", np.stack([pixels[:, s:s + frames] for s in starts]),
+                   [s * step for s in starts], [(s + frames) * step for s in starts])
+
+
+def audio_windows(path: Path, settings: FeatureSettings, input_shape: tuple[int, int], *,
+                  hop_seconds: float | None = None) -> Windows:
+    """A recording rendered with the model's settings, cut into windows of the model's input length.
+
+    The window is ``settings.segment_seconds`` when the model was trained on segments, else the longest
+    span that renders to the model's input frames; the hop is ``hop_seconds``, else the settings'
+    segment hop, else half a window. A recording that renders to exactly the input frames is one window.
+    """
+    from spectro.features.audio import read_audio
+    from spectro.features.logmel import db_to_pixels, log_mel
+
+    try:
+        y = read_audio(path, channel=settings.channel, sr=settings.sr)
+    except SpectroError as exc:
+        raise SpectroError(f"{path}: {exc}") from None
+    rows, frames = input_shape
+    n = len(y)
+    if settings.frames_for(n) < frames:
+        need = (frames - 1) * settings.hop_length / settings.sr
+        raise SpectroError(f"{path}: recording too short: {n / settings.sr:.2f} s, the model needs at least "
+                           f"{need:.2f} s ({frames} frames)")
+    if settings.frames_for(n) == frames:
+        bounds = [(0, n)]
+    else:
+        seg = settings.segment_samples
+        window = seg if seg and settings.frames_for(seg) == frames else (frames - 1) * settings.hop_length
+        if hop_seconds:
+            hop = int(round(hop_seconds * settings.sr))
+        elif settings.segment_hop_seconds:
+            hop = settings.segment_hop_samples
+        else:
+            hop = window // 2
+        bounds = [(s, s + window) for s in _window_starts(n, window, max(1, hop))]
+    images = []
+    for start, stop in bounds:
+        pixels = db_to_pixels(log_mel(y[start:stop], settings), settings)
+        if pixels.shape != (rows, frames):
+            raise SpectroError(f"{path}: rendered to {pixels.shape[0]}x{pixels.shape[1]} pixels, the model takes "
+                               f"{rows}x{frames}; its config.json features do not match its input shape")
+        images.append(pixels)
+    return Windows(path, "audio", np.stack(images), [a / settings.sr for a, _ in bounds],
+                   [b / settings.sr for _, b in bounds])
+
+
+def load_windows(path: Path, settings: FeatureSettings, input_shape: tuple[int, int], *,
+                 hop_seconds: float | None = None) -> Windows:
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return png_windows(path, settings, input_shape, hop_seconds=hop_seconds)
+    return audio_windows(path, settings, input_shape, hop_seconds=hop_seconds)

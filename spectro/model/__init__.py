@@ -1,0 +1,1 @@
+"""The CNN: backbones with in-model preprocessing, the label space, the loss."""

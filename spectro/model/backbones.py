@@ -1,0 +1,214 @@
+"""The CNN: a Keras application backbone behind in-model preprocessing, and a new softmax head.
+
+The model takes a spectrogram PNG's raw pixels (float32 0…255, shape ``(n_mels, frames, 1)``) and does
+its own preprocessing — resize to ``image_size`` square, gray → 3 channels, the backbone's own scaling
+— so the ``.keras`` and ``.tflite`` files need nothing re-implemented around them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from spectro.errors import SpectroError, SpectroWarning
+
+BACKBONES = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0")
+IMAGENET_SIZES = (96, 128, 160, 192, 224)
+RESIZE_METHODS = ("nearest", "bilinear")
+BASE_NAME = "backbone"
+HEAD_NAME = "classes"
+SCALE_NAME = "scale_to_pm1"
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Backbone choice and head shape (stored in the run's ``config.json`` under ``model``)."""
+
+    backbone: str = "mobilenet_v2"
+    # 0.75 at 96 px: wide enough to learn the synthetic set in the default epochs, small enough to train in
+    # minutes on a laptop CPU and to give an int8 file under a third of float32's size (docs/quantization.md)
+    alpha: float = 0.75
+    image_size: int = 96
+    weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file
+    dropout: float = 0.2
+    # How the spectrogram is resized to image_size. Nearest copies whole pixels, so the int8 file resizes
+    # exactly as Keras does; bilinear interpolates, and the int8 file rounds each interpolated pixel to a
+    # whole level (docs/quantization.md). Both are builtin TFLite ops.
+    resize: str = "nearest"
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise SpectroError(f"unknown backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
+        if not 32 <= self.image_size <= 1024:
+            raise SpectroError(f"image size must be 32..1024 pixels, got {self.image_size}")
+        if not self.alpha > 0:
+            raise SpectroError(f"alpha must be > 0, got {self.alpha}")
+        if self.resize not in RESIZE_METHODS:
+            raise SpectroError(f"unknown resize method {self.resize!r}: expected one of {', '.join(RESIZE_METHODS)}")
+
+
+def _backbone(settings: ModelSettings, weights):
+    import keras
+
+    shape = (settings.image_size, settings.image_size, 3)
+    apps = keras.applications
+    common = dict(include_top=False, weights=weights, input_shape=shape, pooling=None)
+    if settings.backbone == "mobilenet_v2":
+        return apps.MobileNetV2(alpha=settings.alpha, **common)
+    if settings.backbone == "mobilenet_v3_small":
+        return apps.MobileNetV3Small(alpha=settings.alpha, include_preprocessing=True, **common)
+    if settings.backbone == "mobilenet_v3_large":
+        return apps.MobileNetV3Large(alpha=settings.alpha, include_preprocessing=True, **common)
+    return apps.EfficientNetB0(**common)
+
+
+# MobileNetV2 expects pixels in [-1, 1]. Keras' own preprocessing divides by 127.5; dividing by 128 maps
+# 0…255 to [-1, 0.992] instead (0.4 % narrower, immaterial to ImageNet weights) and makes every scaled pixel
+# an exact int8 value (scale 1/128, zero point 0), so the int8 file scales without rounding (see
+# spectro.export.int8_graph). With 127.5 each scaled pixel lies half a step between int8 values.
+PM1_SCALE = 1.0 / 128.0
+
+
+def _scaling_layers(backbone: str):
+    """The input scaling a backbone expects from 0…255 pixels (v3 and EfficientNet scale themselves)."""
+    import keras
+
+    if backbone == "mobilenet_v2":
+        return [keras.layers.Rescaling(PM1_SCALE, offset=-1.0, name=SCALE_NAME)]
+    return []
+
+
+def load_backbone(settings: ModelSettings):
+    """The backbone with the requested weights, and which weights it really has.
+
+    ``imagenet`` that cannot be had (no network and no cached file) falls back to random
+    initialisation with a one-line :class:`SpectroWarning` saying how to supply the file.
+
+    Returns
+    -------
+    (keras.Model, str)
+        The backbone (named ``backbone``) and the weights used: ``"imagenet"``, ``"none"`` or the path.
+    """
+    requested = settings.weights
+    if requested == "none":
+        return _backbone(settings, None), "none"
+    if requested == "imagenet":
+        try:
+            base = _quietly(_backbone, settings, "imagenet")
+            return base, "imagenet"
+        except Exception as exc:  # network failure, missing cache file, unsupported shape
+            reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            keras_home = os.environ.get("KERAS_HOME", str(Path.home() / ".keras"))
+            warnings.warn(f"ImageNet weights for {settings.backbone} unavailable ({reason}); training from random "
+                          f"initialisation. Supply them with --weights PATH or put the Keras weight file in "
+                          f"{keras_home}/models/ (or pass --weights none to silence this)", SpectroWarning,
+                          stacklevel=2)
+            return _backbone(settings, None), "none"
+    path = Path(requested)
+    if not path.is_file():
+        raise SpectroError(f"weights file {path} not found: expected 'imagenet', 'none' or a Keras .h5/.weights.h5 "
+                           f"file")
+    try:
+        base = _quietly(_backbone, settings, str(path))
+    except Exception as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise SpectroError(f"cannot load weights {path} into {settings.backbone} (alpha {settings.alpha}): "
+                           f"{reason}") from None
+    return base, str(path)
+
+
+def _quietly(fn, *args):
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*input_shape.*")
+            warnings.filterwarnings("ignore", message=".*is not one of.*")
+            return fn(*args)
+    finally:
+        logger.setLevel(level)
+
+
+def build_model(input_shape: tuple[int, int], n_classes: int, settings: ModelSettings):
+    """Pixels in, fine-class softmax out.
+
+    Parameters
+    ----------
+    input_shape : (int, int)
+        ``(n_mels, frames)`` of the training images.
+    n_classes : int
+        Number of fine classes (``len(LabelSpace.classes)``).
+    settings : ModelSettings
+
+    Returns
+    -------
+    (keras.Model, keras.Model, str)
+        The full model, its backbone (a nested model named ``backbone``, initially frozen when pretrained
+        weights were loaded, trainable otherwise) and the weights really used.
+    """
+    import keras
+
+    if n_classes < 2:
+        raise SpectroError(f"need at least 2 classes to train a classifier, found {n_classes}")
+    base, weights_used = load_backbone(settings)
+    base.name = BASE_NAME
+    base.trainable = weights_used == "none"
+
+    inputs = keras.Input(shape=(int(input_shape[0]), int(input_shape[1]), 1), name="pixels")
+    x = keras.layers.Resizing(settings.image_size, settings.image_size, interpolation=settings.resize,
+                                  name="resize")(inputs)
+    x = keras.layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    for layer in _scaling_layers(settings.backbone):
+        x = layer(x)
+    # training=False keeps BatchNorm in inference mode while the base is frozen and during fine-tuning
+    # (keras-io transfer-learning guide). A randomly initialised base is trained normally.
+    x = base(x, training=False) if weights_used != "none" else base(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(settings.dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name=HEAD_NAME)(x)
+    model = keras.Model(inputs, outputs, name=f"spectro_{settings.backbone}")
+    return model, base, weights_used
+
+
+def unfreeze_top(base, n_layers: int) -> int:
+    """Make the top ``n_layers`` of ``base`` trainable, keeping BatchNorm layers frozen.
+
+    Returns the number of layers made trainable.
+    """
+    import keras
+
+    base.trainable = True
+    layers = base.layers
+    cut = max(0, len(layers) - int(n_layers))
+    count = 0
+    for i, layer in enumerate(layers):
+        trainable = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = trainable
+        count += int(trainable)
+    return count
+
+
+def copy_model(model):
+    """An independent copy of ``model`` (nested models too) with the same weights, to change without touching it."""
+    import keras
+
+    copy = keras.models.clone_model(model, recursive=True)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def load_keras_model(path: str | Path):
+    """Load a ``.keras`` model for inference (no compile state needed)."""
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpectroError(f"{path}: no such model file (expected a .keras file written by 'spectro train')")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:
+        raise SpectroError(f"{path}: cannot load Keras model ({str(exc).splitlines()[0][:200]})") from None

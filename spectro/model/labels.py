@@ -1,0 +1,137 @@
+"""The label space shared by training, evaluation, classification and export.
+
+Every spectro model has **one** softmax output over the *fine* classes ``<machine>/<label>`` (e.g.
+``fan/normal``, ``fan/bearing``, ``pump/leakage``; on MIMII ``fan/abnormal``). Every task is a
+grouping of those classes, and every answer is a sum of their probabilities:
+
+* ``failure``: the groups are the fine classes themselves;
+* ``anomaly``: ``normal`` vs ``abnormal`` (every label other than ``normal``);
+* ``machine``: the machine type.
+
+So whatever the task a model was trained for, it yields for each image
+
+* an **anomaly score** = the summed probability of all abnormal fine classes, and
+* a **failure type** = the most likely abnormal fine class.
+
+``--task`` chooses the training objective (cross-entropy on the task's groups, plus a lighter
+cross-entropy on the fine classes so the failure type is still learned) and the reported prediction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spectro.data.layout import NORMAL_LABEL
+from spectro.errors import SpectroError
+
+TASKS = ("failure", "anomaly", "machine")
+LABELS_NAME = "labels.json"
+
+
+def fine_name(machine: str, label: str) -> str:
+    return f"{machine}/{label}"
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """Fine classes and the task's grouping of them."""
+
+    task: str
+    classes: tuple[str, ...]  # fine classes, "<machine>/<label>", sorted
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise SpectroError(f"unknown task {self.task!r}: expected one of {', '.join(TASKS)}")
+        if not self.classes:
+            raise SpectroError("no classes: expected at least one <machine>/<label> class")
+        if any("/" not in c for c in self.classes):
+            raise SpectroError(f"classes must read <machine>/<label>, got {list(self.classes)}")
+
+    @classmethod
+    def from_pairs(cls, pairs: Iterable[tuple[str, str]], task: str) -> LabelSpace:
+        return cls(task=task, classes=tuple(sorted({fine_name(machine, label) for machine, label in pairs})))
+
+    # -- fine classes ---------------------------------------------------------------------------
+    @property
+    def abnormal_mask(self) -> np.ndarray:
+        return np.array([c.split("/", 1)[1] != NORMAL_LABEL for c in self.classes])
+
+    def index(self, machine: str, label: str) -> int:
+        name = fine_name(machine, label)
+        try:
+            return self.classes.index(name)
+        except ValueError:
+            raise SpectroError(f"class {name!r} is not one the model knows: {list(self.classes)}") from None
+
+    # -- task groups -----------------------------------------------------------------------------
+    def group_of(self, fine: str) -> str:
+        machine, label = fine.split("/", 1)
+        if self.task == "failure":
+            return fine
+        if self.task == "anomaly":
+            return NORMAL_LABEL if label == NORMAL_LABEL else "abnormal"
+        return machine
+
+    @property
+    def task_classes(self) -> tuple[str, ...]:
+        if self.task == "anomaly":
+            return (NORMAL_LABEL, "abnormal")
+        return tuple(sorted({self.group_of(c) for c in self.classes}))
+
+    @property
+    def group_matrix(self) -> np.ndarray:
+        """``(n_fine, n_task)`` 0/1 matrix: ``fine_probs @ group_matrix`` gives the task's probabilities."""
+        groups = self.task_classes
+        matrix = np.zeros((len(self.classes), len(groups)), dtype=np.float32)
+        for i, fine in enumerate(self.classes):
+            matrix[i, groups.index(self.group_of(fine))] = 1.0
+        return matrix
+
+    # -- answers from fine probabilities ---------------------------------------------------------
+    def task_probs(self, fine_probs: np.ndarray) -> np.ndarray:
+        return np.asarray(fine_probs, dtype=np.float32) @ self.group_matrix
+
+    def predicted(self, fine_probs: np.ndarray) -> list[str]:
+        """The task's predicted class for each row."""
+        groups = self.task_classes
+        return [groups[i] for i in self.task_probs(fine_probs).argmax(axis=-1)]
+
+    def anomaly_score(self, fine_probs: np.ndarray) -> np.ndarray:
+        """Probability of abnormal: the summed probability of all abnormal fine classes."""
+        return np.clip(np.asarray(fine_probs, dtype=np.float64)[..., self.abnormal_mask].sum(axis=-1), 0.0, 1.0)
+
+    def failure_type(self, fine_probs: np.ndarray) -> list[str]:
+        """The most likely abnormal fine class for each row ("" when the model knows no abnormal class)."""
+        mask = self.abnormal_mask
+        if not mask.any():
+            return [""] * len(fine_probs)
+        names = [c for c, m in zip(self.classes, mask) if m]
+        return [names[i] for i in np.asarray(fine_probs)[..., mask].argmax(axis=-1)]
+
+    # -- labels.json -----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"task": self.task, "classes": list(self.classes), "task_classes": list(self.task_classes),
+                "abnormal": [bool(x) for x in self.abnormal_mask]}
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / LABELS_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LabelSpace:
+        path = Path(path)
+        if path.is_dir():
+            path = path / LABELS_NAME
+        if not path.is_file():
+            raise SpectroError(f"{path}: no labels file (every spectro model has {LABELS_NAME} beside it)")
+        try:
+            data = json.loads(path.read_text())
+            return cls(task=data["task"], classes=tuple(data["classes"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise SpectroError(f"{path}: not a spectro labels file ({exc.__class__.__name__}: {exc})") from None

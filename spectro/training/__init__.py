@@ -1,0 +1,1 @@
+"""Training: splits, augmentation, the training loop and its quantisation-aware phase."""

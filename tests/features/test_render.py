@@ -1,0 +1,445 @@
+"""Rendering recordings to PNGs (``spectro images``) end to end: the pixels against librosa, naming,
+manifest/errors.csv, bad input in a batch, incremental runs, interrupt-and-resume, segments, parallel
+workers, the CLI, and the real MIMII clips."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import MIMII_SAMPLE, SR, librosa_db, tone_signal, write_wav
+
+from spectro.cli import main as cli_main
+from spectro.commands.images import summary_lines
+from spectro.data.manifest import read_manifest
+from spectro.errors import SpectroError, SpectroWarning
+from spectro.features.logmel import db_to_pixels, log_mel, pixels_to_db
+from spectro.features.png import read_info, read_pixels
+from spectro.features.render import render_folder, render_recording
+from spectro.features.settings import FeatureSettings
+
+S = FeatureSettings(n_mels=32, n_fft=512, hop_length=256)  # small and fast; defaults are covered elsewhere
+
+MIMII_RELS = [
+    "6_dB_fan/fan/id_00/normal/00000000.wav",
+    "6_dB_fan/fan/id_00/abnormal/00000000.wav",
+    "6_dB_fan/fan/id_02/normal/00000000.wav",  # same stem, other id
+    "-6_dB_fan/fan/id_00/normal/00000000.wav",  # same stem and id, other SNR
+    "pump/id_04/normal/00000000.wav",  # MIMII without SNR folder
+]
+
+
+def make_tree(root: Path, rels: list[str], seconds: float = 1.0) -> list[Path]:
+    paths = []
+    for k, rel in enumerate(rels):
+        kind = "bearing" if "abnormal" in rel else "normal"
+        paths.append(write_wav(root / rel, 0.1 * tone_signal(kind, seconds, seed=k)))  # inside the dB range
+    return paths
+
+
+def rel(row, out: Path) -> str:
+    """An image row's path relative to the image folder ``out``."""
+    return Path(row.path).resolve().relative_to(out.resolve()).as_posix()
+
+
+def errors_csv(out: Path) -> dict[str, str]:
+    with (out / "errors.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {Path(r["path"]).name: r["reason"] for r in rows}
+
+
+GOLDEN = [
+    # (id, settings, channels, file sample rate, WAV subtype)
+    ("defaults", FeatureSettings(), 1, SR, "PCM_16"),
+    ("non-default, channel mean", FeatureSettings(channel="mean", n_fft=1024, hop_length=256, n_mels=40, power=1.0,
+                                                  fmin=50.0, fmax=7000.0, db_min=-60.0, db_max=10.0), 3, SR, "FLOAT"),
+    ("channel 1 of 2", FeatureSettings(channel="1", n_mels=32), 2, SR, "PCM_24"),
+    ("resampled 22050 Hz", FeatureSettings(), 1, 22050, "FLOAT"),
+]
+
+
+@pytest.mark.parametrize("settings, channels, file_sr, subtype", [g[1:] for g in GOLDEN], ids=[g[0] for g in GOLDEN])
+def test_png_db_matches_librosa_within_one_step(tmp_path, settings, channels, file_sr, subtype):
+    import librosa
+
+    signals = [tone_signal(kind, 1.5, seed=k, sr=file_sr) * (0.5 + 0.4 * k)
+               for k, kind in enumerate(["normal", "bearing", "leak"][:channels])]
+    data = np.stack(signals, axis=1) if channels > 1 else signals[0]
+    write_wav(tmp_path / "raw" / "fan" / "normal" / "clip.wav", data, sr=file_sr, subtype=subtype)
+    if file_sr != settings.sr:
+        with pytest.warns(SpectroWarning, match="resampling"):
+            summary = render_folder(tmp_path / "raw", tmp_path / "img", settings, jobs=1, progress=False)
+    else:
+        summary = render_folder(tmp_path / "raw", tmp_path / "img", settings, jobs=1, progress=False)
+    assert summary.converted == 1 and summary.failed == 0
+
+    # independent reference: soundfile decodes, librosa mixes/resamples and computes the spectrogram
+    y, _ = sf.read(str(tmp_path / "raw" / "fan" / "normal" / "clip.wav"), dtype="float32", always_2d=True)
+    y = y.mean(axis=1) if settings.channel == "mean" else y[:, int(settings.channel)]
+    if file_sr != settings.sr:
+        y = librosa.resample(y, orig_sr=file_sr, target_sr=settings.sr, res_type="soxr_hq")
+    expected = librosa_db(y, settings)
+
+    png = summary.rows[0].path
+    got = pixels_to_db(read_pixels(png), settings)
+    assert got.shape == expected.shape == (settings.n_mels, 1 + len(y) // settings.hop_length)
+    inside = (expected >= settings.db_min) & (expected <= settings.db_max)
+    assert inside.mean() > 0.5  # the comparison covers most of the image
+    assert np.abs(got - expected)[inside].max() <= settings.db_per_step
+    # outside the range the image saturates at the matching end
+    assert (got[expected < settings.db_min] == settings.db_min).all()
+    assert np.isclose(got[expected > settings.db_max], settings.db_max).all()
+    assert read_info(png).settings == settings
+
+
+def test_mimii_names_never_collide(tmp_path):
+    make_tree(tmp_path / "raw", MIMII_RELS)
+    summary = render_folder(tmp_path / "raw", tmp_path / "img", S, jobs=1, progress=False)
+    assert (summary.converted, summary.skipped, summary.failed, summary.unmatched) == (5, 0, 0, 0)
+    images = sorted(p.relative_to(tmp_path / "img").as_posix() for p in (tmp_path / "img").rglob("*.png"))
+    assert images == ["fan/abnormal/6dB_id_00_00000000.png", "fan/normal/-6dB_id_00_00000000.png",
+                      "fan/normal/6dB_id_00_00000000.png", "fan/normal/6dB_id_02_00000000.png",
+                      "pump/normal/id_04_00000000.png"]
+    rows = read_manifest(tmp_path / "img")
+    assert [rel(r, tmp_path / "img") for r in rows] == images
+    assert all(r.path.is_absolute() and r.path.is_file() for r in rows)
+    row = rows[1]
+    assert (row.machine, row.machine_id, row.label, row.snr, row.segment, row.settings_hash) == (
+        "fan", "id_00", "normal", "-6dB", 0, S.hash())
+    assert Path(row.source) == (tmp_path / "raw" / MIMII_RELS[3]).resolve()
+    info = read_info(row.path)
+    assert info.source == row.source and info.settings == S
+    assert errors_csv(tmp_path / "img") == {}
+
+
+def test_plain_layout_collisions_get_stable_suffixes(tmp_path):
+    make_tree(tmp_path / "raw", ["site-a/fan/normal/rec.wav", "site-b/fan/normal/rec.wav", "fan/normal/other.wav"])
+    sf.write(str(tmp_path / "raw" / "site-b/fan/normal/rec.flac"), tone_signal("normal", 1.0), SR)
+    first = render_folder(tmp_path / "raw", tmp_path / "img", S, jobs=1, progress=False)
+    names = sorted(rel(r, tmp_path / "img") for r in first.rows)
+    assert len(names) == len(set(names)) == 4
+    assert "fan/normal/other.png" in names
+    suffixed = [n for n in names if n != "fan/normal/other.png"]
+    assert all(len(Path(n).stem) == len("rec_") + 8 for n in suffixed)
+    again = render_folder(tmp_path / "raw", tmp_path / "img2", S, jobs=1, progress=False)
+    assert sorted(rel(r, tmp_path / "img2") for r in again.rows) == names  # deterministic
+    sources = {r.source for r in first.rows}
+    assert len(sources) == 4
+
+
+def _bad_files(raw: Path) -> dict[str, str]:
+    """Write one file per bad-input case of the issue into ``raw``; returns file name -> expected reason."""
+    d = raw / "fan" / "normal"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "empty.wav").write_bytes(b"")
+    (d / "text.wav").write_bytes(b"definitely not audio\n" * 20)
+    write_wav(d / "truncated.wav", tone_signal("normal", 1.0))
+    data = (d / "truncated.wav").read_bytes()
+    (d / "truncated.wav").write_bytes(data[: len(data) // 3])
+    y = tone_signal("normal", 1.0)
+    y[5] = np.nan
+    sf.write(str(d / "nan.wav"), y, SR, subtype="FLOAT")
+    write_wav(d / "short.wav", tone_signal("normal", 0.01))  # 160 samples < n_fft 512
+    (raw / "stray.wav").write_bytes(b"")  # fits no layout
+    return {"empty.wav": "empty file", "text.wav": "not a readable audio file", "truncated.wav": "truncated recording",
+            "nan.wav": "NaN/inf", "short.wav": "clip too short", "stray.wav": "fits no layout"}
+
+
+def test_bad_input_is_listed_and_never_stops_the_batch(tmp_path):
+    raw = tmp_path / "raw"
+    make_tree(raw, MIMII_RELS[:2])
+    write_wav(raw / "fan" / "normal" / "silent.wav", np.zeros(SR, dtype=np.float32))
+    expected = _bad_files(raw)
+    summary = render_folder(raw, tmp_path / "img", S, jobs=1, progress=False)
+    assert (summary.converted, summary.failed, summary.unmatched) == (3, 5, 1)
+    listed = errors_csv(tmp_path / "img")
+    assert set(listed) == set(expected)
+    for name, reason in expected.items():
+        assert reason in listed[name], (name, listed[name])
+    assert [Path(p).name for p, _ in summary.failures] == sorted(set(expected) - {"stray.wav"}) + ["stray.wav"]
+    silent = read_pixels(tmp_path / "img" / "fan" / "normal" / "silent.png")
+    assert silent.shape == (S.n_mels, 1 + SR // S.hop_length) and (silent == 0).all()
+    assert len(read_manifest(tmp_path / "img")) == 3
+    assert summary.clipped_low > 0  # the silent clip is below the range everywhere
+    assert any("truncated.wav: truncated recording" in line for line in summary_lines(summary, raw, max_errors=10))
+
+
+def test_wrong_channel_is_a_listed_failure(tmp_path):
+    write_wav(tmp_path / "raw" / "fan" / "normal" / "mono.wav", tone_signal("normal", 1.0))
+    summary = render_folder(tmp_path / "raw", tmp_path / "img", FeatureSettings(channel="2", n_fft=512), jobs=1,
+                      progress=False)
+    assert summary.images == 0 and summary.failed == 1
+    assert "channel 2 requested, but the file has 1 channel" in errors_csv(tmp_path / "img")["mono.wav"]
+
+
+def test_strict_raises_after_writing_everything(tmp_path):
+    make_tree(tmp_path / "raw", MIMII_RELS[:1])
+    (tmp_path / "raw" / "fan" / "normal").mkdir(parents=True)
+    (tmp_path / "raw" / "fan" / "normal" / "bad.wav").write_bytes(b"nope")
+    with pytest.raises(SpectroError, match=r"1 file\(s\) failed .* --strict.*bad.wav: not a readable audio file"):
+        render_folder(tmp_path / "raw", tmp_path / "img", S, jobs=1, strict=True, progress=False)
+    assert len(read_manifest(tmp_path / "img")) == 1
+    assert "bad.wav" in errors_csv(tmp_path / "img")
+
+
+def test_incremental_skip_and_rerender_on_new_settings(tmp_path):
+    make_tree(tmp_path / "raw", MIMII_RELS)
+    first = render_folder(tmp_path / "raw", tmp_path / "img", S, jobs=1, progress=False)
+    png = first.rows[0].path
+    stamp = png.stat().st_mtime_ns
+    second = render_folder(tmp_path / "raw", tmp_path / "img", S, jobs=1, progress=False)
+    assert (second.converted, second.skipped) == (0, 5)
+    assert png.stat().st_mtime_ns == stamp
+    assert second.rows == first.rows
+    changed = FeatureSettings(n_mels=32, n_fft=512, hop_length=256, db_max=0.0)
+    third = render_folder(tmp_path / "raw", tmp_path / "img", changed, jobs=1, progress=False)
+    assert (third.converted, third.skipped) == (5, 0)
+    assert read_info(png).settings == changed
+    assert {r.settings_hash for r in read_manifest(tmp_path / "img")} == {changed.hash()}
+
+
+def test_partly_done_run_renders_only_the_rest(tmp_path):
+    make_tree(tmp_path / "raw", MIMII_RELS)
+    first = render_folder(tmp_path / "raw", tmp_path / "img", S, jobs=1, progress=False)
+    first.rows[2].path.unlink()
+    again = render_folder(tmp_path / "raw", tmp_path / "img", S, jobs=1, progress=False)
+    assert (again.converted, again.skipped) == (1, 4)
+
+
+def test_interrupt_leaves_whole_pngs_and_resume_finishes(tmp_path, monkeypatch):
+    make_tree(tmp_path / "raw", MIMII_RELS)
+    real_replace = os.replace
+    calls = []
+
+    def replace(src, dst):  # the 3rd image write is interrupted after its temp file is complete
+        calls.append(dst)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        render_folder(tmp_path / "raw", tmp_path / "img", S, jobs=1, progress=False)
+    monkeypatch.setattr(os, "replace", real_replace)
+    out = tmp_path / "img"
+    assert [p for p in out.rglob("*") if p.is_file() and p.suffix != ".png"] == []  # no temp files, no manifest
+    assert len(list(out.rglob("*.png"))) == 2
+    for png in out.rglob("*.png"):
+        assert read_pixels(png).shape[0] == S.n_mels
+    resumed = render_folder(tmp_path / "raw", out, S, jobs=1, progress=False)
+    assert (resumed.converted, resumed.skipped) == (3, 2)
+
+
+def test_stale_temp_files_are_removed(tmp_path):
+    make_tree(tmp_path / "raw", MIMII_RELS[:1])
+    stale = tmp_path / "img" / "fan" / "normal" / ".6dB_id_00_00000000.123.0.tmp"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half a png")
+    render_folder(tmp_path / "raw", tmp_path / "img", S, jobs=1, progress=False)
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize("seconds, hop, count", [(1.0, None, 3), (1.0, 0.5, 5), (2.0, None, 1), (5.0, None, 1)])
+def test_segments(tmp_path, seconds, hop, count):
+    make_tree(tmp_path / "raw", MIMII_RELS[:1], seconds=3.0)
+    s = FeatureSettings(n_mels=32, n_fft=512, hop_length=256, segment_seconds=seconds, segment_hop_seconds=hop)
+    summary = render_folder(tmp_path / "raw", tmp_path / "img", s, jobs=1, progress=False)
+    assert summary.converted == count
+    window = min(int(seconds * SR), 3 * SR)
+    assert [r.segment for r in summary.rows] == list(range(count))
+    assert [r.path.name for r in summary.rows] == [f"6dB_id_00_00000000_s{i:03d}.png" for i in range(count)]
+    y, _ = sf.read(str(tmp_path / "raw" / MIMII_RELS[0]), dtype="float32")
+    step = int((hop or seconds) * SR)
+    for row in summary.rows:
+        pixels = read_pixels(row.path)
+        assert pixels.shape == (32, 1 + window // 256)
+        start = row.segment * step
+        np.testing.assert_array_equal(pixels, db_to_pixels(log_mel(y[start:start + window], s), s))
+        assert read_info(row.path).segment == row.segment
+    again = render_folder(tmp_path / "raw", tmp_path / "img", s, jobs=1, progress=False)
+    assert (again.converted, again.skipped) == (0, count)
+
+
+def test_segment_shorter_than_fft_is_rejected(tmp_path):
+    make_tree(tmp_path / "raw", MIMII_RELS[:1])
+    with pytest.raises(SpectroError, match="fewer than one FFT window"):
+        render_folder(tmp_path / "raw", tmp_path / "img", FeatureSettings(segment_seconds=0.1), jobs=1, progress=False)
+
+
+def test_render_recording_matches_the_png(tmp_path):
+    paths = make_tree(tmp_path / "raw", MIMII_RELS[:1])
+    summary = render_folder(tmp_path / "raw", tmp_path / "img", S, jobs=1, progress=False)
+    [(segment, pixels)] = render_recording(paths[0], S)
+    assert segment == 0
+    np.testing.assert_array_equal(pixels, read_pixels(summary.rows[0].path))
+
+
+def test_parallel_equals_serial(tmp_path):
+    make_tree(tmp_path / "raw", MIMII_RELS + ["pump/normal/a.wav", "pump/normal/b.wav"])
+    (tmp_path / "raw" / "pump" / "normal" / "c.wav").write_bytes(b"bad")
+    serial = render_folder(tmp_path / "raw", tmp_path / "one", S, jobs=1, progress=False)
+    parallel = render_folder(tmp_path / "raw", tmp_path / "two", S, jobs=2, progress=False)
+    assert [rel(r, tmp_path / "two") for r in parallel.rows] == [rel(r, tmp_path / "one") for r in serial.rows]
+    assert parallel.failures == serial.failures and parallel.failed == 1
+    for one, two in zip(serial.rows, parallel.rows):
+        np.testing.assert_array_equal(read_pixels(one.path), read_pixels(two.path))
+
+
+def test_no_audio_is_an_error(tmp_path):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "README.txt").write_text("nothing here")
+    with pytest.raises(SpectroError, match="no audio files .* --synth-if-empty"):
+        render_folder(tmp_path / "raw", tmp_path / "img", S, jobs=1, progress=False)
+
+
+def test_negative_jobs_rejected(tmp_path):
+    make_tree(tmp_path / "raw", MIMII_RELS[:1])
+    with pytest.raises(SpectroError, match="--jobs must be >= 0"):
+        render_folder(tmp_path / "raw", tmp_path / "img", S, jobs=-1, progress=False)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+def _cli(capsys, *argv) -> tuple[int, str, str]:
+    code = cli_main(["images", *map(str, argv)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    make_tree(tmp_path / "raw", MIMII_RELS)
+    code, out, _ = _cli(capsys, tmp_path / "raw", "--out", tmp_path / "img", "--jobs", "1", "--no-progress",
+                        "--n-mels", "40", "--n-fft", "1024", "--hop-length", "256", "--channel", "mean",
+                        "--db-min", "-90", "--db-max", "10", "--fmin", "20", "--fmax", "7000", "--power", "1")
+    assert code == 0
+    assert "5 image(s) converted" in out and "wrote" in out
+    info = read_info(next((tmp_path / "img").rglob("*.png")))
+    assert info.settings == FeatureSettings(channel="mean", n_mels=40, n_fft=1024, hop_length=256, db_min=-90.0,
+                                            db_max=10.0, fmin=20.0, fmax=7000.0, power=1.0)
+    code, out, _ = _cli(capsys, tmp_path / "raw", "--out", tmp_path / "img", "--jobs", "1", "--no-progress",
+                        "--n-mels", "40", "--n-fft", "1024", "--hop-length", "256", "--channel", "mean",
+                        "--db-min", "-90", "--db-max", "10", "--fmin", "20", "--fmax", "7000", "--power", "1")
+    assert code == 0 and "0 image(s) converted, 5 up to date" in out
+
+
+def test_cli_bad_file_exit_codes(tmp_path, capsys):
+    make_tree(tmp_path / "raw", MIMII_RELS[:2])
+    (tmp_path / "raw" / "fan" / "normal").mkdir(parents=True)
+    (tmp_path / "raw" / "fan" / "normal" / "bad.wav").write_bytes(b"nope")
+    code, out, err = _cli(capsys, tmp_path / "raw", "--out", tmp_path / "img", "--jobs", "1", "--no-progress",
+                          "--n-fft", "512")
+    assert code == 0
+    assert "1 recording(s) failed" in out and "bad.wav: not a readable audio file" in out
+    code, out, err = _cli(capsys, tmp_path / "raw", "--out", tmp_path / "img", "--jobs", "1", "--no-progress",
+                          "--n-fft", "512", "--strict")
+    assert code == 2
+    assert err.startswith("error: 1 file(s) failed") and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["EMPTY"], "no audio files"),
+    (["MISSING"], "no such folder"),
+    (["ONLYBAD"], "no image could be rendered"),
+    (["GOOD", "--channel", "left"], "channel must be a number"),
+    (["GOOD", "--db-min", "10", "--db-max", "0"], "db_max must be above db_min"),
+    (["GOOD", "--fmax", "9000"], "fmax <= sr/2"),
+    (["GOOD", "--segment-seconds", "0.01"], "fewer than one FFT window"),
+    (["GOOD", "--jobs", "-2"], "--jobs must be >= 0"),
+])
+def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
+    (tmp_path / "EMPTY").mkdir()
+    make_tree(tmp_path / "GOOD", MIMII_RELS[:1])
+    (tmp_path / "ONLYBAD" / "fan" / "normal").mkdir(parents=True)
+    (tmp_path / "ONLYBAD" / "fan" / "normal" / "x.wav").write_bytes(b"junk")
+    argv = [str(tmp_path / argv[0]), "--out", str(tmp_path / "img"), "--jobs", "1", "--no-progress", *argv[1:]]
+    code, _, err = _cli(capsys, *argv)
+    assert code == 2
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_cli_synth_if_empty(tmp_path, capsys, monkeypatch):
+    import spectro.data.synth
+
+    def generate(out, *, seed=0, progress=True, **sizes):
+        return make_tree(out, ["fan/id_00/normal/00000000.wav", "fan/id_00/abnormal/00000000.wav"])
+
+    monkeypatch.setattr(spectro.data.synth, "generate", generate)
+    code, out, _ = _cli(capsys, tmp_path / "raw", "--out", tmp_path / "img", "--jobs", "1", "--no-progress",
+                        "--synth-if-empty", "--n-fft", "512")
+    assert code == 0
+    assert f"created the built-in synthetic dataset in {tmp_path / 'raw' / 'synthetic'} (2 recordings)" in out
+    assert len(read_manifest(tmp_path / "img")) == 2
+    # with audio present, the synthetic generator is not called again
+    monkeypatch.setattr(spectro.data.synth, "generate", lambda *a, **k: pytest.fail("called"))
+    code, out, _ = _cli(capsys, tmp_path / "raw", "--out", tmp_path / "img", "--jobs", "1", "--no-progress",
+                        "--synth-if-empty", "--n-fft", "512")
+    assert code == 0 and "created the built-in" not in out
+
+
+def test_cli_help_shows_defaults(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["images", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--sr", "--channel", "--n-mels", "--n-fft", "--hop-length", "--power", "--fmin", "--fmax",
+                   "--db-min", "--db-max", "--segment-seconds", "--segment-hop-seconds", "--jobs", "--strict",
+                   "--no-progress", "--synth-if-empty", "--out"):
+        assert option in text
+    assert "(default: 2048)" in text and "(default: -80.0)" in text
+
+
+def test_ctrl_c_with_workers_then_resume(tmp_path):
+    """A real SIGINT to a ``--jobs 2`` run: exit 130, whole PNGs only, and a re-run completes the set."""
+    make_tree(tmp_path / "raw", [f"fan/id_00/normal/{i:08d}.wav" for i in range(40)], seconds=10.0)
+    out = tmp_path / "img"
+    cmd = [sys.executable, "-m", "spectro", "images", str(tmp_path / "raw"), "--out", str(out), "--jobs", "2",
+           "--no-progress", "--hop-length", "128"]  # small hop: more work per clip, so the signal lands mid-run
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(out.rglob("*.png"))) < 3 and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    done = list(out.rglob("*.png"))
+    if proc.returncode == 0:  # pragma: no cover - finished before the signal landed
+        pytest.skip("the run finished before SIGINT arrived")
+    assert proc.returncode == 130 and "interrupted" in err
+    assert 3 <= len(done) < 40
+    assert [p for p in out.rglob("*") if p.is_file() and p.suffix != ".png"] == []
+    for png in done:
+        assert read_pixels(png).shape == (64, 1 + 10 * SR // 128)
+    resumed = render_folder(tmp_path / "raw", out, FeatureSettings(hop_length=128), jobs=1, progress=False)
+    assert resumed.skipped == len(done) and resumed.converted == 40 - len(done)
+
+
+@pytest.mark.real
+@pytest.mark.skipif(not MIMII_SAMPLE.is_dir(), reason="../shared/mimii-sample absent")
+def test_real_mimii_clips(tmp_path):
+    summary = render_folder(MIMII_SAMPLE, tmp_path / "img", FeatureSettings(), jobs=2, progress=False)
+    assert (summary.converted, summary.failed, summary.unmatched) == (40, 0, 0)
+    rows = read_manifest(tmp_path / "img")
+    assert len(rows) == 40 and {(r.machine, r.snr, r.machine_id) for r in rows} == {("fan", "0dB", "id_00")}
+    assert {r.label for r in rows} == {"normal", "abnormal"}
+    for row in rows:
+        assert read_pixels(row.path).shape == (64, 313)
+    assert summary.clipped_low < 0.001 and summary.clipped_high < 0.001
+
+
+def test_images_command_never_imports_tensorflow(tmp_path):
+    make_tree(tmp_path / "raw", MIMII_RELS[:2])
+    code = ("import sys; from spectro.cli import main; rc = main(['images', sys.argv[1], '--out', sys.argv[2], "
+            "'--jobs', '2', '--no-progress']); heavy = {'tensorflow', 'keras'} & set(sys.modules); "
+            "print('heavy:', sorted(heavy)); sys.exit(rc or (3 if heavy else 0))")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "raw"), str(tmp_path / "img")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "heavy: []" in proc.stdout

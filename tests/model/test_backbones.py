@@ -1,0 +1,110 @@
+"""Backbones, in-model preprocessing, weights given by path, unfreezing the top of the base."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spectro.errors import SpectroError
+from spectro.model.backbones import ModelSettings, build_model, load_backbone, load_keras_model, unfreeze_top
+
+TINY = dict(alpha=0.35, image_size=32)
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    """A weights file saved from a tiny randomly initialised backbone."""
+    import keras
+
+    keras.utils.set_random_seed(123)
+    base, used = load_backbone(ModelSettings(weights="none", **TINY))
+    assert used == "none"
+    path = tmp_path_factory.mktemp("weights") / "w.weights.h5"
+    base.save_weights(path)
+    return path, [w.copy() for w in base.get_weights()]
+
+
+def test_weights_given_by_path_are_loaded_and_base_frozen(weights_file):
+    import keras
+
+    path, expected = weights_file
+    keras.utils.set_random_seed(7)  # a different init: only loading can make the weights equal
+    model, base, used = build_model((16, 40), 3, ModelSettings(weights=str(path), **TINY))
+    assert used == str(path)
+    got = base.get_weights()
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+    assert not base.trainable  # pretrained: frozen while the head trains
+    assert model.output_shape == (None, 3)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(weights="/nonexistent/w.weights.h5"), "not found"),
+    (dict(backbone="resnet"), "unknown backbone"),
+    (dict(image_size=16), "image size"),
+    (dict(alpha=0.0), "alpha"),
+])
+def test_bad_model_settings_raise(settings, message):
+    with pytest.raises(SpectroError, match=message):
+        build_model((16, 40), 3, ModelSettings(**{**TINY, **settings}))
+
+
+def test_weights_file_for_another_backbone_is_a_clear_error(weights_file, tmp_path):
+    path, _ = weights_file
+    with pytest.raises(SpectroError, match="cannot load weights"):
+        load_backbone(ModelSettings(backbone="mobilenet_v2", alpha=1.0, image_size=32, weights=str(path)))
+
+
+def test_mobilenet_v2_scales_pixels_to_plus_minus_one_in_steps_of_1_128_inside_the_model():
+    import keras
+
+    model, base, used = build_model((16, 40), 2, ModelSettings(weights="none", **TINY))
+    assert used == "none" and base.trainable
+    probe = keras.Model(model.input, model.get_layer("scale_to_pm1").output)
+    x = np.stack([np.full((16, 40, 1), v) for v in (0.0, 128.0, 255.0)]).astype("float32")
+    out = probe.predict(x, verbose=0)
+    assert out.shape == (3, 32, 32, 3)  # resized, gray -> 3 channels
+    # pixel p -> p / 128 - 1: exact int8 values on a 1/128 grid (see spectro.export.tflite.int8_graph)
+    np.testing.assert_array_equal(out[0], -1.0)
+    np.testing.assert_array_equal(out[1], 0.0)
+    np.testing.assert_array_equal(out[2], 127 / 128)
+
+
+def test_resize_copies_whole_pixels_by_default_and_interpolates_on_request():
+    import keras
+
+    x = np.arange(16 * 40, dtype="float32").reshape(1, 16, 40, 1) % 256
+    for resize in ("nearest", "bilinear"):
+        model, _, _ = build_model((16, 40), 2, ModelSettings(weights="none", resize=resize, **TINY))
+        out = keras.Model(model.input, model.get_layer("resize").output).predict(x, verbose=0)
+        assert out.shape == (1, 32, 32, 1)
+        whole = np.isin(out, x).all()  # every resized pixel is one of the image's pixels
+        assert whole if resize == "nearest" else not whole
+    assert ModelSettings().resize == "nearest"
+    with pytest.raises(SpectroError, match="unknown resize method 'bicubic': expected one of nearest, bilinear"):
+        ModelSettings(resize="bicubic")
+
+
+def test_mobilenet_v3_gets_no_second_scaling():
+    model, _, _ = build_model((16, 40), 2, ModelSettings(backbone="mobilenet_v3_small", weights="none", **TINY))
+    names = [layer.name for layer in model.layers]
+    assert "scale_to_pm1" not in names  # MobileNetV3 rescales 0..255 itself
+    probs = model.predict(np.full((1, 16, 40, 1), 128.0, "float32"), verbose=0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_unfreeze_top_keeps_batchnorm_frozen():
+    import keras
+
+    _, base, _ = build_model((16, 40), 2, ModelSettings(weights="none", **TINY))
+    count = unfreeze_top(base, 20)
+    top = base.layers[-20:]
+    assert count == sum(not isinstance(layer, keras.layers.BatchNormalization) for layer in top)
+    assert all(not layer.trainable for layer in base.layers[:-20])
+    assert all(layer.trainable != isinstance(layer, keras.layers.BatchNormalization) for layer in top)
+
+
+def test_load_keras_model_missing_file(tmp_path):
+    with pytest.raises(SpectroError, match="no such model file"):
+        load_keras_model(tmp_path / "model.keras")

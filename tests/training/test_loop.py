@@ -1,0 +1,329 @@
+"""spectro train: settings, the loop's pieces, errors, one tiny end-to-end run checked concern by concern,
+early stopping, and a pretrained run."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_image_tree
+
+from spectro.cli import main as cli_main
+from spectro.data.manifest import read_manifest, write_manifest
+from spectro.errors import SpectroError
+from spectro.features.png import read_pixels
+from spectro.features.settings import FeatureSettings
+from spectro.model.labels import LabelSpace
+from spectro.runs import (
+    HISTORY_NAME,
+    LATEST,
+    MODEL_NAME,
+    SPLITS_NAME,
+    TRAINING_PLOT_NAME,
+    load_config,
+    read_history,
+    read_splits,
+)
+from spectro.training.augment import AugmentSettings
+from spectro.training.loop import TrainSettings, cosine_rate, epoch_images
+
+TINY = ["--alpha", "0.35", "--image-size", "32", "--weights", "none", "--no-progress"]
+
+
+def test_cosine_rate_falls_from_the_rate_to_its_floor_along_a_half_cosine():
+    rates = [cosine_rate(1e-3, step, 11, floor=0.02) for step in range(11)]
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(2e-5)
+    assert rates[5] == pytest.approx(1e-3 * (0.02 + 0.98 * 0.5))  # the middle: cos(pi/2) = 0
+    assert rates[2] == pytest.approx(1e-3 * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * 0.2))))
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert cosine_rate(1e-3, 0, 1) == 1e-3  # a one-epoch phase keeps its rate
+
+
+def test_epoch_images_are_the_augmented_training_set_in_chunks():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (10, 16, 40)).astype(np.uint8)
+    same = epoch_images(pixels, rng=rng, augment_settings=AugmentSettings.off(), db_per_step=100 / 255, chunk=3)
+    assert same.shape == (10, 16, 40, 1) and same.dtype == np.float32
+    np.testing.assert_array_equal(same[..., 0], pixels)
+    settings = AugmentSettings(mix_probability=0.0)
+    a = epoch_images(pixels, rng=np.random.default_rng(5), augment_settings=settings, db_per_step=100 / 255, chunk=4)
+    b = epoch_images(pixels, rng=np.random.default_rng(5), augment_settings=settings, db_per_step=100 / 255, chunk=4)
+    np.testing.assert_array_equal(a, b)  # seeded
+    assert not np.array_equal(a[..., 0], pixels) and a.min() >= 0 and a.max() <= 255
+
+
+def test_negative_qat_epochs_are_refused():
+    with pytest.raises(SpectroError, match="QAT epochs >= 0"):
+        TrainSettings(qat_epochs=-1)
+
+
+def test_bad_lr_schedule_is_refused():
+    with pytest.raises(SpectroError, match="lr_schedule must be one of cosine, constant"):
+        TrainSettings(lr_schedule="step")
+
+
+def test_negative_fine_tune_layers_are_refused():
+    assert TrainSettings().fine_tune_layers == 0  # the default: the whole base
+    with pytest.raises(SpectroError, match=r"fine-tune layers must be >= 0 \(0: the whole base\), got -1"):
+        TrainSettings(fine_tune_layers=-1)
+
+
+# -- errors through the CLI -------------------------------------------------------------------------
+def _cli_error(capsys, argv):
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def mixed_images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mixed")
+    rows = make_image_tree(root / "a", per_class=2)
+    other = FeatureSettings(n_mels=32, n_fft=512, hop_length=128)
+    rows2 = make_image_tree(root / "b", per_class=2, settings=other)
+    write_manifest(root / "manifest.csv", rows + rows2)
+    return root
+
+
+def test_errors_are_one_line(capsys, tmp_path, tiny_images, mixed_images):
+    (tmp_path / "empty").mkdir()
+    assert "no manifest.csv" in _cli_error(capsys, ["train", str(tmp_path / "empty"), "--out", str(tmp_path)])
+    assert "no such folder" in _cli_error(capsys, ["train", str(tmp_path / "nope"), "--out", str(tmp_path)])
+    line = _cli_error(capsys, ["train", str(mixed_images), "--out", str(tmp_path), *TINY])
+    assert "images rendered with different feature settings" in line and "hop_length 128" in line and "vs 256" in line
+    missing = tmp_path / "missing.weights.h5"
+    line = _cli_error(capsys, ["train", str(tiny_images), "--out", str(tmp_path), *TINY[:4], "--weights", str(missing),
+                                   "--no-progress"])
+    assert "not found" in line and str(missing) in line
+    assert "match no image" in _cli_error(capsys, ["train", str(tiny_images), "--out", str(tmp_path), *TINY,
+                                                   "--test-ids", "id_07"])
+    assert not any(p.name != "empty" for p in tmp_path.iterdir())  # no half-made run folders
+
+
+def test_one_class_is_refused(capsys, tmp_path):
+    rows = make_image_tree(tmp_path / "img", per_class=2)
+    write_manifest(tmp_path / "img" / "manifest.csv", [r for r in rows if r.machine == "fan" and r.label == "normal"])
+    assert "at least 2 classes" in _cli_error(capsys, ["train", str(tmp_path / "img"), "--out", str(tmp_path), *TINY])
+
+
+# -- a tiny end-to-end run --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tiny_images, tmp_path_factory):
+    """``spectro train`` from scratch: 3 epochs (1 warm-up, 2 full) with a cosine schedule, then 2 of QAT."""
+    out = tmp_path_factory.mktemp("models")
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        assert cli_main(["train", str(tiny_images), "--out", str(out), *TINY, "--epochs", "3", "--batch-size", "8",
+                         "--seed", "1", "--name", "tiny", "--lr-schedule", "cosine", "--qat-epochs", "2",
+                         "--resize", "bilinear"]) == 0
+    return out, out / "tiny", log.getvalue()
+
+
+@pytest.mark.slow
+def test_run_folder_holds_every_file_and_latest_points_at_it(trained):
+    out, run, _ = trained
+    for name in (MODEL_NAME, "labels.json", "config.json", SPLITS_NAME, HISTORY_NAME, TRAINING_PLOT_NAME):
+        assert (run / name).is_file(), name
+    assert (out / LATEST).resolve() == run.resolve()
+
+
+@pytest.mark.slow
+def test_config_records_the_images_model_and_features(trained, tiny_images):
+    _, run, _ = trained
+    config = load_config(run)
+    assert config["model"]["weights_used"] == "none" and config["model"]["weights_requested"] == "none"
+    assert config["images"] == str(tiny_images.resolve())
+    assert config["task"] == "failure" and config["seed"] == 1
+    assert config["input_shape"] == list(read_pixels(read_manifest(tiny_images)[0].path).shape)
+    assert FeatureSettings.from_dict(config["features"]) == FeatureSettings(n_mels=32, n_fft=512, hop_length=256)
+
+
+@pytest.mark.slow
+def test_phases_run_in_order_and_the_epoch_counter_spans_them(trained):
+    _, run, log = trained
+    training = load_config(run)["training"]
+    assert training["phases"] == ["warmup", "full", "qat"] and training["epochs_run"] == 5
+    # Keras' counter runs over all phases: "Epoch 1/5", "Epoch 2/5", … (not 1/1 for the warm-up)
+    counters = re.findall(r"Epoch (\d+)/(\d+)", log)
+    assert counters[:2] == [("1", "5"), ("2", "5")] and {total for _, total in counters} == {"5"}
+
+
+@pytest.mark.slow
+def test_history_has_one_row_per_epoch_and_the_cosine_schedule(trained):
+    _, run, _ = trained
+    training = load_config(run)["training"]
+    history = read_history(run)
+    assert {"loss", "val_loss", "task_accuracy", "val_task_accuracy", "learning_rate"} <= set(history)
+    assert len(history["loss"]) == training["epochs_run"]
+    assert training["lr_schedule"] == "cosine"
+    # one cosine over warm-up and full training, one over QAT
+    assert history["learning_rate"] == pytest.approx(
+        [cosine_rate(training["learning_rate"], e, 3) for e in range(3)]
+        + [cosine_rate(training["fine_tune_learning_rate"], e, 2) for e in range(2)])
+
+
+@pytest.mark.slow
+def test_resize_method_is_recorded_and_built_into_the_model(trained):
+    from spectro.model.backbones import load_keras_model
+
+    _, run, _ = trained
+    assert load_config(run)["model"]["resize"] == "bilinear"
+    assert load_keras_model(run / MODEL_NAME).get_layer("resize").interpolation == "bilinear"
+
+
+@pytest.mark.slow
+def test_qat_froze_batchnorm_only_while_it_ran(trained):
+    import keras
+
+    from spectro.model.backbones import load_keras_model
+
+    _, run, _ = trained
+    base = load_keras_model(run / MODEL_NAME).get_layer("backbone")
+    assert all(layer.trainable for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization))
+
+
+@pytest.mark.slow
+def test_splits_list_every_image_by_absolute_path_split_by_recording(trained, tiny_images):
+    _, run, _ = trained
+    rows = read_splits(run)
+    assert sorted(r.path for r in rows) == sorted(r.path for r in read_manifest(tiny_images))
+    assert all(r.path.is_absolute() and r.path.is_file() for r in rows)
+    assert Counter(r.split for r in rows) == Counter(train=24, val=4, test=4)
+    assert LabelSpace.load(run).classes == ("fan/bearing", "fan/normal", "pump/leak", "pump/normal")
+
+
+@pytest.mark.slow
+def test_config_metrics_have_the_keys_and_figures_of_metrics_json(trained, tmp_path):
+    import shutil
+
+    from spectro.evaluation.evaluate import evaluate_run
+    from spectro.evaluation.metrics import GROUPINGS
+
+    _, run, _ = trained
+    stored = load_config(run)["metrics"]
+    assert set(stored) == {"val", "test"}
+    copy = Path(shutil.copytree(run, tmp_path / "run"))
+    evaluated = evaluate_run(copy)  # metrics.json of the same model on the same test split
+    blocks = {"overall", "clips", *GROUPINGS}
+    for split in ("val", "test"):
+        assert set(stored[split]) == {k for k in evaluated if k in blocks}
+        assert set(stored[split]["overall"]) == set(evaluated["overall"])
+        ids = {f"{r.machine}/{r.machine_id}" for r in read_splits(run, split)}
+        assert sorted(stored[split]["by_machine_id"]) == sorted(ids)  # "<machine>/id_XX"
+    test = stored["test"]["overall"]
+    for key in ("n", "accuracy", "balanced_accuracy", "auc", "pauc", "fine_accuracy", "failure_type_accuracy"):
+        assert test[key] == pytest.approx(evaluated["overall"][key], abs=1e-6), key
+    assert test["at_threshold"]["threshold"] == 0.5  # train knows no threshold yet
+
+
+@pytest.mark.slow
+def test_saved_model_reloads_in_a_fresh_process_with_the_same_predictions(trained, tmp_path):
+    from spectro.inference.predictors import load_predictor
+
+    _, run, _ = trained
+    rows = read_splits(run)
+    x = np.stack([read_pixels(r.path) for r in rows]).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    code = ("import sys, numpy as np, keras\n"
+            "m = keras.saving.load_model(sys.argv[1])\n"  # plain Keras: nothing spectro-specific imported
+            "assert not any(k.startswith('spectro') for k in sys.modules)\n"
+            "np.save(sys.argv[3], m.predict(np.load(sys.argv[2])[..., None], verbose=0))\n")
+    result = subprocess.run([sys.executable, "-c", code, str(run / MODEL_NAME), str(tmp_path / "x.npy"),
+                             str(tmp_path / "p.npy")], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    fresh = np.load(tmp_path / "p.npy")
+    here = load_predictor(run).predict(x)
+    np.testing.assert_allclose(fresh, here, rtol=1e-5, atol=1e-6)
+    # the saved model is the one the metrics in config.json were computed with
+    labels = LabelSpace.load(run)
+    test = np.array([r.split == "test" for r in rows])
+    truth = [r.fine_class for r, t in zip(rows, test) if t]
+    accuracy = np.mean([labels.classes[i] == c for i, c in zip(fresh[test].argmax(axis=1), truth)])
+    assert load_config(run)["metrics"]["test"]["overall"]["accuracy"] == pytest.approx(accuracy)
+
+
+# -- early stopping ---------------------------------------------------------------------------------
+PATIENCE = 1
+
+
+@pytest.fixture(scope="module")
+def early(tiny_images, tmp_path_factory):
+    """A run from scratch with patience 1: 2 warm-up epochs (never monitored), then up to 4 monitored ones."""
+    from spectro.model.backbones import ModelSettings
+    from spectro.training.loop import train
+
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        run = train(tiny_images, tmp_path_factory.mktemp("early"), name="early", progress=False,
+                    settings=TrainSettings(epochs=6, qat_epochs=0, patience=PATIENCE, batch_size=8, seed=2,
+                                           learning_rate=3e-3),
+                    model_settings=ModelSettings(alpha=0.35, image_size=32, weights="none"))
+    return run, log.getvalue()
+
+
+def _val_loss(run: Path) -> float:
+    """The weighted task loss of the run's saved model on its validation split, computed here."""
+    from spectro.export.calibration import model_input
+    from spectro.features.reader import read_images
+    from spectro.model.backbones import load_keras_model
+    from spectro.model.losses import make_loss, sample_weights
+    from spectro.runs import feature_settings
+
+    rows = read_splits(run, "val")
+    labels = LabelSpace.load(run)
+    pixels, _ = read_images(rows, settings=feature_settings(load_config(run)))
+    y = np.array([labels.index(r.machine, r.label) for r in rows])
+    probs = load_keras_model(run / MODEL_NAME).predict(model_input(pixels), verbose=0)
+    losses = np.asarray(make_loss(labels.group_matrix, fine_weight=0.0)(y, probs))
+    return float(np.sum(losses * sample_weights(labels, y)) / len(y))
+
+
+@pytest.mark.slow
+def test_early_stopping_keeps_the_best_monitored_epoch(early):
+    run, log = early
+    training = load_config(run)["training"]
+    val_loss = read_history(run)["val_loss"]
+    assert training["phases"] == ["warmup", "full"] and len(val_loss) == training["epochs_run"]
+    warmup = 6 // 3
+    best = warmup + int(np.argmin(val_loss[warmup:]))  # the warm-up's epochs never count as best
+    assert training["best_val_loss"] == pytest.approx(val_loss[best], rel=1e-5)
+    stopped = "early stopping: val_loss has not improved for 1 epochs" in log
+    # a phase stops after PATIENCE epochs without improvement; a run that did not stop ended on its best epoch
+    assert training["epochs_run"] - 1 - best == (PATIENCE if stopped else 0)
+    assert stopped or training["epochs_run"] == 6
+    # the model saved is the best epoch's, not the last one's
+    assert _val_loss(run) == pytest.approx(val_loss[best], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_pretrained_run_trains_the_head_then_fine_tunes_the_whole_base(tiny_images, tmp_path):
+    import keras
+
+    from spectro.model.backbones import ModelSettings, load_backbone, load_keras_model
+
+    base, _ = load_backbone(ModelSettings(weights="none", alpha=0.35, image_size=32))
+    weights = tmp_path / "tiny.weights.h5"
+    base.save_weights(weights)
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        assert cli_main(["train", str(tiny_images), "--out", str(tmp_path / "models"), *TINY[:4], "--weights",
+                         str(weights), "--no-progress", "--epochs", "1", "--fine-tune-epochs", "1",
+                         "--batch-size", "8", "--name", "pre", "--qat-epochs", "0"]) == 0
+    config = json.loads((tmp_path / "models" / "pre" / "config.json").read_text())
+    assert config["model"]["weights_used"] == str(weights)
+    assert config["training"]["phases"] == ["head", "fine_tune"] and config["training"]["fine_tune_layers"] == 0
+    # 0 = every layer of the base: all but BatchNorm were unfrozen, as the log says
+    n_layers = len(base.layers)
+    n_trainable = sum(not isinstance(layer, keras.layers.BatchNormalization) for layer in base.layers)
+    expected = f"fine-tuning the top {n_layers} layers of the base ({n_trainable} trainable, BatchNorm frozen)"
+    assert expected in log.getvalue()
+    assert load_keras_model(tmp_path / "models" / "pre" / "model.keras").output_shape == (None, 4)
