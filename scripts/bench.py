@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-SECTIONS = ["images", "train", "export"]
+SECTIONS = ["images", "train", "scale", "export", "serve"]
 
 
 @dataclass
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--work", type=Path, default=ROOT / "reports" / "bench")
     parser.add_argument("--synthetic-run", type=Path,
-                        help="with --only export: the run folder the train section made")
+                        help="with --only export or serve: the run folder the train section made")
     parser.add_argument("--pretrained-run", type=Path,
                         help="with --only export: the ImageNet-initialised run folder the train section made")
     args = parser.parse_args(argv)

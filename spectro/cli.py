@@ -19,7 +19,8 @@ from spectro.errors import SpectroError
 
 # command -> module; order is the order of `spectro --help`
 COMMANDS = {name: f"spectro.commands.{name}"
-            for name in ("synth", "download", "images", "train", "evaluate", "classify", "report", "export")}
+            for name in ("synth", "download", "images", "train", "evaluate", "classify", "report", "export",
+                         "serve")}
 
 # one-line help shown by `spectro --help` without importing the command modules
 SUMMARIES = {
@@ -31,6 +32,7 @@ SUMMARIES = {
     "classify": "classify PNG spectrograms or WAV recordings with a trained model",
     "report": "write a self-contained HTML report of a run",
     "export": "export a run to TFLite (float32, dynamic-range or int8) and verify it",
+    "serve": "serve a model over HTTP: a page to drop recordings on, and a JSON API",
 }
 
 

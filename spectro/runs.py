@@ -4,6 +4,7 @@ Contract (written by ``spectro train``, extended by ``evaluate``/``export``):
 
 ``model.keras``   input: raw PNG pixels, float32 of shape ``(n_mels, frames, 1)`` valued 0…255;
                   output: softmax over the fine classes of ``labels.json``
+``checkpoint.keras``  the best epoch so far, written by ``ModelCheckpoint`` during training
 ``labels.json``   :class:`spectro.model.labels.LabelSpace`
 ``config.json``   ``features`` (FeatureSettings dict), ``input_shape``, ``task``, ``model`` (backbone,
                   alpha, image_size, weights requested/used), ``seed``, ``split``, ``training``,
@@ -28,6 +29,9 @@ from spectro.paths import MODELS_DIR
 
 CONFIG_NAME = "config.json"
 MODEL_NAME = "model.keras"
+# the best epoch of the float phases, written by Keras' ModelCheckpoint while training runs (model.keras is
+# written when training ends: the best weights, compile state stripped)
+CHECKPOINT_NAME = "checkpoint.keras"
 SPLITS_NAME = "splits.csv"
 HISTORY_NAME = "history.csv"
 TRAINING_PLOT_NAME = "training.png"

@@ -9,6 +9,7 @@ from spectro.model.labels import TASKS
 from spectro.paths import IMAGES_DIR, MODELS_DIR
 from spectro.runs import load_config
 from spectro.training.augment import AugmentSettings
+from spectro.training.distribute import DistributeSettings
 from spectro.training.loop import LR_SCHEDULES, TrainSettings, train
 
 HELP = ("Fine-tune a Keras image backbone (MobileNet by default) on the spectrogram PNGs of IMAGES "
@@ -77,6 +78,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--patience", type=int, default=d.patience,
                         help="epochs without validation-loss improvement before stopping")
     parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    parser.add_argument("--devices", default=DistributeSettings.devices, metavar="N|all",
+                        help="train on N devices with tf.distribute.MirroredStrategy (GPUs; without GPUs the CPU is "
+                             "split into N logical devices); --batch-size is per device and the learning rates "
+                             "scale with the number of devices. With TF_CONFIG set, the cluster it describes trains "
+                             "(MultiWorkerMirroredStrategy) and worker 0 writes the run")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="train in mixed_float16 (GPUs only; the softmax head stays float32)")
     parser.add_argument("--no-progress", action="store_true", help="one line per epoch instead of progress bars")
 
 
@@ -90,8 +98,12 @@ def main(args) -> int:
         augment=AugmentSettings.off() if args.no_augment else AugmentSettings())
     model_settings = ModelSettings(backbone=args.backbone, alpha=args.alpha, image_size=args.image_size,
                                    weights=args.weights, resize=args.resize)
-    run = train(args.images, args.out, settings=settings, model_settings=model_settings, name=args.name,
-                progress=not args.no_progress)
+    distribute = DistributeSettings(devices=args.devices, mixed_precision=args.mixed_precision)
+    run = train(args.images, args.out, settings=settings, model_settings=model_settings, distribute=distribute,
+                name=args.name, progress=not args.no_progress)
+    if run is None:
+        print("this worker's part is done; the chief (worker 0) wrote the run")
+        return 0
     metrics = load_config(run).get("metrics", {})
     for split in ("val", "test"):
         if split in metrics:

@@ -135,7 +135,11 @@ def _info(image: Image.Image, path: Path) -> ImageInfo:
 def _pixels(image: Image.Image, path: Path) -> np.ndarray:
     if image.mode != "L":
         raise SpectroError(f"{path}: expected an 8-bit grayscale PNG, found mode {image.mode}")
-    return np.asarray(image, dtype=np.uint8).copy()
+    try:
+        return np.asarray(image, dtype=np.uint8).copy()
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's words for a truncated or corrupt image
+        raise SpectroError(f"{path}: damaged image ({str(exc).splitlines()[0][:120] or type(exc).__name__}); "
+                           "render it again with 'spectro images'") from None
 
 
 def read_info(path: str | Path) -> ImageInfo:

@@ -169,7 +169,8 @@ def build_model(input_shape: tuple[int, int], n_classes: int, settings: ModelSet
     x = base(x, training=False) if weights_used != "none" else base(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(settings.dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", name=HEAD_NAME)(x)
+    # float32 whatever the global policy: under mixed precision the softmax stays exact
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name=HEAD_NAME, dtype="float32")(x)
     model = keras.Model(inputs, outputs, name=f"spectro_{settings.backbone}")
     return model, base, weights_used
 

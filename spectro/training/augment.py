@@ -1,8 +1,12 @@
-"""Training-time augmentation of spectrogram pixels that respects what a spectrogram is.
+"""Training-time augmentation of spectrogram pixels that respects what a spectrogram is: its settings, and
+its definition in numpy.
 
-All operations work on raw pixel batches ``(n, n_mels, frames)`` (uint8 or float, 0…255, top row =
-highest band) with numpy and return float32 0…255. Nothing here flips or rotates: low and high
-frequencies, and past and future, are not interchangeable.
+``spectro train`` applies these operations as TensorFlow ops on every batch of its streaming pipeline
+(:func:`spectro.training.pipeline.augment_batch`, same settings, same order, same distributions). The numpy
+functions here define them on raw pixel batches ``(n, n_mels, frames)`` (uint8 or float, 0…255, top row =
+highest band), returning float32 0…255; ``make bench`` uses them for the in-memory reference it measures
+the pipeline against, and :func:`apply_gain` plays test clips back at another level. Nothing here flips or
+rotates: low and high frequencies, and past and future, are not interchangeable.
 
 * **time shift**: roll along the time axis (machine sounds are stationary, so the wrap-around is harmless);
 * **SpecAugment**: time masks (columns) and frequency masks (rows) set to the image's mean;

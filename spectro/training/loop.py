@@ -1,11 +1,14 @@
 """The training loop: fine-tune a Keras backbone on the spectrogram PNGs into a run folder.
 
-Steps: read ``manifest.csv`` and the PNGs (:func:`spectro.features.reader.read_images`, refusing mixed
-feature settings), split by recording (:mod:`spectro.training.splits`), build the model
-(:func:`spectro.model.backbones.build_model`), train in phases with augmentation
-(:mod:`spectro.training.augment`) and balanced sample weights (:mod:`spectro.model.losses`), end with the
-quantisation-aware phase (:mod:`spectro.training.qat`), then write the run folder described in
-:mod:`spectro.runs` with the validation and test metrics (:func:`spectro.evaluation.metrics.model_metrics`).
+Steps: read ``manifest.csv`` and check the PNGs' settings and sizes without decoding them
+(:func:`spectro.features.reader.survey_images`), split by recording (:mod:`spectro.training.splits`), choose
+the devices (:mod:`spectro.training.distribute`), build the model (:func:`spectro.model.backbones.build_model`)
+and train it in phases, each one Keras ``fit`` over a streaming, augmented ``tf.data`` pipeline
+(:mod:`spectro.training.pipeline`) with Keras' own callbacks (``EarlyStopping`` restoring the best epoch,
+``ModelCheckpoint``, ``CSVLogger``, ``LearningRateScheduler``), balanced sample weights and the task's loss
+(:mod:`spectro.model.losses`), ending with the quantisation-aware phase (:mod:`spectro.training.qat`). The
+run folder (:mod:`spectro.runs`) gets the validation and test metrics
+(:func:`spectro.evaluation.metrics.model_metrics`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import dataclasses
 import datetime as dt
 import math
 import os
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -21,19 +25,18 @@ from pathlib import Path
 
 import numpy as np
 
-from spectro.data.layout import NORMAL_LABEL
 from spectro.data.manifest import MANIFEST_NAME, ImageRow, read_manifest
 from spectro.errors import SpectroError, SpectroWarning
 from spectro.evaluation import plots
 from spectro.evaluation.metrics import model_metrics
-from spectro.export.calibration import model_input
-from spectro.features.reader import read_images
+from spectro.features.reader import survey_images
 from spectro.features.settings import FeatureSettings
 from spectro.model.backbones import ModelSettings
 from spectro.model.labels import TASKS, LabelSpace
 from spectro.model.losses import make_loss, make_task_accuracy, sample_weights
 from spectro.paths import IMAGES_DIR, MODELS_DIR
 from spectro.runs import (
+    CHECKPOINT_NAME,
     DEFAULT_THRESHOLD,
     HISTORY_NAME,
     MODEL_NAME,
@@ -44,7 +47,9 @@ from spectro.runs import (
     save_config,
     write_splits,
 )
-from spectro.training.augment import AugmentSettings, augment
+from spectro.training.augment import AugmentSettings
+from spectro.training.distribute import DistributeSettings, place
+from spectro.training.pipeline import Examples, evaluation_dataset, steps_per_epoch, training_dataset
 from spectro.training.splits import split_rows, split_summary
 
 LR_SCHEDULES = ("cosine", "constant")
@@ -128,24 +133,6 @@ class TrainSettings:
             raise SpectroError("invalid training settings: " + "; ".join(problems))
 
 
-# -- data feeding -----------------------------------------------------------------------------------
-def epoch_images(pixels: np.ndarray, *, rng: np.random.Generator, augment_settings: AugmentSettings,
-                 db_per_step: float, backgrounds: list | None = None, chunk: int = 1024) -> np.ndarray:
-    """One epoch's augmented copy of the training images, float32 ``(n, n_mels, frames, 1)``.
-
-    A whole epoch is augmented at once and handed to ``fit`` as an array: on 2 CPU cores this trains
-    faster than a ``keras.utils.PyDataset`` (its generator thread competes with TensorFlow's threads).
-    ``chunk`` bounds the augmentation's temporaries on large training sets.
-    """
-    out = np.empty((*pixels.shape, 1), dtype=np.float32)
-    for start in range(0, len(pixels), chunk):
-        part = slice(start, start + chunk)
-        pools = None if backgrounds is None else backgrounds[part]
-        out[part, ..., 0] = augment(pixels[part], rng=rng, settings=augment_settings, db_per_step=db_per_step,
-                                    backgrounds=pools)
-    return out
-
-
 def cosine_rate(rate: float, step: int, steps: int, *, floor: float = 0.02) -> float:
     """Cosine decay of ``rate`` over ``steps`` epochs (epoch ``step``, from 0), ending at ``floor * rate``."""
     if steps <= 1:
@@ -153,19 +140,39 @@ def cosine_rate(rate: float, step: int, steps: int, *, floor: float = 0.02) -> f
     return rate * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * step / (steps - 1))))
 
 
-def _background_pools(pixels: np.ndarray, labels: LabelSpace, y: np.ndarray, limit: int = 64) -> list:
-    """For each training image, a pool of normal images of the same machine (its own class excluded)."""
-    pools_by_machine = {}
-    for c, cls in enumerate(labels.classes):
-        machine, label = cls.split("/", 1)
-        if label == NORMAL_LABEL:
-            idx = np.flatnonzero(y == c)[:limit]
-            if len(idx):
-                pools_by_machine[machine] = pixels[idx]
-    return [pools_by_machine.get(labels.classes[c].split("/", 1)[0]) for c in y]
+@dataclass(frozen=True)
+class Phase:
+    """One ``fit`` of the training: its name, epochs, learning rate and whether it is monitored."""
+
+    name: str
+    epochs: int
+    learning_rate: float
+    monitored: bool
 
 
-# -- training ---------------------------------------------------------------------------------------
+def phases(settings: TrainSettings, *, pretrained: bool) -> list[Phase]:
+    """The phases of a training run.
+
+    From scratch the first third of the epochs is a warm-up without early stopping or checkpoints:
+    while the BatchNorm statistics of a random network settle, its inference-mode validation loss says
+    little, and "best" would otherwise be an untrained epoch. With pretrained weights the head trains
+    first, then the base is fine-tuned. The quantisation-aware phase comes last.
+    """
+    out = []
+    if not pretrained:
+        warmup = min(settings.epochs - 1, settings.epochs // 3)
+        if warmup:
+            out.append(Phase("warmup", warmup, settings.learning_rate, False))
+        out.append(Phase("full", settings.epochs - warmup, settings.learning_rate, True))
+    else:
+        out.append(Phase("head", settings.epochs, settings.learning_rate, True))
+        if settings.fine_tune_epochs > 0:
+            out.append(Phase("fine_tune", settings.fine_tune_epochs, settings.fine_tune_learning_rate, True))
+    if settings.qat_epochs > 0:
+        out.append(Phase("qat", settings.qat_epochs, settings.fine_tune_learning_rate, True))
+    return out
+
+
 def _run_name(out: Path, task: str, backbone: str) -> str:
     base = f"{dt.datetime.now():%Y%m%d-%H%M%S}-{task}-{backbone}"
     name, n = base, 2
@@ -203,68 +210,10 @@ def _timer():
     return EpochTimer()
 
 
-def _one_epoch(rate: float):
-    """A callback that ends ``fit`` after one epoch (each epoch gets freshly augmented arrays) and adds
-    the epoch's ``learning_rate`` to its logs (so ``history.csv`` shows the schedule)."""
-    import keras
-
-    class OneEpoch(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if logs is not None:
-                logs["learning_rate"] = rate
-            self.model.stop_training = True
-
-    return OneEpoch()
-
-
-class _BestKeeper:
-    """Early stopping with the best weights restored, and a checkpoint of the best model on disk.
-
-    Keras' EarlyStopping and ModelCheckpoint reset with every ``fit`` call, and training calls ``fit``
-    once per epoch, so their job is done here across calls: the model of the best monitored epoch is
-    saved to ``path`` (over all phases), and a phase stops after ``patience`` epochs without improvement.
-    """
-
-    def __init__(self, path: Path, *, monitor: str, patience: int):
-        self.path, self.monitor, self.patience = path, monitor, patience
-        self.best: float | None = None
-        self.best_epoch: int | None = None
-        self.best_weights = None
-        self.monitored, self.wait = False, 0
-
-    def start_phase(self, monitored: bool, *, fresh: bool = False) -> None:
-        """Start a phase; ``fresh`` forgets the best so far (a phase monitored by another measure)."""
-        self.monitored, self.wait = monitored, 0
-        if fresh:
-            self.best = self.best_epoch = self.best_weights = None
-
-    def update(self, model, epoch: int, value: float) -> bool:
-        """Record epoch ``epoch``'s monitored ``value``; True when the phase should stop."""
-        if not self.monitored:
-            return False
-        if self.best is None or value < self.best:
-            self.best, self.best_epoch, self.wait = float(value), epoch, 0
-            self.best_weights = model.get_weights()
-            tmp = self.path.with_name(".tmp." + self.path.name)
-            model.save(tmp)
-            os.replace(tmp, self.path)
-            return False
-        self.wait += 1
-        if self.wait >= self.patience:
-            print(f"early stopping: {self.monitor} has not improved for {self.patience} epochs "
-                  f"(best {self.best:.4f} at epoch {self.best_epoch + 1})")
-            return True
-        return False
-
-    def restore(self, model) -> None:
-        if self.best_weights is not None:
-            model.set_weights(self.best_weights)
-
-
 def _int8_twin(model, base, run: Path, input_shape, features: FeatureSettings, seed: int, image_size: int):
-    """The model's int8 twin (:func:`spectro.training.qat.int8_twin`), calibrated on the images ``spectro export``
-    calibrates on, with the base's BatchNorm frozen; also the BatchNorm layers' former ``trainable`` flags
-    and the number of layer outputs the twin rounds."""
+    """The model's int8 twin (:func:`spectro.training.qat.int8_twin`), calibrated on the images
+    ``spectro export`` calibrates on, with the base's BatchNorm frozen; also the BatchNorm layers' former
+    ``trainable`` flags and the number of layer outputs the twin rounds."""
     import keras
 
     from spectro.export.calibration import DEFAULT_CALIBRATION_IMAGES, representative_images
@@ -285,15 +234,30 @@ def _throughput(n_images: int, seconds: list[float]) -> float:
     return round(n_images * len(steady) / max(sum(steady), 1e-9), 1)
 
 
-def _save_clean(model, path: Path) -> None:
-    """Save ``model`` without compile state, so it loads anywhere with plain Keras."""
+def _float32(config):
+    """A Keras config with every mixed-precision dtype policy set back to float32."""
+    if isinstance(config, dict):
+        name = str(config.get("config", {}).get("name", "")) if config.get("class_name") == "DTypePolicy" else ""
+        if name.startswith("mixed"):
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {key: _float32(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_float32(value) for value in config]
+    return config
+
+
+def _save_clean(model, path: Path):
+    """Save ``model`` without compile state and in float32, so it loads anywhere with plain Keras; return
+    that copy (built outside any distribution strategy)."""
     import keras
 
-    clean = keras.Model.from_config(model.get_config())
+    keras.mixed_precision.set_global_policy("float32")
+    clean = keras.Model.from_config(_float32(model.get_config()))
     clean.set_weights(model.get_weights())
     tmp = path.with_name(".tmp." + path.name)
     clean.save(tmp)
     os.replace(tmp, path)
+    return clean
 
 
 def _manifest_rows(images: str | Path) -> tuple[Path, list[ImageRow]]:
@@ -310,26 +274,39 @@ def _manifest_rows(images: str | Path) -> tuple[Path, list[ImageRow]]:
     return folder, rows
 
 
+def _examples(rows: list[ImageRow], labels: LabelSpace) -> Examples:
+    y = np.array([labels.index(r.machine, r.label) for r in rows], dtype=int)
+    machines = sorted({r.machine for r in rows})
+    return Examples(paths=[str(r.path) for r in rows], labels=y, weights=sample_weights(labels, y),
+                    machines=np.array([machines.index(r.machine) for r in rows]),
+                    normal=np.array([not r.is_abnormal for r in rows]))
+
+
 def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, settings: TrainSettings = TrainSettings(),
-          model_settings: ModelSettings = ModelSettings(), name: str | None = None, progress: bool = True,
-          splits: list[str] | None = None) -> Path:
+          model_settings: ModelSettings = ModelSettings(), distribute: DistributeSettings = DistributeSettings(),
+          name: str | None = None, progress: bool = True, splits: list[str] | None = None) -> Path | None:
     """Train a model on the images in ``images`` and write a run folder below ``out``.
 
     Parameters
     ----------
     splits : list of str, optional
         A given split (``train``/``val``/``test`` per manifest row, e.g. for cross-validation) instead
-        of :func:`split_rows`.
+        of :func:`spectro.training.splits.split_rows`.
+    distribute : DistributeSettings
+        Devices and precision (:mod:`spectro.training.distribute`). With ``TF_CONFIG`` set, every worker
+        of the cluster runs this function; the chief writes the run folder, the others a temporary one.
 
     Returns
     -------
-    Path
-        The run folder (``out/<name>``); ``out/latest`` points at it.
+    Path or None
+        The run folder (``out/<name>``); ``out/latest`` points at it. ``None`` on the workers of a cluster
+        other than the chief.
 
     Raises
     ------
     SpectroError
-        Bad images (see :func:`spectro.features.reader.read_images`), fewer than two classes, a bad weights file.
+        Bad images (see :func:`spectro.features.reader.survey_images`), fewer than two classes, a bad
+        weights file, devices that cannot be had.
     """
     import keras
 
@@ -337,16 +314,18 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
     if model_settings.weights not in ("imagenet", "none") and not Path(model_settings.weights).is_file():
         raise SpectroError(f"weights file {model_settings.weights} not found: expected 'imagenet', 'none' or a "
                            "Keras .h5/.weights.h5 file")
+    placement = place(distribute)  # before TensorFlow runs anything: it may split the CPU into devices
     folder, rows = _manifest_rows(images)
-    pixels, features = read_images(rows, progress=progress)
+    features, input_shape = survey_images(rows, progress=progress)
     if splits is None:
         splits = split_rows(rows, seed=settings.seed, val_fraction=settings.val_fraction,
                             test_fraction=settings.test_fraction, test_ids=settings.test_ids)
     elif len(splits) != len(rows) or not set(splits) <= set(SPLITS) or "train" not in splits:
         raise SpectroError(f"splits must name train/val/test for each of the {len(rows)} images, including some train")
     labels = LabelSpace.from_pairs([(r.machine, r.label) for r in rows], task=settings.task)
-    train_rows = [r for r, s in zip(rows, splits) if s == "train"]
-    trained_classes = {f"{r.machine}/{r.label}" for r in train_rows}
+    rows = [r.with_split(split) for r, split in zip(rows, splits)]
+    by_split = {s: [r for r in rows if r.split == s] for s in SPLITS}
+    trained_classes = {r.fine_class for r in by_split["train"]}
     if len(labels.classes) < 2:
         raise SpectroError(f"need at least 2 classes (<machine>/<label> folders) to train, found "
                            f"{list(labels.classes)}")
@@ -360,17 +339,20 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
                       "them. Choose other --test-ids to silence this", SpectroWarning, stacklevel=2)
 
     out = Path(out)
-    run = out / (name or _run_name(out, settings.task, model_settings.backbone))
-    if run.exists() and any(run.iterdir()):
-        raise SpectroError(f"{run}: run folder exists and is not empty; choose another --name")
+    final = out / (name or _run_name(out, settings.task, model_settings.backbone))
+    if placement.chief and final.exists() and any(final.iterdir()):
+        raise SpectroError(f"{final}: run folder exists and is not empty; choose another --name")
+    # every worker of a cluster trains; only the chief keeps what it writes
+    scratch_dir = None if placement.chief else tempfile.TemporaryDirectory(prefix="spectro-worker-")
+    run = final if placement.chief else Path(scratch_dir.name) / final.name
 
     keras.utils.set_random_seed(settings.seed)
+    if distribute.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
     from spectro.model.backbones import build_model, unfreeze_top
 
-    y = np.array([labels.index(r.machine, r.label) for r in rows])
-    idx = {s: np.flatnonzero(np.array(splits) == s) for s in SPLITS}
-    input_shape = pixels.shape[1:3]
-    model, base, weights_used = build_model(input_shape, len(labels.classes), model_settings)
+    with placement.strategy.scope():
+        model, base, weights_used = build_model(input_shape, len(labels.classes), model_settings)
     scratch = weights_used == "none"
     if scratch and settings.bn_momentum is not None:
         _set_bn_momentum(base, settings.bn_momentum)
@@ -378,7 +360,6 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
     run = run.resolve()
 
     labels.save(run)
-    rows = [r.with_split(split) for r, split in zip(rows, splits)]
     write_splits(run, rows)
     config = {
         "features": features.to_dict(), "input_shape": [int(v) for v in input_shape],
@@ -390,100 +371,105 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
                   "test_fraction": 0.0 if settings.test_ids else settings.test_fraction,
                   **split_summary(rows, splits)},
         "training": dataclasses.asdict(settings),
+        "distribute": {**dataclasses.asdict(distribute), **placement.to_dict(settings.batch_size),
+                       "learning_rate_scale": placement.replicas},
         "created": dt.datetime.now().isoformat(timespec="seconds"),
     }
     config["training"]["test_ids"] = list(settings.test_ids)
     save_config(run, config)
 
-    x_train, y_train = pixels[idx["train"]], y[idx["train"]]
-    w_train = sample_weights(labels, y_train)
-    backgrounds = (_background_pools(x_train, labels, y_train) if settings.augment.mix_probability > 0 else None)
-    has_val = len(idx["val"]) > 0
-    validation = None
-    if has_val:
-        y_val = y[idx["val"]]
-        validation = (model_input(pixels[idx["val"]]), y_val,
-                      sample_weights(labels, y_val))
+    examples = {s: _examples(by_split[s], labels) for s in SPLITS}
+    global_batch = settings.batch_size * placement.replicas
+    train_data = training_dataset(examples["train"], shape=input_shape, batch_size=global_batch, seed=settings.seed,
+                                  settings=settings.augment, db_per_step=features.db_per_step)
+    has_val = len(examples["val"]) > 0
+    validation = (evaluation_dataset(examples["val"], shape=input_shape, batch_size=global_batch,
+                                     replicas=placement.replicas) if has_val else None)
+    steps = steps_per_epoch(len(examples["train"]), global_batch)
     monitor = "val_loss" if has_val else "loss"
     loss = make_loss(labels.group_matrix, fine_weight=0.0 if settings.task == "failure" else settings.fine_weight)
     metric = make_task_accuracy(labels.group_matrix)
     verbose = 1 if progress else 2
 
-    # (name, epochs, learning rate, monitored). From scratch the first third of the epochs is a warm-up
-    # without early stopping or checkpoints: while the BatchNorm statistics of a random network settle, its
-    # inference-mode validation loss says little, and "best" would otherwise be an untrained epoch.
-    phases = []
-    if scratch:
-        warmup = min(settings.epochs - 1, settings.epochs // 3)
-        if warmup:
-            phases.append(("warmup", warmup, settings.learning_rate, False))
-        phases.append(("full", settings.epochs - warmup, settings.learning_rate, True))
-    else:
-        phases.append(("head", settings.epochs, settings.learning_rate, True))
-        if settings.fine_tune_epochs > 0:
-            phases.append(("fine_tune", settings.fine_tune_epochs, settings.fine_tune_learning_rate, True))
-    if settings.qat_epochs > 0:
-        phases.append(("qat", settings.qat_epochs, settings.fine_tune_learning_rate, True))
-    rng = np.random.default_rng(settings.seed)
-    keeper = _BestKeeper(run / MODEL_NAME, monitor=monitor, patience=settings.patience)
+    plan = phases(settings, pretrained=not scratch)
     epochs_run, phase_starts, timer = 0, [], _timer()
-    total_epochs = sum(phase[1] for phase in phases)
+    best, best_weights = None, None  # over the float phases: the QAT phase keeps its own best
     fitted = model  # what fit() trains: the model, or in the QAT phase its int8 twin (same weights)
-    for phase, epochs, lr, monitored in phases:
-        if phase == "fine_tune":
+    for phase in plan:
+        if phase.name == "fine_tune":
             top = settings.fine_tune_layers or len(base.layers)  # 0: the whole base
             unfrozen = unfreeze_top(base, top)
             print(f"fine-tuning the top {top} layers of the base "
-                  f"({unfrozen} trainable, BatchNorm frozen) at learning rate {lr:g}")
-        if phase == "qat":
-            fitted, bn_trainable, rounded = _int8_twin(model, base, run, input_shape, features,
-                                                       settings.seed, model_settings.image_size)
+                  f"({unfrozen} trainable, BatchNorm frozen) at learning rate {phase.learning_rate:g}")
+        if phase.name == "qat":
+            with placement.strategy.scope():
+                fitted, bn_trainable, rounded = _int8_twin(model, base, run, input_shape, features,
+                                                           settings.seed, model_settings.image_size)
             print(f"quantisation-aware fine-tuning: {rounded} layer outputs round as the int8 file's will, "
-                  f"BatchNorm frozen, learning rate {lr:g} with cosine decay")
-        if not (phase == "full" and phase_starts):  # "full" after the warm-up keeps the optimizer state
-            fitted.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, weighted_metrics=[metric])
+                  f"BatchNorm frozen, learning rate {phase.learning_rate:g} with cosine decay")
+        if phase.name != "full" or not phase_starts:  # "full" after the warm-up keeps the optimizer state
+            with placement.strategy.scope():
+                fitted.compile(optimizer=keras.optimizers.Adam(phase.learning_rate * placement.replicas),
+                               loss=loss, weighted_metrics=[metric])
+            placement.prepare(fitted)
         phase_starts.append(epochs_run)
-        # one learning-rate schedule per phase; from scratch, warm-up and full training share one
-        span_start, span = (0, settings.epochs) if phase in ("warmup", "full") else (epochs_run, epochs)
-        cosine = settings.lr_schedule == "cosine" or phase == "qat"
-        # the twin's validation loss is another measure than the float model's: its phase keeps its own best
-        keeper.start_phase(monitored, fresh=phase == "qat")
-        for epoch in range(epochs_run, epochs_run + epochs):
-            rate = cosine_rate(lr, epoch - span_start, span) if cosine else lr
-            fitted.optimizer.learning_rate.assign(rate)
-            x = epoch_images(x_train, rng=rng, augment_settings=settings.augment,
-                             db_per_step=features.db_per_step, backgrounds=backgrounds)
-            # epochs=<all phases' epochs> with a one-epoch stop keeps Keras' "Epoch k/N" display right
-            history = fitted.fit(x, y_train, sample_weight=w_train, batch_size=settings.batch_size, shuffle=True,
-                                 validation_data=validation, initial_epoch=epoch, epochs=total_epochs,
-                                 callbacks=[_one_epoch(rate), timer,
-                                            keras.callbacks.CSVLogger(run / HISTORY_NAME, append=epoch > 0)],
-                                 verbose=verbose)
-            del x
-            if keeper.update(model, epoch, history.history[monitor][-1]):
-                break
-        epochs_run = epoch + 1
-        keeper.restore(model)  # the next phase (and the saved model) start from this phase's best epoch
-        if phase == "qat":
+        callbacks = [keras.callbacks.LearningRateScheduler(_schedule(settings, phase, epochs_run, placement.replicas)),
+                     timer, keras.callbacks.CSVLogger(run / HISTORY_NAME, append=epochs_run > 0)]
+        stopper = None
+        if phase.monitored:
+            stopper = keras.callbacks.EarlyStopping(monitor, patience=settings.patience, restore_best_weights=True,
+                                                    verbose=1)
+            callbacks.insert(1, stopper)
+            if phase.name != "qat":  # the twin is never saved: model.keras stays plain Keras
+                callbacks.insert(2, keras.callbacks.ModelCheckpoint(run / CHECKPOINT_NAME, monitor=monitor,
+                                                                    save_best_only=True, initial_value_threshold=best))
+        history = fitted.fit(train_data, steps_per_epoch=steps, validation_data=validation, initial_epoch=epochs_run,
+                             epochs=epochs_run + phase.epochs, callbacks=callbacks, verbose=verbose,
+                             shuffle=False)  # the pipeline shuffles
+        epochs_run += len(history.epoch)
+        if phase.name == "qat":
+            best = stopper.best if stopper is not None else best
             for layer, trainable in bn_trainable:
                 layer.trainable = trainable
-    _save_clean(model, run / MODEL_NAME)
+        elif stopper is not None and stopper.best is not None:
+            if best is None or stopper.best < best:  # this phase did best: its best epoch is restored
+                best, best_weights = float(stopper.best), model.get_weights()
+            else:  # an earlier phase did better: start again from there
+                model.set_weights(best_weights)
+    clean = _save_clean(model, run / MODEL_NAME)
     plots.training_curves(run / TRAINING_PLOT_NAME, read_history(run), phase_starts=phase_starts[1:])
 
     metrics = {}
     for split in ("val", "test"):
-        if len(idx[split]):
-            probs = model.predict(model_input(pixels[idx[split]]), batch_size=64, verbose=0)
-            metrics[split] = model_metrics([rows[i] for i in idx[split]], probs, labels, threshold=DEFAULT_THRESHOLD)
-    config["training"].update({"phases": [p[0] for p in phases], "epochs_run": epochs_run,
-                               "best_" + monitor: keeper.best,
+        if len(examples[split]):
+            # the saved model, on this process alone: predictions in the rows' order whatever the strategy
+            data = evaluation_dataset(examples[split], shape=input_shape, batch_size=global_batch)
+            probs = clean.predict(data.map(lambda x, y, w: x), verbose=0)
+            metrics[split] = model_metrics(by_split[split], probs, labels, threshold=DEFAULT_THRESHOLD)
+    config["training"].update({"phases": [p.name for p in plan], "epochs_run": epochs_run,
+                               "steps_per_epoch": steps, "best_" + monitor: best,
                                "epoch_seconds": [round(t, 2) for t in timer.seconds],
-                               "images_per_second": _throughput(len(idx["train"]), timer.seconds),
+                               "images_per_second": _throughput(steps * global_batch, timer.seconds),
                                "seconds": round(time.perf_counter() - started, 1)})
     config["metrics"] = metrics
     save_config(run, config)
+    placement.barrier()
+    if not placement.chief:
+        scratch_dir.cleanup()
+        return None
     point_latest(out, run)
     return run
 
 
-# -- CLI --------------------------------------------------------------------------------------------
+def _schedule(settings: TrainSettings, phase: Phase, start: int, scale: int):
+    """The learning rate of each epoch of ``phase`` (which starts at epoch ``start``), for
+    ``keras.callbacks.LearningRateScheduler``: cosine decay over the phase (from scratch, warm-up and
+    full training share one span) or constant; the QAT phase always decays."""
+    span_start, span = (0, settings.epochs) if phase.name in ("warmup", "full") else (start, phase.epochs)
+    cosine = settings.lr_schedule == "cosine" or phase.name == "qat"
+    rate = phase.learning_rate * scale
+
+    def schedule(epoch: int, current: float) -> float:
+        return cosine_rate(rate, epoch - span_start, span) if cosine else rate
+
+    return schedule

@@ -1,0 +1,302 @@
+// The page of `spectro serve`: files in, one card per file with its verdict, spectrogram, score over time and
+// class probabilities; the model's description beside them. Everything comes from this server's own API
+// (api/model, api/classify, api/spectrogram); nothing is loaded from elsewhere. Text from the server is set
+// with textContent, never parsed as HTML.
+"use strict";
+
+(() => {
+  const SVG = "http://www.w3.org/2000/svg";
+  let model = null; // GET api/model, once loaded
+  const modelReady = fetchJSON("api/model").then((m) => { model = m; showModel(m); return m; },
+    (err) => { showModelError(err); return null; });
+
+  // -- small DOM helpers --------------------------------------------------------------------------------
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (key === "class") node.className = value;
+      else if (key === "style") Object.assign(node.style, value);
+      else node.setAttribute(key, value);
+    }
+    for (const child of children.flat()) {
+      if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
+    }
+    return node;
+  }
+
+  function svg(tag, attrs, text) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, value);
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  const fmt = (x, digits = 3) => (typeof x === "number" ? x.toFixed(digits) : String(x));
+  const bytes = (n) => (n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KB` : `${(n / 1048576).toFixed(1)} MB`);
+  const seconds = (s) => `${s < 10 ? s.toFixed(2) : s.toFixed(1)} s`;
+
+  // -- talking to the server: every failure becomes one sentence ----------------------------------------
+  async function request(url, options) {
+    let response;
+    try {
+      response = await fetch(url, options);
+    } catch (err) {
+      throw new Error("the server did not answer (is spectro serve still running?)");
+    }
+    if (!response.ok) {
+      let text = `the server answered ${response.status} ${response.statusText}`.trim();
+      try {
+        const body = await response.json();
+        if (body && typeof body.error === "string") text = body.error;
+      } catch (err) { /* not JSON: keep the status line */ }
+      throw new Error(text);
+    }
+    return response;
+  }
+
+  async function fetchJSON(url, options) {
+    const response = await request(url, options);
+    try {
+      return await response.json();
+    } catch (err) {
+      throw new Error("the server's answer was not JSON");
+    }
+  }
+
+  function formOf(file) {
+    const form = new FormData();
+    form.append("file", file, file.name);
+    return form;
+  }
+
+  // -- the model panel ----------------------------------------------------------------------------------
+  function table(rows) {
+    return el("table", {}, el("tbody", {}, rows.filter((r) => r[1] !== null && r[1] !== undefined && r[1] !== "")
+      .map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, v)))));
+  }
+
+  function showModel(m) {
+    const id = m.model;
+    document.getElementById("identity").textContent = `${id.run} / ${id.file}`;
+    const f = m.features;
+    const abnormal = new Set(m.abnormal_classes);
+    const thr = m.threshold || {};
+    const thrText = `${fmt(thr.value)}, ${thr.method || "default"}${thr.max_fpr !== undefined ? `, max FPR ${thr.max_fpr}` : ""}`;
+    const metricRows = Object.entries(m.test_metrics || {}).map(([k, v]) =>
+      [k.replaceAll("_", " "), Number.isInteger(v) ? String(v) : fmt(v)]);
+    const backbone = m.backbone || {};
+    const body = el("div", {},
+      table([
+        ["run", id.run],
+        ["file", `${id.file} (${id.format}${m.model.input_dtype ? `, ${m.model.input_dtype} input` : ""}, ${bytes(id.size_bytes)})`],
+        ["sha256", id.sha256],
+        ["trained", m.created ? m.created.replace("T", " ") : "unknown"],
+        ["backbone", backbone.backbone ? `${backbone.backbone} α ${backbone.alpha}, ${backbone.image_size} px, weights ${backbone.weights_used}` : null],
+        ["task", m.task],
+        ["threshold", thrText],
+      ]),
+      el("h3", {}, "Machines"),
+      el("div", { class: "chips" }, m.machines.map((x) => el("span", { class: "chip" }, x))),
+      el("h3", {}, "Classes"),
+      el("div", { class: "chips" }, m.classes.map((c) => el("span", { class: `chip ${abnormal.has(c) ? "abnormal" : "normal"}` }, c))),
+      el("h3", {}, "Feature settings"),
+      table([
+        ["sample rate", `${f.sr} Hz, channel ${f.channel}`],
+        ["FFT / hop", `${f.n_fft} / ${f.hop_length} samples`],
+        ["mel bands", `${f.n_mels} (${f.fmin}–${f.fmax === null ? f.sr / 2 : f.fmax} Hz)`],
+        ["dB range", `${f.db_min} … ${f.db_max} dB`],
+        ["segments", f.segment_seconds ? `${f.segment_seconds} s, hop ${f.segment_hop_seconds || f.segment_seconds} s` : "whole recordings"],
+        ["model input", `${m.input_shape[0]} × ${m.input_shape[1]} px (${seconds(m.window_seconds)} window)`],
+      ]),
+      el("h3", {}, "Test metrics"),
+      metricRows.length ? table(metricRows) : el("p", { class: "muted" }, "none stored with this run"),
+      m.test_metrics_source ? el("p", { class: "muted" }, `from ${m.test_metrics_source}`) : null,
+      el("p", { class: "muted" }, `Uploads up to ${m.max_upload_mb} MB.`));
+    document.getElementById("model-body").replaceChildren(body);
+    document.getElementById("model-body").classList.remove("muted");
+  }
+
+  function showModelError(err) {
+    document.getElementById("model-body").replaceChildren(
+      el("p", { class: "error-text" }, `Could not load the model's description: ${err.message}`));
+  }
+
+  // -- one card per file --------------------------------------------------------------------------------
+  async function addFile(file) {
+    const status = el("p", { class: "status" }, "classifying…");
+    const card = el("article", { class: "card", "data-state": "pending" },
+      el("div", { class: "card-head" }, el("span", { class: "name" }, file.name), el("span", { class: "size" }, bytes(file.size))),
+      status);
+    document.getElementById("results").prepend(card);
+    await modelReady;
+    if (model && file.size > model.max_upload_mb * 1048576) {
+      return showError(card, status, `${file.name}: ${bytes(file.size)} is over the server's upload limit of ${model.max_upload_mb} MB`);
+    }
+    const picture = request("api/spectrogram", { method: "POST", body: formOf(file) }).then((r) => r.blob()).catch((err) => err);
+    let result;
+    try {
+      [result] = await fetchJSON("api/classify", { method: "POST", body: formOf(file) });
+    } catch (err) {
+      return showError(card, status, err.message);
+    }
+    status.remove();
+    card.append(...describeResult(result));
+    const image = await picture;
+    card.append(await spectrogramFigure(image, result));
+    if (result.windows) card.append(timeline(result));
+    card.append(probabilities(result));
+    card.dataset.state = "done";
+  }
+
+  function showError(card, status, message) {
+    status.remove();
+    card.classList.add("error");
+    card.append(el("p", { class: "error-text", role: "alert" }, `Could not classify this file: ${message}`));
+    card.dataset.state = "error";
+  }
+
+  function describeResult(r) {
+    const abnormal = r.verdict === "ABNORMAL";
+    const head = el("div", { class: "card-head" },
+      el("span", { class: `verdict ${abnormal ? "abnormal" : "normal"}` }, r.verdict),
+      el("span", {}, r.kind === "audio" ? "recording" : "spectrogram image"),
+      r.windows ? el("span", { class: "muted" }, `score: maximum over ${r.windows.length} windows`) : null);
+    const fill = el("div", { class: `fill${abnormal ? " over" : ""}`, style: { width: `${Math.min(100, 100 * r.anomaly_score)}%` } });
+    const tick = el("div", { class: "tick", style: { left: `calc(${100 * r.threshold}% - 1px)` }, title: "threshold" });
+    const facts = el("dl", { class: "facts" },
+      el("dt", {}, "anomaly score"),
+      el("dd", {}, el("span", { class: "score" }, fmt(r.anomaly_score)), ` (threshold ${fmt(r.threshold)})`,
+        el("div", { class: "gauge" }, fill, tick)),
+      el("dt", {}, "failure type"),
+      el("dd", { class: "failure" }, r.failure_type || "none known to this model",
+        abnormal ? "" : el("span", { class: "muted" }, " (the most likely failure, were it abnormal)")),
+      el("dt", {}, "predicted"),
+      el("dd", {}, r.predicted));
+    return [head, facts];
+  }
+
+  // -- the spectrogram, coloured, with the windows over threshold marked --------------------------------
+  const MAGMA = [[0, 0, 4], [28, 16, 68], [79, 18, 123], [129, 37, 129], [181, 54, 122], [229, 80, 100],
+    [251, 135, 97], [254, 194, 135], [252, 253, 191]];
+  const LUT = (() => {
+    const lut = new Uint8ClampedArray(256 * 3);
+    for (let v = 0; v < 256; v++) {
+      const x = (v / 255) * (MAGMA.length - 1);
+      const i = Math.min(MAGMA.length - 2, Math.floor(x));
+      const t = x - i;
+      for (let c = 0; c < 3; c++) lut[3 * v + c] = MAGMA[i][c] + t * (MAGMA[i + 1][c] - MAGMA[i][c]);
+    }
+    return lut;
+  })();
+
+  function loadImage(blob) {
+    return new Promise((resolve, reject) => {
+      const url = URL.createObjectURL(blob);
+      const img = new Image();
+      img.onload = () => { URL.revokeObjectURL(url); resolve(img); };
+      img.onerror = () => { URL.revokeObjectURL(url); reject(new Error("the spectrogram image could not be decoded")); };
+      img.src = url;
+    });
+  }
+
+  async function spectrogramFigure(image, r) {
+    const caption = el("figcaption", {}, "log-mel spectrogram (low frequencies at the bottom)");
+    if (image instanceof Error) return el("figure", {}, caption, el("p", { class: "error-text" }, `No spectrogram: ${image.message}`));
+    let img;
+    try {
+      img = await loadImage(image);
+    } catch (err) {
+      return el("figure", {}, caption, el("p", { class: "error-text" }, `No spectrogram: ${err.message}`));
+    }
+    const canvas = el("canvas", { width: img.naturalWidth, height: img.naturalHeight, role: "img",
+      "aria-label": `spectrogram of ${r.path}` });
+    const ctx = canvas.getContext("2d");
+    ctx.drawImage(img, 0, 0);
+    const data = ctx.getImageData(0, 0, canvas.width, canvas.height);
+    for (let p = 0; p < data.data.length; p += 4) {
+      const v = data.data[p];
+      data.data[p] = LUT[3 * v]; data.data[p + 1] = LUT[3 * v + 1]; data.data[p + 2] = LUT[3 * v + 2]; data.data[p + 3] = 255;
+    }
+    ctx.putImageData(data, 0, 0);
+    const box = el("div", { class: "spectrogram" }, canvas);
+    const f = model ? model.features : null;
+    const duration = f ? (img.naturalWidth - 1) * f.hop_length / f.sr : null;
+    let track = null;
+    if (duration && r.windows) {
+      // under the image, the spans of the windows whose score reached the threshold
+      track = el("div", { class: "track", title: "windows over the threshold" });
+      for (const w of r.windows.filter((w) => w.over_threshold)) {
+        const left = Math.max(0, Math.min(1, w.start_s / duration));
+        const right = Math.max(0, Math.min(1, w.end_s / duration));
+        track.append(el("div", { class: "band", title: `window ${w.index}: ${seconds(w.start_s)}–${seconds(w.end_s)}, score ${fmt(w.anomaly_score)}`,
+          style: { left: `${100 * left}%`, width: `${100 * (right - left)}%` } }));
+      }
+      caption.append("; the strip below marks in red the windows over the threshold");
+    }
+    return el("figure", {}, caption, box, track,
+      duration ? el("div", { class: "axis" }, el("span", {}, "0 s"), el("span", {}, seconds(duration))) : null);
+  }
+
+  // -- the score over time of a long recording ----------------------------------------------------------
+  function timeline(r) {
+    const W = 640, H = 130, L = 30, R = 8, T = 8, B = 22;
+    const end = r.windows[r.windows.length - 1].end_s || 1;
+    const x = (t) => L + (W - L - R) * (t / end);
+    const y = (s) => T + (H - T - B) * (1 - s);
+    const chart = svg("svg", { class: "timeline", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img",
+      "aria-label": `anomaly score over time, ${r.windows.filter((w) => w.over_threshold).length} windows over the threshold` });
+    chart.append(svg("rect", { class: "frame", x: L, y: T, width: W - L - R, height: H - T - B }));
+    for (const w of r.windows.filter((w) => w.over_threshold)) {
+      chart.append(svg("rect", { class: "over", x: x(w.start_s), y: T, width: Math.max(1, x(w.end_s) - x(w.start_s)), height: H - T - B }));
+    }
+    chart.append(svg("line", { class: "threshold", x1: L, x2: W - R, y1: y(r.threshold), y2: y(r.threshold) }));
+    const points = r.windows.map((w) => [x((w.start_s + w.end_s) / 2), y(w.anomaly_score)]);
+    chart.append(svg("polyline", { class: "score", points: points.map((p) => p.join(",")).join(" ") }));
+    r.windows.forEach((w, i) => {
+      const dot = svg("circle", { cx: points[i][0], cy: points[i][1], r: 3.2, class: w.over_threshold ? "hit" : "" });
+      dot.append(svg("title", {}, `${seconds(w.start_s)}–${seconds(w.end_s)}: ${fmt(w.anomaly_score)}`));
+      chart.append(dot);
+    });
+    chart.append(svg("text", { x: 4, y: y(1) + 4 }, "1"), svg("text", { x: 4, y: y(0) }, "0"),
+      svg("text", { x: L, y: H - 6 }, "0 s"), svg("text", { x: W - R, y: H - 6, "text-anchor": "end" }, seconds(end)),
+      svg("text", { x: W - R - 4, y: y(r.threshold) - 4, "text-anchor": "end" }, `threshold ${fmt(r.threshold, 2)}`));
+    const over = r.windows.filter((w) => w.over_threshold).length;
+    return el("figure", {}, el("figcaption", {}, `anomaly score over time: ${over} of ${r.windows.length} windows over the threshold`), chart);
+  }
+
+  // -- class probabilities as bars ----------------------------------------------------------------------
+  function probabilities(r) {
+    const abnormal = new Set(model ? model.abnormal_classes : []);
+    const rows = Object.entries(r.probabilities).sort((a, b) => b[1] - a[1]);
+    const grid = el("div", { class: "probs" });
+    rows.forEach(([c, p], i) => {
+      grid.append(el("span", { class: i === 0 ? "top" : "" }, c),
+        el("div", { class: "bar" }, el("span", { class: abnormal.has(c) ? "abnormal" : "", style: { width: `${100 * p}%` } })),
+        el("span", { class: "value" }, fmt(p)));
+    });
+    const where = r.windows ? " (in the window with the highest anomaly score)" : "";
+    return el("figure", {}, el("figcaption", {}, `class probabilities${where}; red: failure classes`), grid);
+  }
+
+  // -- choosing and dropping files ----------------------------------------------------------------------
+  function addFiles(files) {
+    for (const file of Array.from(files)) addFile(file);
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    const input = document.getElementById("files");
+    const drop = document.getElementById("drop");
+    input.addEventListener("change", () => { addFiles(input.files); input.value = ""; });
+    for (const type of ["dragenter", "dragover"]) {
+      drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); });
+    }
+    for (const type of ["dragleave", "drop"]) {
+      drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.remove("over"); });
+    }
+    drop.addEventListener("drop", (e) => addFiles(e.dataTransfer.files));
+    drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); input.click(); } });
+    // a file dropped beside the zone would make the browser leave the page: take it too
+    window.addEventListener("dragover", (e) => e.preventDefault());
+    window.addEventListener("drop", (e) => { e.preventDefault(); if (!drop.contains(e.target)) addFiles(e.dataTransfer.files); });
+  });
+})();

@@ -1,0 +1,291 @@
+"""The model behind ``spectro serve``: loaded once, run by a pool of workers.
+
+A ``.tflite`` model runs in worker **processes** (:mod:`spectro.serving.workers`), one single-threaded
+LiteRT interpreter each, loaded once when the process starts. Threads would share one interpreter lock (the
+GIL) with the server's event loop: LiteRT and the FFTs release it, but the Python around them (windowing,
+the predictor's loop, the web framework) does not, and on 2 cores that held 8 clients to about 1.5× one
+client's throughput. A ``.keras`` model runs in worker **threads** sharing one Keras model (TensorFlow
+releases the GIL in its ops and spreads each call over the cores itself; a process each would load
+TensorFlow each time).
+
+Every request runs :func:`spectro.inference.classify.classify_files`, the function behind
+``spectro classify``, so the server answers exactly what the command prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import queue
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spectro.errors import SpectroError
+from spectro.runs import (
+    CONFIG_NAME,
+    METRICS_NAME,
+    MODEL_NAME,
+    TFLITE_NAMES,
+    feature_settings,
+    load_config,
+    resolve_run,
+)
+from spectro.runs import threshold as stored_threshold
+from spectro.serving.uploads import RequestError, Upload
+from spectro.serving.workers import WorkerDied, WorkerProcesses
+
+# what `spectro serve RUN` serves from a run folder, in this order: a .tflite first (no TensorFlow import)
+SERVE_SEARCH_ORDER = (TFLITE_NAMES["int8"], TFLITE_NAMES["none"], TFLITE_NAMES["dynamic"], MODEL_NAME)
+
+
+def default_workers() -> int:
+    """One worker per core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def serve_model_path(model: str | Path | None = None) -> Path:
+    """The model file to serve: ``model`` itself when it is a ``.keras`` or ``.tflite`` file, else the first
+    of :data:`SERVE_SEARCH_ORDER` in the run folder ``model`` (``models/latest`` when ``None``).
+
+    Raises
+    ------
+    SpectroError
+        No such file, not a run folder, or a run folder with no model.
+    """
+    path = Path(model) if model is not None else None
+    if path is not None and path.suffix in (".keras", ".tflite"):
+        if not path.is_file():
+            raise SpectroError(f"{path}: no such model file")
+        return path.resolve()
+    run = resolve_run(path)
+    for name in SERVE_SEARCH_ORDER:
+        if (run / name).is_file():
+            return run / name
+    raise SpectroError(f"{run}: no model in the run folder (looked for {', '.join(SERVE_SEARCH_ORDER)}); train one "
+                       "with 'spectro train' or export one with 'spectro export'")
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+# -- the work, done in a worker process (.tflite) or a worker thread (.keras) ------------------------------
+
+_WORKER: dict[str, Any] = {}  # in a worker process: its predictor
+
+
+def _start_worker(path: str) -> None:
+    """A worker process's initializer: load the model (once), warm it up, compute the mel filterbank."""
+    from threadpoolctl import threadpool_limits
+
+    from spectro.features.logmel import settings_filters
+    from spectro.inference.predictors import load_predictor
+
+    threadpool_limits(limits=1, user_api="blas")  # one core per worker: the processes are the parallelism
+    predictor = load_predictor(path)
+    predictor.predict(np.zeros((1, *predictor.input_shape), dtype=np.uint8))
+    settings_filters(feature_settings(predictor.config))  # imports librosa once, here rather than in a request
+    _WORKER["predictor"] = predictor
+
+
+def _classify(paths: list[str], threshold: float, predictor=None) -> list[dict[str, Any]]:
+    """``classify_files`` on server-written files with this worker's predictor (or ``predictor``)."""
+    from spectro.inference.classify import classify_files
+
+    return classify_files([Path(p) for p in paths], predictor or _WORKER["predictor"], threshold=threshold)
+
+
+def _spectrogram(path: str, settings: dict[str, Any], bands: int) -> str:
+    """A PNG of a recording rendered whole with ``settings`` (no segmenting), as ``spectro images`` renders
+    it, written beside it; a spectro PNG checked against ``settings``. The PNG's path (the file, not its
+    bytes, goes back through the worker's pipe)."""
+    from spectro.features.png import write_png
+    from spectro.features.reader import read_image
+    from spectro.features.render import render_recording
+    from spectro.features.settings import FeatureSettings
+
+    source, features = Path(path), FeatureSettings.from_dict(settings)
+    if source.suffix == ".png":
+        read_image(source, settings=features, bands=bands)
+        return str(source)
+    whole = dataclasses.replace(features, segment_seconds=None, segment_hop_seconds=None)
+    [(_, pixels)] = render_recording(source, whole)
+    out = source.with_name(source.stem + ".spectrogram.png")
+    write_png(out, pixels, settings=features)
+    return str(out)
+
+
+class ModelService:
+    """One model, loaded once, and the pool of workers that run it.
+
+    Parameters
+    ----------
+    model : path, optional
+        A run folder (see :func:`serve_model_path`), a ``.keras`` or a ``.tflite`` file.
+    workers : int, optional
+        Worker processes (``.tflite``) or threads (``.keras``); default: one per core.
+    processes : bool, optional
+        Run a ``.tflite`` model in worker processes (default) or, with ``False``, in worker threads of this
+        process, one interpreter each (for comparison). A ``.keras`` model always runs in threads.
+    """
+
+    def __init__(self, model: str | Path | None = None, *, workers: int | None = None,
+                 processes: bool | None = None):
+        from spectro.inference.predictors import LiteRTPredictor, load_predictor
+
+        started = time.perf_counter()
+        self.path = serve_model_path(model)
+        self.workers = int(workers) if workers else default_workers()
+        if self.workers < 1:
+            raise SpectroError(f"--workers must be >= 1, got {workers}")
+        predictor = load_predictor(self.path)  # checks the model here, before any worker starts
+        self.predictor = predictor
+        self.run, self.config, self.labels = predictor.run, predictor.config, predictor.labels
+        self.settings = feature_settings(predictor.config)
+        self.threshold = stored_threshold(predictor.config)
+        self.lite = isinstance(predictor, LiteRTPredictor)
+        self.processes = self.lite and processes is not False
+        self._free: queue.SimpleQueue = queue.SimpleQueue()  # worker threads' predictors
+        if self.processes:  # started now: each loads the model while the server starts answering
+            self.pool: WorkerProcesses | ThreadPoolExecutor = WorkerProcesses(self.workers, _start_worker,
+                                                                              (str(self.path),))
+        else:
+            others = [load_predictor(self.path) if self.lite else predictor for _ in range(self.workers - 1)]
+            for p in [predictor, *others]:
+                self._free.put(p)
+            predictor.predict(np.zeros((1, *predictor.input_shape), dtype=np.uint8))  # Keras traces its graph
+            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="spectro-serve")
+            from spectro.features.logmel import settings_filters
+
+            self.pool.submit(settings_filters, self.settings)  # librosa's import, in the background
+        self.identity = {"run": self.run.name, "file": self.path.name, "format": self.path.suffix.lstrip("."),
+                         "sha256": _file_digest(self.path)}
+        self.load_seconds = time.perf_counter() - started
+
+    # -- describing the model -------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /api/model`` answers and the page's model panel shows."""
+        labels = self.labels
+        config, run = self.config, self.run
+        origin = Path(str(config.get("exported_from", "")))
+        if "created" not in config and config.get("exported_from") and (origin / CONFIG_NAME).is_file():
+            # a device folder written by `spectro export --out`: the run it came from, when it is still there
+            config, run = load_config(origin), origin
+        metrics, source = None, None
+        if (run / METRICS_NAME).is_file():
+            try:
+                metrics, source = json.loads((run / METRICS_NAME).read_text()), METRICS_NAME
+            except json.JSONDecodeError:
+                metrics = None
+        if metrics is None and (config.get("metrics") or {}).get("test"):
+            metrics, source = config["metrics"]["test"], f"{CONFIG_NAME} (training, test split)"
+        if source is not None and run != self.run:
+            source = f"{source} of {run}"
+        overall = (metrics or {}).get("overall", {})
+        test_metrics = {k: v for k, v in overall.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if "at_threshold" in overall:
+            test_metrics.update({f"{k} at threshold": v for k, v in overall["at_threshold"].items()
+                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        threshold_block = self.config.get("threshold") or {"value": self.threshold, "method": "default (not evaluated)"}
+        model = dict(self.identity)
+        model["size_bytes"] = self.path.stat().st_size
+        if self.lite:
+            model["input_dtype"] = str(self.predictor.input_dtype)
+        rows, frames = (int(v) for v in self.predictor.input_shape)
+        return {
+            "model": model,
+            "task": labels.task,
+            "machines": sorted({c.split("/", 1)[0] for c in labels.classes}),
+            "classes": list(labels.classes),
+            "abnormal_classes": [c for c, m in zip(labels.classes, labels.abnormal_mask) if m],
+            "task_classes": list(labels.task_classes),
+            "features": self.settings.to_dict(),
+            "input_shape": [rows, frames],
+            "window_seconds": round((frames - 1) * self.settings.hop_length / self.settings.sr, 3),
+            "threshold": threshold_block,
+            "created": config.get("created"),
+            "backbone": self.config.get("model", {}),
+            "test_metrics": test_metrics,
+            "test_metrics_source": source,
+        }
+
+    # -- answering ------------------------------------------------------------------------------------
+    async def _run(self, function, *args):
+        """``function(*args)`` in a worker, awaited; a worker thread lends it a predictor of its own."""
+        if not self.processes:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, self._in_thread, function, args)
+        try:
+            return await self.pool.call(function, *args)
+        except WorkerDied as exc:
+            raise RequestError(str(exc), 503) from None
+
+    def _in_thread(self, function, args):
+        if function is not _classify:
+            return function(*args)
+        predictor = self._free.get()  # one LiteRT interpreter serves one thread at a time
+        try:
+            return function(*args, predictor)
+        finally:
+            self._free.put(predictor)
+
+    async def classify(self, uploads: list[Upload]) -> list[dict[str, Any]]:
+        """The ``spectro classify --json`` objects of the uploads, ``path`` being each client's file name."""
+        with _request_errors(uploads):
+            results = await self._run(_classify, [str(u.path) for u in uploads], self.threshold)
+        for result, upload in zip(results, uploads):
+            result["path"] = upload.name
+        return results
+
+    async def spectrogram(self, upload: Upload) -> bytes:
+        """The upload's spectrogram as a PNG with the model's feature settings (see :func:`_spectrogram`)."""
+        with _request_errors([upload]):
+            png = await self._run(_spectrogram, str(upload.path), self.settings.to_dict(),
+                                  int(self.predictor.input_shape[0]))
+            return Path(png).read_bytes()
+
+    def close(self) -> None:
+        if isinstance(self.pool, WorkerProcesses):
+            self.pool.close()
+        else:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _request_errors(uploads: list[Upload]) -> Iterator[None]:
+    """Turn a :class:`SpectroError` about uploaded files into a :class:`RequestError` that names the client's
+    files (never the server's paths); an ``OSError`` from decoding a damaged file too."""
+    try:
+        yield
+    except RequestError:
+        raise
+    except SpectroError as exc:
+        raise RequestError(_client_message(str(exc), uploads), 422) from None
+    except OSError as exc:  # e.g. Pillow's "image file is truncated" while decoding a PNG's pixels
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RequestError(_client_message(f"damaged file ({reason})", uploads), 422) from None
+
+
+def _client_message(message: str, uploads: list[Upload]) -> str:
+    for upload in uploads:
+        message = message.replace(str(upload.path), upload.name)
+    if uploads:
+        message = message.replace(str(uploads[0].path.parent), "<upload>")
+        if len(uploads) == 1 and not message.startswith(f"{uploads[0].name}: "):
+            message = f"{uploads[0].name}: {message}"
+    return " ".join(message.split())
