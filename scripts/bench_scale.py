@@ -112,7 +112,8 @@ _RSS_SCRIPT = textwrap.dedent("""
     from spectro.training.augment import AugmentSettings
     from spectro.training.loop import TrainSettings, train
     run = train(sys.argv[1], sys.argv[2], name="rss", progress=False,
-                settings=TrainSettings(epochs=1, qat_epochs=0, val_fraction=0.05, test_fraction=0.05),
+                settings=TrainSettings(epochs=1, qat_epochs=0, val_fraction=0.05, test_fraction=0.05,
+                                       check_learning=False),
                 model_settings=ModelSettings(weights="none", alpha=0.35, image_size=32))
     peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
     config = json.load(open(run / "config.json"))

@@ -78,6 +78,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--patience", type=int, default=d.patience,
                         help="epochs without validation-loss improvement before stopping")
     parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    parser.add_argument("--keep-failed", action="store_true",
+                        help="keep the run folder of a model that did not learn (no better than chance on the "
+                             "validation split); the command still fails")
+    parser.add_argument("--no-learning-check", action="store_true",
+                        help="skip the check against chance on the validation split (for plumbing tests, or a "
+                             "validation split known to be unrepresentative)")
     parser.add_argument("--devices", default=DistributeSettings.devices, metavar="N|all",
                         help="train on N devices with tf.distribute.MirroredStrategy (GPUs; without GPUs the CPU is "
                              "split into N logical devices); --batch-size is per device and the learning rates "
@@ -95,12 +101,13 @@ def main(args) -> int:
         fine_tune_learning_rate=args.fine_tune_learning_rate, lr_schedule=args.lr_schedule, patience=args.patience,
         seed=args.seed,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, test_ids=tuple(args.test_ids),
-        augment=AugmentSettings.off() if args.no_augment else AugmentSettings())
+        augment=AugmentSettings.off() if args.no_augment else AugmentSettings(),
+        check_learning=not args.no_learning_check)
     model_settings = ModelSettings(backbone=args.backbone, alpha=args.alpha, image_size=args.image_size,
                                    weights=args.weights, resize=args.resize)
     distribute = DistributeSettings(devices=args.devices, mixed_precision=args.mixed_precision)
     run = train(args.images, args.out, settings=settings, model_settings=model_settings, distribute=distribute,
-                name=args.name, progress=not args.no_progress)
+                name=args.name, progress=not args.no_progress, keep_failed=args.keep_failed)
     if run is None:
         print("this worker's part is done; the chief (worker 0) wrote the run")
         return 0

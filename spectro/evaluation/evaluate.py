@@ -42,6 +42,7 @@ from spectro.data.manifest import ImageRow, read_manifest
 from spectro.errors import SpectroError, SpectroWarning
 from spectro.evaluation import metrics
 from spectro.evaluation.baselines import MelStatsLogistic, mel_statistics_of_pixels
+from spectro.evaluation.learning import warning_for
 from spectro.evaluation.metrics import DEFAULT_MAX_FPR, GROUPINGS, PAUC_MAX_FPR
 from spectro.features.settings import FeatureSettings
 from spectro.runs import (
@@ -209,7 +210,12 @@ def evaluate_run(run: str | Path, *, images: str | Path | None = None, max_fpr: 
     thr = stored_threshold(config)
     threshold_block = config.get("threshold") or {"value": thr, "method": "default"}
 
+    learning_warning = warning_for(config)
+    if learning_warning:
+        warnings.warn(learning_warning + "; train it again as the message at its end advised to silence this",
+                      SpectroWarning, stacklevel=2)
     result: dict[str, Any] = {
+        "learning_warning": learning_warning,
         "run": str(run), "evaluated": what, "n_images": len(test_rows), "task": labels.task,
         "task_classes": list(labels.task_classes), "classes": list(labels.classes), "threshold": threshold_block,
         **metrics.model_metrics(test_rows, test_probs, labels, threshold=thr),

@@ -19,6 +19,7 @@ from spectro.data.layout import NORMAL_LABEL
 from spectro.errors import SpectroError
 from spectro.evaluation import plots
 from spectro.evaluation.evaluate import evaluate_run
+from spectro.evaluation.learning import warning_for
 from spectro.evaluation.metrics import GROUPINGS
 from spectro.features.audio import read_audio
 from spectro.features.png import read_pixels
@@ -290,7 +291,8 @@ def build_report(run: str | Path, *, evaluate: bool = True, out: str | Path | No
     title = f"spectro run {run.name}"
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
             f"<style>{CSS}</style></head><body><h1>{_e(title)}</h1>"
-            f"<p>{_e(str(run))} · task {_e(config.get('task', '?'))} · {toc}</p>{sections}</body></html>\n")
+            f"<p>{_e(str(run))} · task {_e(config.get('task', '?'))} · {toc}</p>"
+            + (_note(warning_for(config)) if warning_for(config) else "") + f"{sections}</body></html>\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_name(f".{out.name}.tmp")
     tmp_out.write_text(page, encoding="utf-8")

@@ -36,6 +36,7 @@ import numpy as np
 from spectro.data.manifest import ImageRow
 from spectro.errors import SpectroError, SpectroWarning
 from spectro.evaluation import metrics
+from spectro.evaluation.learning import warning_for
 from spectro.export.calibration import DEFAULT_CALIBRATION_IMAGES, model_input, representative_images
 from spectro.features.reader import read_images
 from spectro.inference.predictors import LiteRTPredictor
@@ -402,6 +403,9 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
         raise SpectroError(f"{run}: no {MODEL_NAME} to export (export needs the Keras model written by "
                            "'spectro train')")
     config = load_config(run)
+    if warning_for(config):
+        warnings.warn(warning_for(config) + "; its TFLite files answer no better. Train it again to silence this",
+                      SpectroWarning, stacklevel=2)
     labels = LabelSpace.load(run)
     input_shape = tuple(int(n) for n in config["input_shape"][:2])
     features = feature_settings(config)

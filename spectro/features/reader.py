@@ -39,6 +39,22 @@ def check_image_settings(path: Path, found: FeatureSettings, expected: FeatureSe
                            "render it again with the model's settings, or classify the recording itself")
 
 
+def _check_present(rows: Sequence[ImageRow]) -> None:
+    if not rows:
+        raise SpectroError("no images to read")
+    missing = [r.path for r in rows if not Path(r.path).is_file()]
+    if missing:
+        raise SpectroError(f"{len(missing)} of {len(rows)} images are missing, e.g. {missing[0]}; re-render them with "
+                           "'spectro images'")
+
+
+def _mixed(first: Path, first_settings: FeatureSettings, other: Path, settings: FeatureSettings) -> SpectroError:
+    """The error for images of one folder rendered with different settings."""
+    diff = "; ".join(settings_differences(settings, first_settings, names=(str(other), str(first)), segmenting=True))
+    return SpectroError(f"images rendered with different feature settings ({first}: {first_settings.hash()}, "
+                        f"{other}: {settings.hash()}; {diff}); re-render them all with one set of settings")
+
+
 def read_image(path: str | Path, *, settings: FeatureSettings, bands: int | None = None,
                min_frames: int | None = None) -> np.ndarray:
     """One spectro PNG's pixels ``(n_mels, frames)``, refused when rendered with other ``settings``
@@ -74,12 +90,7 @@ def read_images(rows: Sequence[ImageRow], *, settings: FeatureSettings | None = 
     """
     from tqdm import tqdm
 
-    if not rows:
-        raise SpectroError("no images to read")
-    missing = [r.path for r in rows if not Path(r.path).is_file()]
-    if missing:
-        raise SpectroError(f"{len(missing)} of {len(rows)} images are missing, e.g. {missing[0]}; re-render them with "
-                           "'spectro images'")
+    _check_present(rows)
     out = None
     first = None
     for i, row in enumerate(tqdm(rows, desc="reading images", unit="img", disable=not progress, leave=False)):
@@ -89,11 +100,7 @@ def read_images(rows: Sequence[ImageRow], *, settings: FeatureSettings | None = 
         elif first is None:
             first = (row, info.settings)
         elif info.settings != first[1]:
-            diff = "; ".join(settings_differences(info.settings, first[1], names=(str(row.path), str(first[0].path)),
-                                                  segmenting=True))
-            raise SpectroError(f"images rendered with different feature settings ({first[0].path}: {first[1].hash()}, "
-                               f"{row.path}: {info.settings.hash()}; {diff}); re-render them all with one set of "
-                               "settings")
+            raise _mixed(first[0].path, first[1], row.path, info.settings)
         if out is None:
             shape = tuple(shape) if shape is not None else pixels.shape
             out = np.empty((len(rows), *shape), dtype=np.uint8)
@@ -120,12 +127,7 @@ def survey_images(rows: Sequence[ImageRow], *, progress: bool = False) -> tuple[
 
     from spectro.features.png import read_info_and_shape
 
-    if not rows:
-        raise SpectroError("no images to read")
-    missing = [r.path for r in rows if not Path(r.path).is_file()]
-    if missing:
-        raise SpectroError(f"{len(missing)} of {len(rows)} images are missing, e.g. {missing[0]}; re-render them with "
-                           "'spectro images'")
+    _check_present(rows)
     first = None
     for row in tqdm(rows, desc="checking images", unit="img", disable=not progress, leave=False):
         info, shape = read_info_and_shape(row.path)
@@ -133,11 +135,7 @@ def survey_images(rows: Sequence[ImageRow], *, progress: bool = False) -> tuple[
             first = (row, info.settings, shape)
             continue
         if info.settings != first[1]:
-            diff = "; ".join(settings_differences(info.settings, first[1], names=(str(row.path), str(first[0].path)),
-                                                  segmenting=True))
-            raise SpectroError(f"images rendered with different feature settings ({first[0].path}: {first[1].hash()}, "
-                               f"{row.path}: {info.settings.hash()}; {diff}); re-render them all with one set of "
-                               "settings")
+            raise _mixed(first[0].path, first[1], row.path, info.settings)
         if shape != first[2]:
             raise SpectroError(f"{row.path}: image is {shape[0]}x{shape[1]} pixels (bands x frames), expected "
                                f"{first[2][0]}x{first[2][1]} like the others (re-render with fixed-length segments)")

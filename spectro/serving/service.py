@@ -3,8 +3,8 @@
 A ``.tflite`` model runs in worker **processes** (:mod:`spectro.serving.workers`), one single-threaded
 LiteRT interpreter each, loaded once when the process starts. Threads would share one interpreter lock (the
 GIL) with the server's event loop: LiteRT and the FFTs release it, but the Python around them (windowing,
-the predictor's loop, the web framework) does not, and on 2 cores that held 8 clients to about 1.5× one
-client's throughput. A ``.keras`` model runs in worker **threads** sharing one Keras model (TensorFlow
+the predictor's loop, the web framework) does not, so threads leave a core idle under concurrent load
+(``make bench`` measures both). A ``.keras`` model runs in worker **threads** sharing one Keras model (TensorFlow
 releases the GIL in its ops and spreads each call over the cores itself; a process each would load
 TensorFlow each time).
 

@@ -2,7 +2,7 @@
 
 The server's event loop watches each worker's end of the pipe itself (``loop.add_reader``), so a call costs
 two process wake-ups and no helper thread. (``concurrent.futures.ProcessPoolExecutor`` routes every call
-through two helper threads of the server; measured here, that added about 1.7 ms to each request.)
+through two helper threads of the server, which costs each request more than the call itself.)
 
 A call sends ``(function, args)``, pickled (``function`` by reference: a module-level function), and gets
 back ``("ok", value)`` or ``("error", exception)``; the exception is raised in the server. A worker that

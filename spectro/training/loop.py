@@ -17,6 +17,7 @@ import dataclasses
 import datetime as dt
 import math
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -28,6 +29,7 @@ import numpy as np
 from spectro.data.manifest import MANIFEST_NAME, ImageRow, read_manifest
 from spectro.errors import SpectroError, SpectroWarning
 from spectro.evaluation import plots
+from spectro.evaluation.learning import check_learning
 from spectro.evaluation.metrics import model_metrics
 from spectro.features.reader import survey_images
 from spectro.features.settings import FeatureSettings
@@ -79,6 +81,9 @@ class TrainSettings:
     lr_schedule : str
         ``cosine``: each phase's learning rate decays along a half cosine to 2% of its start (from
         scratch, warm-up and full training share one); ``constant``: it stays put.
+    check_learning : bool
+        After training, check the model against chance on the validation split
+        (:func:`spectro.evaluation.learning.check_learning`) and refuse a model that learned nothing.
     qat_epochs : int
         Last phase: quantisation-aware fine-tuning (:mod:`spectro.training.qat`) of the best model so far, so that
         its int8 TFLite file answers as it does. It trains the model's int8 twin at
@@ -104,6 +109,7 @@ class TrainSettings:
     lr_schedule: str = "constant"
     # the default length of the quantisation-aware phase is chosen in docs/quantization.md
     qat_epochs: int = 16
+    check_learning: bool = True
 
     def __post_init__(self) -> None:
         problems = []
@@ -284,7 +290,8 @@ def _examples(rows: list[ImageRow], labels: LabelSpace) -> Examples:
 
 def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, settings: TrainSettings = TrainSettings(),
           model_settings: ModelSettings = ModelSettings(), distribute: DistributeSettings = DistributeSettings(),
-          name: str | None = None, progress: bool = True, splits: list[str] | None = None) -> Path | None:
+          name: str | None = None, progress: bool = True, splits: list[str] | None = None,
+          keep_failed: bool = False) -> Path | None:
     """Train a model on the images in ``images`` and write a run folder below ``out``.
 
     Parameters
@@ -292,6 +299,8 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
     splits : list of str, optional
         A given split (``train``/``val``/``test`` per manifest row, e.g. for cross-validation) instead
         of :func:`spectro.training.splits.split_rows`.
+    keep_failed : bool
+        Keep the run folder of a model that did not learn (for inspection; it is never linked as latest).
     distribute : DistributeSettings
         Devices and precision (:mod:`spectro.training.distribute`). With ``TF_CONFIG`` set, every worker
         of the cluster runs this function; the chief writes the run folder, the others a temporary one.
@@ -306,7 +315,8 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
     ------
     SpectroError
         Bad images (see :func:`spectro.features.reader.survey_images`), fewer than two classes, a bad
-        weights file, devices that cannot be had.
+        weights file, devices that cannot be had; a model that did not learn (``settings.check_learning``):
+        the message says so with the figures and what to try, and the run is removed unless ``keep_failed``.
     """
     import keras
 
@@ -439,13 +449,18 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
     clean = _save_clean(model, run / MODEL_NAME)
     plots.training_curves(run / TRAINING_PLOT_NAME, read_history(run), phase_starts=phase_starts[1:])
 
-    metrics = {}
+    metrics, probs = {}, {}
     for split in ("val", "test"):
         if len(examples[split]):
             # the saved model, on this process alone: predictions in the rows' order whatever the strategy
             data = evaluation_dataset(examples[split], shape=input_shape, batch_size=global_batch)
-            probs = clean.predict(data.map(lambda x, y, w: x), verbose=0)
-            metrics[split] = model_metrics(by_split[split], probs, labels, threshold=DEFAULT_THRESHOLD)
+            probs[split] = clean.predict(data.map(lambda x, y, w: x), verbose=0)
+            metrics[split] = model_metrics(by_split[split], probs[split], labels, threshold=DEFAULT_THRESHOLD)
+    learning = None
+    checked = next((split for split in ("val", "test") if split in probs), None)
+    if settings.check_learning and checked is not None:
+        learning = check_learning(by_split[checked], probs[checked], labels, split=checked)
+        config["training"]["learning"] = learning.to_dict()
     config["training"].update({"phases": [p.name for p in plan], "epochs_run": epochs_run,
                                "steps_per_epoch": steps, "best_" + monitor: best,
                                "epoch_seconds": [round(t, 2) for t in timer.seconds],
@@ -457,6 +472,11 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
     if not placement.chief:
         scratch_dir.cleanup()
         return None
+    if learning is not None and not learning.learned:
+        if not keep_failed:
+            shutil.rmtree(run, ignore_errors=True)
+            raise SpectroError(f"{learning.message()}. The run was removed (--keep-failed keeps it for inspection)")
+        raise SpectroError(f"{learning.message()}. The run is kept in {run} for inspection, not linked as latest")
     point_latest(out, run)
     return run
 

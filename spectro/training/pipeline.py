@@ -175,6 +175,9 @@ def _finish(data):
 
     options = tf.data.Options()
     options.deterministic = True
+    # one thread per pipeline op: the parallel map already runs several, and ops that also spread over
+    # every core fight the training step for them (make bench measures the pipeline against arrays)
+    options.threading.max_intra_op_parallelism = 1
     return data.with_options(options).prefetch(2)
 
 

@@ -88,3 +88,12 @@ def test_read_png_refuses_colour_images(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "rgb.png", pnginfo=meta)
     with pytest.raises(SpectroError, match="expected an 8-bit grayscale PNG, found mode RGB"):
         read_png(tmp_path / "rgb.png")
+
+
+def test_a_truncated_png_is_a_one_line_error(tmp_path):
+    pixels = np.random.default_rng(3).integers(0, 256, size=(64, 300), dtype=np.uint8)
+    write_png(tmp_path / "a.png", pixels, settings=FeatureSettings())
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[:len(data) // 2])
+    with pytest.raises(SpectroError, match="cut.png: damaged image"):
+        read_png(tmp_path / "cut.png")

@@ -285,7 +285,7 @@ def _bad_inputs(tiny_images) -> dict[str, tuple[bytes, str, int, str]]:
         "not a spectro png": (plain_png.getvalue(), "photo.png", 422, "not a spectro spectrogram"),
         "empty": (b"", "clip.wav", 422, "empty file"),
         "truncated wav": (wav[: len(wav) // 2], "clip.wav", 422, "truncated recording"),
-        "truncated png": (png[: len(png) // 2], "image.png", 422, "damaged file"),
+        "truncated png": (png[: len(png) // 2], "image.png", 422, "damaged image"),
         "shorter than one fft window": (_wav_bytes(tone_signal("normal", 0.01)), "click.wav", 422, "too short"),
     }
 

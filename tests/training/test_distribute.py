@@ -15,7 +15,7 @@ from spectro.errors import SpectroError
 from spectro.training.distribute import DistributeSettings, cluster, place
 
 TINY = ["--weights", "none", "--alpha", "0.35", "--image-size", "32", "--epochs", "2", "--qat-epochs", "0",
-        "--batch-size", "8", "--no-progress"]
+        "--batch-size", "8", "--no-progress", "--no-learning-check"]
 
 
 @pytest.mark.parametrize("devices", ["0", "-1", "two", "1.5"])

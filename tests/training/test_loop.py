@@ -35,7 +35,7 @@ from spectro.runs import (
 )
 from spectro.training.loop import TrainSettings, cosine_rate
 
-TINY = ["--alpha", "0.35", "--image-size", "32", "--weights", "none", "--no-progress"]
+TINY = ["--alpha", "0.35", "--image-size", "32", "--weights", "none", "--no-progress", "--no-learning-check"]
 
 
 def test_cosine_rate_falls_from_the_rate_to_its_floor_along_a_half_cosine():
@@ -253,7 +253,7 @@ def early(tiny_images, tmp_path_factory):
     with contextlib.redirect_stdout(log):
         run = train(tiny_images, tmp_path_factory.mktemp("early"), name="early", progress=False,
                     settings=TrainSettings(epochs=6, qat_epochs=0, patience=PATIENCE, batch_size=8, seed=2,
-                                           learning_rate=3e-3),
+                                           learning_rate=3e-3, check_learning=False),
                     model_settings=ModelSettings(alpha=0.35, image_size=32, weights="none"))
     return run, log.getvalue()
 
@@ -313,8 +313,8 @@ def test_pretrained_run_trains_the_head_then_fine_tunes_the_whole_base(tiny_imag
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
         assert cli_main(["train", str(tiny_images), "--out", str(tmp_path / "models"), *TINY[:4], "--weights",
-                         str(weights), "--no-progress", "--epochs", "1", "--fine-tune-epochs", "1",
-                         "--batch-size", "8", "--name", "pre", "--qat-epochs", "0"]) == 0
+                         str(weights), "--no-progress", "--no-learning-check", "--epochs", "1",
+                         "--fine-tune-epochs", "1", "--batch-size", "8", "--name", "pre", "--qat-epochs", "0"]) == 0
     config = json.loads((tmp_path / "models" / "pre" / "config.json").read_text())
     assert config["model"]["weights_used"] == str(weights)
     assert config["training"]["phases"] == ["head", "fine_tune"] and config["training"]["fine_tune_layers"] == 0

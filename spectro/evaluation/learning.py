@@ -1,0 +1,127 @@
+"""Did the model learn anything? The check ``spectro train`` runs on the validation split before it hands a
+model back.
+
+A model that gives every clip nearly the same anomaly score, or ranks abnormal clips no higher than
+normal ones, has learned nothing a user can rely on, whatever its training loss did. Small data makes this
+common (tens of clips, a few optimizer steps), so it is checked, said in plain words and recorded in the
+run's ``config.json`` (``training.learning``); ``evaluate``, ``report`` and ``export`` repeat the warning.
+
+The test against chance is the one-sided Mann–Whitney U test of "abnormal scores above normal ones" (the
+AUC's own test), at :data:`MAX_P_VALUE`; a split too small to ever reach that level is judged by its AUC
+alone. Without both normal and abnormal images the task's balanced accuracy is compared with chance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from math import comb
+from typing import Any
+
+import numpy as np
+
+MIN_SPREAD = 0.01  # anomaly scores must span at least this over the checked images
+MAX_P_VALUE = 0.1  # one-sided Mann–Whitney U p-value of the AUC
+
+ADVICE = ("what to try: more recordings per class, more epochs (--epochs), pretrained weights (--weights imagenet "
+          "or --weights PATH), shorter images cut from the same recordings (spectro images --segment-seconds 1), "
+          "and a look at the labels; 'spectro evaluate' shows whether the mel-statistics baseline does better")
+
+
+@dataclass(frozen=True)
+class LearningCheck:
+    """The verdict and the figures it rests on."""
+
+    learned: bool
+    split: str
+    n_images: int
+    n_normal: int
+    n_abnormal: int
+    score_min: float
+    score_max: float
+    auc: float | None
+    p_value: float | None
+    balanced_accuracy: float | None
+    chance: float
+    problems: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["problems"] = list(self.problems)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LearningCheck:
+        return cls(**{**data, "problems": tuple(data.get("problems", ()))})
+
+    def message(self) -> str:
+        """One line in plain words: what is wrong, the figures, what to try."""
+        return (f"the model did not learn: on the {self.n_images} {self.split} images ({self.n_normal} normal, "
+                f"{self.n_abnormal} abnormal) {'; '.join(self.problems)}. {ADVICE}")
+
+
+def _best_p_value(n_abnormal: int, n_normal: int) -> float:
+    """The smallest one-sided Mann–Whitney p-value a split of this size can give (every abnormal above every
+    normal image): ``1 / C(n, n_abnormal)``."""
+    return 1.0 / comb(n_abnormal + n_normal, n_abnormal)
+
+
+def check_learning(rows: Sequence, probs: np.ndarray, labels, *, split: str) -> LearningCheck:
+    """Judge a model by its fine-class probabilities ``probs`` on ``rows`` (ImageRow) of ``split``.
+
+    Parameters
+    ----------
+    rows : sequence of spectro.data.manifest.ImageRow
+    probs : numpy.ndarray
+        ``(n, n_fine)`` probabilities.
+    labels : spectro.model.labels.LabelSpace
+    split : str
+        The split's name, for the message.
+    """
+    from scipy.stats import mannwhitneyu
+    from sklearn.metrics import balanced_accuracy_score
+
+    from spectro.evaluation.metrics import anomaly_auc
+
+    probs = np.asarray(probs, dtype=np.float64)
+    scores = labels.anomaly_score(probs)
+    y = np.array([r.is_abnormal for r in rows], dtype=bool)
+    n_abnormal, n_normal = int(y.sum()), int((~y).sum())
+    problems = []
+    low, high = (float(scores.min()), float(scores.max())) if len(scores) else (0.0, 0.0)
+    if high - low < MIN_SPREAD:
+        problems.append(f"its anomaly scores hardly vary (from {low:.3f} to {high:.3f}, less than {MIN_SPREAD})")
+    auc = p_value = None
+    if n_abnormal and n_normal:
+        auc = anomaly_auc(y, scores)
+        p_value = float(mannwhitneyu(scores[y], scores[~y], alternative="greater").pvalue)
+        if auc <= 0.5:
+            problems.append(f"it ranks abnormal images no higher than normal ones (anomaly AUC {auc:.3f}; chance "
+                            "is 0.5)")
+        elif p_value > MAX_P_VALUE and _best_p_value(n_abnormal, n_normal) <= MAX_P_VALUE:
+            problems.append(f"its anomaly AUC {auc:.3f} is within chance for this many images (one-sided "
+                            f"Mann-Whitney p = {p_value:.2f} > {MAX_P_VALUE})")
+    true = [labels.group_of(r.fine_class) for r in rows]
+    present = sorted(set(true))
+    chance = 1.0 / max(1, len(present))
+    balanced = float(balanced_accuracy_score(true, labels.predicted(probs))) if len(present) > 1 else None
+    if not (n_abnormal and n_normal) and balanced is not None and balanced <= chance:
+        problems.append(f"its balanced accuracy {balanced:.3f} is no better than chance ({chance:.3f})")
+    return LearningCheck(learned=not problems, split=split, n_images=len(rows), n_normal=n_normal,
+                         n_abnormal=n_abnormal, score_min=low, score_max=high, auc=auc, p_value=p_value,
+                         balanced_accuracy=balanced, chance=chance, problems=tuple(problems))
+
+
+def stored_check(config: dict) -> LearningCheck | None:
+    """The check a run's ``config.json`` records (``None`` for runs trained before it existed)."""
+    data = config.get("training", {}).get("learning")
+    return LearningCheck.from_dict(data) if data else None
+
+
+def warning_for(config: dict) -> str | None:
+    """The one-line warning ``evaluate``, ``report`` and ``export`` show for a run that did not learn."""
+    check = stored_check(config)
+    if check is None or check.learned:
+        return None
+    return ("this run's model did not learn (it was kept with --keep-failed): " + "; ".join(check.problems)
+            + f" on its {check.split} split")
