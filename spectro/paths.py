@@ -17,3 +17,11 @@ RAW_DIR = DATA_DIR / "raw"
 SYNTH_DIR = RAW_DIR / "synthetic"
 IMAGES_DIR = DATA_DIR / "images"
 MODELS_DIR = HOME / "models"
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)

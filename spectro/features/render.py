@@ -47,6 +47,7 @@ from spectro.features.audio import read_audio, segment_bounds
 from spectro.features.logmel import db_to_pixels, log_mel, preload_filters, settings_filters
 from spectro.features.png import read_info, write_png
 from spectro.features.settings import FeatureSettings
+from spectro.paths import usable_cores
 
 HIGH_CLIP_WARN = 0.01  # warn when more than 1 % of pixels saturate at db_max
 
@@ -246,12 +247,7 @@ class ConvertSummary:
 def _jobs(jobs: int) -> int:
     if jobs < 0:
         raise SpectroError(f"--jobs must be >= 0 (0 = all cores), got {jobs}")
-    if jobs == 0:
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # pragma: no cover - not Linux
-            return max(1, os.cpu_count() or 1)
-    return jobs
+    return usable_cores() if jobs == 0 else jobs
 
 
 def _remove_stale_temp_files(out: Path) -> None:

@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import queue
 import time
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from spectro.errors import SpectroError
+from spectro.paths import usable_cores
 from spectro.runs import (
     CONFIG_NAME,
     METRICS_NAME,
@@ -49,10 +49,7 @@ SERVE_SEARCH_ORDER = (TFLITE_NAMES["int8"], TFLITE_NAMES["none"], TFLITE_NAMES["
 
 def default_workers() -> int:
     """One worker per core this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    return usable_cores()
 
 
 def serve_model_path(model: str | Path | None = None) -> Path:
