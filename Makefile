@@ -1,4 +1,4 @@
-# spectro — every target wires one `spectro <command>`; override any variable: make train EPOCHS=5 TASK=anomaly
+# spectro — every target wires one `spectro <command>`; override any variable: make train STEPS=300 TASK=anomaly
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
@@ -17,7 +17,7 @@ SEED       ?= 0
 TASK       ?= failure
 BACKBONE   ?= mobilenet_v2
 WEIGHTS    ?= imagenet
-EPOCHS     ?= 40
+STEPS      ?= 1500
 IMAGE_SIZE ?= 96
 QUANTIZE   ?= int8
 MACHINES   ?= fan pump slider valve
@@ -35,7 +35,7 @@ help: ## list the targets and the variables they take
 	@echo "spectro — make <target> [VAR=value ...]"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 	@echo "variables: DATA=$(DATA) IMAGES=$(IMAGES) MODELS=$(MODELS) RUN=$(RUN) JOBS=$(JOBS) (0 = all cores)"
-	@echo "           TASK=$(TASK) BACKBONE=$(BACKBONE) WEIGHTS=$(WEIGHTS) EPOCHS=$(EPOCHS) IMAGE_SIZE=$(IMAGE_SIZE) SEED=$(SEED)"
+	@echo "           TASK=$(TASK) BACKBONE=$(BACKBONE) WEIGHTS=$(WEIGHTS) STEPS=$(STEPS) IMAGE_SIZE=$(IMAGE_SIZE) SEED=$(SEED)"
 	@echo "           QUANTIZE=$(QUANTIZE) FILE=... MACHINES=\"$(MACHINES)\" SNRS=\"$(SNRS)\" HOST=$(HOST) PORT=$(PORT)"
 
 $(STAMP): requirements.txt pyproject.toml
@@ -59,9 +59,9 @@ images: $(STAMP) ## render $(DATA) to spectrogram PNGs in $(IMAGES) (synthetic d
 $(IMAGES)/manifest.csv: | $(STAMP)
 	$(SPECTRO) images $(DATA) --out $(IMAGES) --jobs $(JOBS) --synth-if-empty $(IMAGES_ARGS)
 
-train: $(IMAGES)/manifest.csv ## train a model on $(IMAGES) into $(MODELS)/<run>: make train EPOCHS=5 TASK=anomaly
+train: $(IMAGES)/manifest.csv ## train a model on $(IMAGES) into $(MODELS)/<run>: make train STEPS=300 TASK=anomaly
 	$(SPECTRO) train $(IMAGES) --out $(MODELS) --task $(TASK) --backbone $(BACKBONE) --weights $(WEIGHTS) \
-		--epochs $(EPOCHS) --image-size $(IMAGE_SIZE) --seed $(SEED) $(TRAIN_ARGS)
+		--steps $(STEPS) --image-size $(IMAGE_SIZE) --seed $(SEED) $(TRAIN_ARGS)
 
 evaluate: $(STAMP) ## metrics, plots, threshold and predictions.csv for $(RUN)
 	$(SPECTRO) evaluate $(RUN)

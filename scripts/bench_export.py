@@ -54,7 +54,8 @@ def _own_run(ctx) -> Path:
     generate(data, seed=0, progress=False, force=True, **sizes)
     render_folder(data, images, FeatureSettings(), jobs=0, progress=False)
     shutil.rmtree(ctx.work / "export_models" / "export-bench", ignore_errors=True)  # a rerun trains afresh
-    settings = TrainSettings(epochs=3, qat_epochs=1, seed=0) if ctx.quick else TrainSettings(epochs=12, seed=0)
+    settings = (TrainSettings(steps=20, eval_every=10, qat_steps=10, seed=0) if ctx.quick
+                else TrainSettings(steps=400, seed=0))
     return train(images, ctx.work / "export_models", settings=settings, model_settings=ModelSettings(weights="none"),
                  progress=False, name="export-bench")
 
@@ -197,8 +198,8 @@ def run(ctx) -> str:
         lines.append(f"No run from the train section (e.g. `--only export`): trained one here on the synthetic "
                      f"dataset{' (quick sizes)' if ctx.quick else ''}, the default MobileNetV2 "
                      f"(α {ModelSettings().alpha}, "
-                     f"{ModelSettings().image_size} px), weights none, {training['epochs']} epochs and "
-                     f"{training['qat_epochs']} of quantisation-aware fine-tuning.")
+                     f"{ModelSettings().image_size} px), weights none, {training['steps']} steps and "
+                     f"{training['qat_steps']} of quantisation-aware fine-tuning.")
     model_info = config.get("model", {})
     out = ctx.work / "export" / run_dir.name
     shutil.rmtree(out, ignore_errors=True)
@@ -213,8 +214,11 @@ def run(ctx) -> str:
 
     split, rows = verification_rows(run_dir)
     features = feature_settings(config)
-    shape = tuple(config["input_shape"][:2])
-    x = model_input(read_images(rows, settings=features, shape=shape)[0])
+    from spectro.model.windows import cut
+    from spectro.runs import image_shape, input_shape
+
+    window = input_shape(config)[1]  # the model's inputs: windows of the clips
+    x = model_input(cut(read_images(rows, settings=features, shape=image_shape(config))[0], window)[0])
     sample = ctx.work / "export_bench_images.npy"
     np.save(sample, x[:32])
     keras_ms = _keras_times(run_dir / "model.keras", sample, runs)
@@ -223,8 +227,9 @@ def run(ctx) -> str:
     v = {m: r.verification for m, r in results.items()}
     lines += [
         f"Run `{run_dir.name}`: {model_info.get('backbone', '?')} α {model_info.get('alpha', '?')}, "
-        f"{model_info.get('image_size', '?')} px backbone input, images {tuple(config['input_shape'])}, "
-        f"weights {model_info.get('weights_used', '?')}; verification on the {split} split ({len(x)} images, "
+        f"{model_info.get('image_size', '?')} px backbone input, windows {tuple(config['input_shape'])} of images "
+        f"{tuple(config.get('image_shape', config['input_shape']))}, weights {model_info.get('weights_used', '?')}; "
+        f"verification on the {split} split ({v['none'].n_images} windows of its clips, "
         f"{v['none'].auc_pairs} normal×abnormal pairs). All three conversions + verification: {export_seconds:.0f} s.",
         "",
         "Latency: median over repeated single-image calls on **one thread** — TFLite through "
@@ -284,7 +289,8 @@ def run(ctx) -> str:
     lines += ["", f"`spectro classify one.png --model …` start-up (subprocess wall time, median of {repeats}): "
               f"{lite} {lite_s:.2f} s, {heavy} {heavy_s:.2f} s — ratio {lite_s / heavy_s:.3f}."]
     lines += _bias_correction(ctx, run_dir, results["int8"])
-    x_train = model_input(read_images(read_splits(run_dir, "train")[:50], settings=features, shape=shape)[0])
+    x_train = model_input(cut(read_images(read_splits(run_dir, "train")[:50], settings=features,
+                                          shape=image_shape(config))[0], window)[0][:50])
     lines += _default_backbone(ctx, x_train, x, runs)
     if caught:
         lines += ["", "Warnings: " + "; ".join(str(w.message) for w in caught)]

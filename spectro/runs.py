@@ -2,12 +2,14 @@
 
 Contract (written by ``spectro train``, extended by ``evaluate``/``export``):
 
-``model.keras``   input: raw PNG pixels, float32 of shape ``(n_mels, frames, 1)`` valued 0…255;
-                  output: softmax over the fine classes of ``labels.json``
+``model.keras``   input: raw PNG pixels, float32 of shape ``(n_mels, window, 1)`` valued 0…255 (a window of
+                  a clip's image, :mod:`spectro.model.windows`); output: softmax over the fine classes
+                  of ``labels.json``
 ``checkpoint.keras``  the best epoch so far, written by ``ModelCheckpoint`` during training
 ``labels.json``   :class:`spectro.model.labels.LabelSpace`
-``config.json``   ``features`` (FeatureSettings dict), ``input_shape``, ``task``, ``model`` (backbone,
-                  alpha, image_size, weights requested/used), ``seed``, ``split``, ``training``,
+``config.json``   ``features`` (FeatureSettings dict), ``input_shape`` (the model's: ``[n_mels, window]``),
+                  ``image_shape`` (the training images': ``[n_mels, frames]``), ``task``, ``model`` (backbone,
+                  alpha, image_size, window_seconds, weights requested/used), ``seed``, ``split``, ``training``,
                   ``metrics``, and after ``evaluate`` a ``threshold`` block ``{"value", "method", ...}``
 ``splits.csv``    image (absolute PNG path), source, machine, machine_id, label, snr, segment,
                   split (train/val/test)
@@ -101,6 +103,17 @@ def feature_settings(config: dict[str, Any]) -> FeatureSettings:
         return FeatureSettings.from_dict(config["features"])
     except KeyError:
         raise SpectroError("run config has no 'features' block (expected one written by 'spectro train')") from None
+
+
+def input_shape(config: dict[str, Any]) -> tuple[int, int]:
+    """The model's input: ``(n_mels, window frames)``."""
+    return tuple(int(v) for v in config["input_shape"][:2])
+
+
+def image_shape(config: dict[str, Any]) -> tuple[int, int]:
+    """The shape of the images the model was trained on, the span it scores as one clip (runs from before
+    windows existed: the input shape)."""
+    return tuple(int(v) for v in config.get("image_shape", config["input_shape"])[:2])
 
 
 def threshold(config: dict[str, Any]) -> float:

@@ -144,6 +144,57 @@ def tiny_run(tiny_images, tmp_path_factory) -> Path:
     return run
 
 
+WINDOW = 32  # frames: 0.5 s of the tiny images (1 + 8000 // 256), which are 63 frames wide
+
+
+@pytest.fixture(scope="session")
+def tiny_window_run(tiny_images, tmp_path_factory) -> Path:
+    """A run folder whose model takes 0.5 s windows of the 1 s tiny images, trained by hand on every window
+    of the training images (not by spectro train); split as ``tiny_run``."""
+    import keras
+
+    from spectro.data.manifest import read_manifest
+    from spectro.features.png import read_info, read_pixels
+    from spectro.model.backbones import ModelSettings, build_model
+    from spectro.model.labels import LabelSpace
+    from spectro.model.windows import cut
+    from spectro.runs import MODEL_NAME, save_config, write_splits
+
+    keras.utils.set_random_seed(0)
+    run = tmp_path_factory.mktemp("runs") / "tiny_window"
+    run.mkdir()
+    rows = read_manifest(tiny_images)
+    labels = LabelSpace.from_pairs([(r.machine, r.label) for r in rows], task="failure")
+    images = np.stack([read_pixels(r.path) for r in rows])
+    y = np.array([labels.index(r.machine, r.label) for r in rows])
+    split = ["test" if i % 4 == 0 else "val" if i % 4 == 1 else "train" for i in range(len(rows))]
+    train = np.flatnonzero([s == "train" for s in split])
+    windows, owners = cut(images[train], WINDOW)
+    settings = ModelSettings(alpha=0.35, image_size=32, weights="none", window_seconds=0.5)
+    model, base, used = build_model((images.shape[1], WINDOW), len(labels.classes), settings)
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.8
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    x = windows[..., None].astype("float32")
+    model.fit(x, y[train][owners], epochs=10, batch_size=16, verbose=0)
+    for _ in range(30):
+        model(x, training=True)
+    model.save(run / MODEL_NAME)
+    labels.save(run)
+    features = read_info(rows[0].path).settings
+    save_config(run, {
+        "features": features.to_dict(), "input_shape": [images.shape[1], WINDOW],
+        "image_shape": list(images.shape[1:3]), "task": labels.task,
+        "model": {"backbone": settings.backbone, "alpha": settings.alpha, "image_size": settings.image_size,
+                  "window_seconds": 0.5, "window_frames": WINDOW, "weights_requested": settings.weights,
+                  "weights_used": used},
+        "seed": 0, "images": str(tiny_images),
+    })
+    write_splits(run, [r.with_split(s) for r, s in zip(rows, split)])
+    return run
+
+
 @pytest.fixture(scope="session")
 def tiny_exports(tiny_run, tmp_path_factory) -> dict:
     """A copy of ``tiny_run`` exported by ``spectro export`` in all three modes (verified).

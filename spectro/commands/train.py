@@ -18,7 +18,10 @@ HELP = ("Fine-tune a Keras image backbone (MobileNet by default) on the spectrog
         "source recording, stratified by machine and label. With pretrained weights the base is frozen while "
         "a new head trains, then its top layers are fine-tuned at a small learning rate; with random "
         "initialisation (--weights none, or ImageNet weights that cannot be had) the whole network trains "
-        "in one phase. A last, quantisation-aware phase (--qat-epochs) trains the model to answer the same "
+        "in one phase. The model takes a window of each clip (--window-seconds): training draws random windows, "
+        "and a clip is scored by the mean of its windows' probabilities. Training lasts a budget of optimizer "
+        "steps (--steps), validated every --eval-every steps, and stops early when validation stops improving. "
+        "A last, quantisation-aware phase (--qat-steps) trains the model to answer the same "
         "after the rounding of an int8 TFLite file. Whatever --task, the model gives an anomaly score (summed "
         "probability of the abnormal classes) and the most likely failure type.")
 
@@ -53,13 +56,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--weights", default=m.weights,
                         help="'imagenet' (random initialisation, with a warning, when unavailable), 'none', "
                              "or a path to a Keras weights file for the backbone")
-    parser.add_argument("--epochs", type=int, default=d.epochs,
-                        help="epochs of the head (pretrained) or of the whole network (random initialisation)")
-    parser.add_argument("--fine-tune-epochs", type=int, default=d.fine_tune_epochs,
-                        help="epochs with the top of a pretrained base unfrozen (0: skip)")
+    parser.add_argument("--window-seconds", type=float, default=m.window_seconds,
+                        help="seconds of a clip the model sees at once (0: whole images)")
+    parser.add_argument("--steps", type=int, default=d.steps,
+                        help="optimizer steps of the head (pretrained) or of the whole network (random initialisation)")
+    parser.add_argument("--eval-every", type=int, default=d.eval_every,
+                        help="optimizer steps between validations (one row of history.csv each)")
+    parser.add_argument("--fine-tune-steps", type=int, default=d.fine_tune_steps,
+                        help="optimizer steps with the top of a pretrained base unfrozen (0: skip)")
     parser.add_argument("--fine-tune-layers", type=int, default=d.fine_tune_layers,
                         help="number of top base layers to unfreeze when fine-tuning (0: the whole base)")
-    parser.add_argument("--qat-epochs", type=int, default=d.qat_epochs,
+    parser.add_argument("--qat-steps", type=int, default=d.qat_steps,
                         help="last phase: quantisation-aware fine-tuning, so the int8 TFLite file answers as the "
                              "model does (0: skip)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="images per training step")
@@ -76,7 +83,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--test-fraction", type=float, default=d.test_fraction,
                         help="share of clips for the test split (ignored with --test-ids)")
     parser.add_argument("--patience", type=int, default=d.patience,
-                        help="epochs without validation-loss improvement before stopping")
+                        help="validations without validation-loss improvement before a phase stops (never in "
+                             "its first third)")
     parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
     parser.add_argument("--keep-failed", action="store_true",
                         help="keep the run folder of a model that did not learn (no better than chance on the "
@@ -91,12 +99,13 @@ def add_arguments(parser) -> None:
                              "(MultiWorkerMirroredStrategy) and worker 0 writes the run")
     parser.add_argument("--mixed-precision", action="store_true",
                         help="train in mixed_float16 (GPUs only; the softmax head stays float32)")
-    parser.add_argument("--no-progress", action="store_true", help="one line per epoch instead of progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="one line per validation instead of progress bars")
 
 
 def main(args) -> int:
     settings = TrainSettings(
-        task=args.task, epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs, qat_epochs=args.qat_epochs,
+        task=args.task, steps=args.steps, eval_every=args.eval_every, fine_tune_steps=args.fine_tune_steps,
+        qat_steps=args.qat_steps,
         fine_tune_layers=args.fine_tune_layers, batch_size=args.batch_size, learning_rate=args.learning_rate,
         fine_tune_learning_rate=args.fine_tune_learning_rate, lr_schedule=args.lr_schedule, patience=args.patience,
         seed=args.seed,
@@ -104,7 +113,8 @@ def main(args) -> int:
         augment=AugmentSettings.off() if args.no_augment else AugmentSettings(),
         check_learning=not args.no_learning_check)
     model_settings = ModelSettings(backbone=args.backbone, alpha=args.alpha, image_size=args.image_size,
-                                   weights=args.weights, resize=args.resize)
+                                   weights=args.weights, resize=args.resize,
+                                   window_seconds=args.window_seconds or None)
     distribute = DistributeSettings(devices=args.devices, mixed_precision=args.mixed_precision)
     run = train(args.images, args.out, settings=settings, model_settings=model_settings, distribute=distribute,
                 name=args.name, progress=not args.no_progress, keep_failed=args.keep_failed)

@@ -196,10 +196,10 @@ def evaluate_run(run: str | Path, *, images: str | Path | None = None, max_fpr: 
     if isinstance(predictor, KerasPredictor):
         predictor.batch_size = batch_size
     settings = feature_settings(predictor.config)
-    shape = tuple(int(v) for v in predictor.input_shape)
+    shape = predictor.image_shape
     labels = predictor.labels
     pixels, _ = read_images(test_rows + val_rows, settings=settings, shape=shape, progress=progress)
-    probs = predictor.predict(pixels)
+    probs = predictor.predict_clips(pixels)  # each image scored as training scored it: pooled over its windows
     scores = labels.anomaly_score(probs)
     test_probs, test_scores = probs[:len(test_rows)], scores[:len(test_rows)]
 

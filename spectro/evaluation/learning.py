@@ -23,8 +23,8 @@ import numpy as np
 MIN_SPREAD = 0.01  # anomaly scores must span at least this over the checked images
 MAX_P_VALUE = 0.1  # one-sided Mann–Whitney U p-value of the AUC
 
-ADVICE = ("what to try: more recordings per class, more epochs (--epochs), pretrained weights (--weights imagenet "
-          "or --weights PATH), shorter images cut from the same recordings (spectro images --segment-seconds 1), "
+ADVICE = ("what to try: more recordings per class, more training steps (--steps), pretrained weights (--weights "
+          "imagenet or --weights PATH), another window length (--window-seconds), "
           "and a look at the labels; 'spectro evaluate' shows whether the mel-statistics baseline does better")
 
 

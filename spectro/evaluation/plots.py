@@ -143,9 +143,10 @@ def exploratory(path: str | Path, y: np.ndarray, sr: int, *, n_fft: int = 2048, 
 
 
 def training_curves(path: str | Path, history: dict[str, Sequence[float]], *, phase_starts: Sequence[int] = (),
-                    title: str = "Training") -> Path:
+                    title: str = "Training", steps_per_epoch: int | None = None) -> Path:
     """Loss and metric curves from a Keras history (``{"loss": [...], "val_loss": [...], ...}``), training and
-    validation in one panel per measure; dotted lines where a new training phase starts (0-based epochs)."""
+    validation in one panel per measure; dotted lines where a new training phase starts (0-based epochs). An
+    epoch is ``steps_per_epoch`` optimizer steps when given (the x axis says so)."""
     from matplotlib.ticker import MaxNLocator
 
     names = sorted({k.removeprefix("val_") for k in history if k not in ("epoch", "lr", "learning_rate", "phase")})
@@ -160,7 +161,7 @@ def training_curves(path: str | Path, history: dict[str, Sequence[float]], *, ph
         for start in phase_starts:
             ax.axvline(start + 0.5, color="gray", linewidth=0.8, linestyle=":")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(f"validation (every {steps_per_epoch} steps)" if steps_per_epoch else "epoch")
         ax.set_title(name.replace("_", " "))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")

@@ -11,23 +11,36 @@ from spectro.errors import SpectroError
 from spectro.features.reader import read_images
 from spectro.features.settings import FeatureSettings
 from spectro.runs import SPLITS_NAME, feature_settings, load_config, read_splits
+from spectro.runs import image_shape as stored_image_shape
 
 DEFAULT_CALIBRATION_IMAGES = 200
 
 
-def representative_images(run: Path, n: int, *, input_shape: tuple[int, int], image_size: int | None = None,
-                          seed: int = 0, features: FeatureSettings | None = None) -> np.ndarray:
-    """Up to ``n`` training images (a seeded random choice), the first carrying the 0/255 range anchors.
+def representative_images(run: Path, n: int, *, input_shape: tuple[int, int],
+                          image_shape: tuple[int, int] | None = None, image_size: int | None = None, seed: int = 0,
+                          features: FeatureSettings | None = None) -> np.ndarray:
+    """Up to ``n`` model inputs from the training images (a seeded random choice of images, then of their
+    windows when the model takes windows), the first carrying the 0/255 range anchors.
 
-    ``image_size`` is the backbone's input size (the anchors are sized to survive resizing to it);
-    ``features`` the run's feature settings (read from its config.json when not given).
+    ``input_shape`` is the model's input, ``image_shape`` the training images' (default: the run's
+    ``config.json``); ``image_size`` is the backbone's input size (the anchors are sized to survive resizing
+    to it); ``features`` the run's feature settings (read from its config.json when not given).
     """
+    from spectro.model.windows import cut
+
     rows = read_splits(run, "train")
     if not rows:
         raise SpectroError(f"{run / SPLITS_NAME}: no 'train' rows to calibrate int8 quantisation on")
-    order = np.random.default_rng(seed).permutation(len(rows))[:n]
-    features = features or feature_settings(load_config(run))
-    images = model_input(read_images([rows[i] for i in order], settings=features, shape=input_shape)[0])
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(rows))[:n]
+    config = load_config(run) if features is None or image_shape is None else None
+    features = features or feature_settings(config)
+    image_shape = image_shape or stored_image_shape(config)
+    pixels = read_images([rows[i] for i in order], settings=features, shape=image_shape)[0]
+    if tuple(image_shape) != tuple(input_shape):  # windows of the images: n of them, a seeded choice
+        windows, _ = cut(pixels, int(input_shape[1]))
+        pixels = windows[np.sort(rng.permutation(len(windows))[:n])]
+    images = model_input(pixels)
     _anchor_range(images[0], image_size=image_size)
     return images
 

@@ -41,6 +41,7 @@ from spectro.export.calibration import DEFAULT_CALIBRATION_IMAGES, model_input, 
 from spectro.features.reader import read_images
 from spectro.inference.predictors import LiteRTPredictor
 from spectro.model.labels import LabelSpace
+from spectro.model.windows import window_columns
 from spectro.runs import (
     DEFAULT_THRESHOLD,
     MODEL_NAME,
@@ -53,8 +54,11 @@ from spectro.runs import (
     save_config,
     update_config,
 )
+from spectro.runs import image_shape as stored_image_shape
+from spectro.runs import input_shape as stored_input_shape
 
 QUANTIZE_MODES = ("none", "dynamic", "int8")
+VERIFY_WINDOWS = 1024  # model inputs verified: windows spread evenly over the verification clips
 
 
 @dataclass(frozen=True)
@@ -363,7 +367,7 @@ def verify(path: Path, run: Path, *, mode: str, split: str, images: np.ndarray, 
 # -- the export ---------------------------------------------------------------------------------------
 def _device_config(config: dict, run: Path) -> dict:
     """The part of a run's config a device needs beside the model."""
-    keep = {k: config[k] for k in ("features", "input_shape", "task", "model", "seed") if k in config}
+    keep = {k: config[k] for k in ("features", "input_shape", "image_shape", "task", "model", "seed") if k in config}
     keep["threshold"] = config.get("threshold") or {"value": DEFAULT_THRESHOLD, "method": "default (run not evaluated)"}
     keep["exported_from"] = str(run)
     return keep
@@ -407,7 +411,7 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
         warnings.warn(warning_for(config) + "; its TFLite files answer no better. Train it again to silence this",
                       SpectroWarning, stacklevel=2)
     labels = LabelSpace.load(run)
-    input_shape = tuple(int(n) for n in config["input_shape"][:2])
+    input_shape, image_shape = stored_input_shape(config), stored_image_shape(config)
     features = feature_settings(config)
     dest = Path(out).resolve() if out is not None else run
     dest.mkdir(parents=True, exist_ok=True)
@@ -424,12 +428,15 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
     if "int8" in settings.quantize:
         image_size = int(config.get("model", {}).get("image_size", 0)) or None
         representative = representative_images(run, settings.representative, input_shape=input_shape,
-                                               image_size=image_size, seed=int(config.get("seed", 0) or 0),
-                                               features=features)
+                                               image_shape=image_shape, image_size=image_size,
+                                               seed=int(config.get("seed", 0) or 0), features=features)
     if settings.verify:
         split, rows = verification_rows(run)
-        images = model_input(read_images(rows, settings=features, shape=input_shape)[0])
-        abnormal = np.array([row.is_abnormal for row in rows])
+        # the model's inputs: windows of the clips, up to VERIFY_WINDOWS spread evenly over them
+        pixels = read_images(rows, settings=features, shape=image_shape)[0]
+        starts = window_columns(image_shape[1], input_shape[1], per_image=-(-VERIFY_WINDOWS // len(rows)))
+        images = model_input(np.concatenate([pixels[:, :, s:s + input_shape[1]] for s in starts]))
+        abnormal = np.tile(np.array([row.is_abnormal for row in rows]), len(starts))
         keras_probs = np.asarray(model.predict(images, batch_size=32, verbose=0), dtype=np.float32)
 
     results = []

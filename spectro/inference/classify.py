@@ -1,9 +1,11 @@
 """Verdicts for PNG spectrograms, recordings, or folders of either, from a trained model.
 
-A recording is rendered with exactly the feature settings stored in the model's ``config.json``. One
-longer than the model's input is scored window by window (:mod:`spectro.inference.windows`); its overall
-anomaly score is the **maximum** over windows, and its probabilities and failure type are those of that
-window. TensorFlow is never imported here: a ``.tflite`` model runs through LiteRT.
+A recording is rendered with exactly the feature settings stored in the model's ``config.json``. A clip
+is scored as training scored it: the mean of the probabilities of its windows (:mod:`spectro.model.windows`).
+One longer than the clips the model was trained on is scored span by span, each a clip's length
+(:mod:`spectro.inference.windows`; the ``windows`` of the ``--json`` output); its overall anomaly score is
+the **maximum** over spans, and its probabilities and failure type are those of that span. TensorFlow is
+never imported here: a ``.tflite`` model runs through LiteRT.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 
 from spectro.errors import SpectroError
 from spectro.inference.windows import expand_inputs, load_windows
+from spectro.model.windows import predict_pooled
 from spectro.runs import feature_settings
 from spectro.runs import threshold as stored_threshold
 
@@ -33,13 +36,14 @@ def classify_files(files: list[Path], predictor, *, threshold: float, top_k: int
         A file is ``ABNORMAL`` when its anomaly score is >= ``threshold``.
     """
     settings = feature_settings(predictor.config)
-    shape = tuple(int(v) for v in predictor.input_shape)
+    window = int(predictor.input_shape[1])
     labels = predictor.labels
     from tqdm import tqdm
 
-    all_windows = [load_windows(f, settings, shape, hop_seconds=hop_seconds)
+    all_windows = [load_windows(f, settings, predictor.image_shape, window=window, hop_seconds=hop_seconds)
                    for f in tqdm(files, desc="reading", unit="file", disable=not progress, leave=False)]
-    probs = predictor.predict(np.concatenate([w.pixels for w in all_windows]))
+    spans = [span for w in all_windows for span in w.pixels]  # widths may differ between files
+    probs = predict_pooled(predictor.predict, spans, window)
     scores = labels.anomaly_score(probs)
     failures = labels.failure_type(probs)
     predicted = labels.predicted(probs)

@@ -13,23 +13,25 @@ import numpy as np
 from spectro.errors import SpectroError
 from spectro.model.labels import LabelSpace
 from spectro.quiet import quiet_stderr
-from spectro.runs import MODEL_NAME, MODEL_SEARCH_ORDER, load_config, resolve_run
+from spectro.runs import MODEL_NAME, MODEL_SEARCH_ORDER, image_shape, input_shape, load_config, resolve_run
 
 
 class Predictor:
-    """Fine-class probabilities for a batch of raw pixels ``(n, n_mels, frames)`` or ``(n, n_mels, frames, 1)``."""
+    """Fine-class probabilities for a batch of raw pixels ``(n, n_mels, window)`` or ``(n, n_mels, window, 1)``
+    (model inputs: windows of clips; :meth:`predict_clips` scores whole clips)."""
 
     path: Path
     run: Path
     labels: LabelSpace
     config: dict
-    input_shape: tuple[int, int]
+    input_shape: tuple[int, int]  # the model's input: (n_mels, window frames)
+    image_shape: tuple[int, int]  # the training images': a clip, scored by pooling over its windows
 
     def _setup(self, path: Path, run: Path) -> None:
         self.path, self.run = path, run
         self.config = load_config(run)
         self.labels = LabelSpace.load(path.parent if (path.parent / "labels.json").is_file() else run)
-        self.input_shape = tuple(self.config["input_shape"][:2])
+        self.input_shape, self.image_shape = input_shape(self.config), image_shape(self.config)
 
     def _check(self, pixels: np.ndarray) -> np.ndarray:
         pixels = np.asarray(pixels)
@@ -41,6 +43,13 @@ class Predictor:
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def predict_clips(self, pixels: np.ndarray) -> np.ndarray:
+        """Probabilities of whole clips ``(n, n_mels, frames)``: the mean over each clip's windows
+        (:func:`spectro.model.windows.predict_pooled`)."""
+        from spectro.model.windows import predict_pooled
+
+        return predict_pooled(self.predict, pixels, self.input_shape[1])
 
 
 class KerasPredictor(Predictor):

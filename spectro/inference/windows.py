@@ -1,7 +1,9 @@
-"""Files to model-sized pixel windows: PNG spectrograms and recordings, long ones window by window.
+"""Files to clip-sized pixel spans: PNG spectrograms and recordings, long ones span by span.
 
-A recording is rendered with exactly the feature settings stored in the model's ``config.json``. One
-longer than the model's input is cut into windows of the model's input length.
+A recording is rendered with exactly the feature settings stored in the model's ``config.json``. The span
+is the length of the clips the model was trained on (``image_shape``); a recording longer than that is cut
+into spans, each scored as one clip, by pooling over its windows (:mod:`spectro.model.windows`). A
+recording shorter than a training clip but at least one window long is one span of its own length.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from spectro.data.layout import AUDIO_EXTENSIONS
 from spectro.errors import SpectroError
 from spectro.features.reader import read_image
 from spectro.features.settings import FeatureSettings
+from spectro.model.windows import window_starts
 
 IMAGE_EXTENSIONS = (".png",)
 
@@ -49,44 +52,38 @@ def expand_inputs(paths: list[str | Path]) -> list[Path]:
 
 @dataclass
 class Windows:
-    """The model-sized pixel windows of one file and where they lie in it."""
+    """The clip-sized pixel spans of one file and where they lie in it."""
 
     path: Path
     kind: str  # "png" or "audio"
-    pixels: np.ndarray  # (n_windows, n_mels, frames) uint8
+    pixels: np.ndarray  # (n_spans, n_mels, frames) uint8: at least a model window wide, at most a training clip
     starts: list[float] = field(default_factory=list)  # seconds
     ends: list[float] = field(default_factory=list)
 
 
-def _window_starts(total: int, window: int, hop: int) -> list[int]:
-    """Window starts covering ``total`` units (the last window is aligned to the end)."""
-    if total <= window:
-        return [0]
-    starts = list(range(0, total - window + 1, hop))
-    if starts[-1] + window < total:
-        starts.append(total - window)
-    return starts
-
-
-def png_windows(path: Path, settings: FeatureSettings, input_shape: tuple[int, int], *,
+def png_windows(path: Path, settings: FeatureSettings, span_shape: tuple[int, int], *, window: int | None = None,
                 hop_seconds: float | None = None) -> Windows:
-    """A spectro PNG as model-sized windows (one, unless the image is wider than the model's input)."""
-    rows, frames = input_shape
-    pixels = read_image(path, settings=settings, bands=rows, min_frames=frames)
+    """A spectro PNG as clip-sized spans (one, unless the image is wider than a training clip); it must be at
+    least ``window`` frames wide (default: a span, for models that take whole images)."""
+    rows, frames = span_shape
+    window = window or frames
+    pixels = read_image(path, settings=settings, bands=rows, min_frames=window)
+    frames = min(frames, pixels.shape[1])
     hop = max(1, int(round(hop_seconds * settings.sr / settings.hop_length)) if hop_seconds else frames // 2)
-    starts = _window_starts(pixels.shape[1], frames, hop)
+    starts = window_starts(pixels.shape[1], frames, hop)
     step = settings.hop_length / settings.sr
     return Windows(path, "png", np.stack([pixels[:, s:s + frames] for s in starts]),
                    [s * step for s in starts], [(s + frames) * step for s in starts])
 
 
-def audio_windows(path: Path, settings: FeatureSettings, input_shape: tuple[int, int], *,
+def audio_windows(path: Path, settings: FeatureSettings, span_shape: tuple[int, int], *, window: int | None = None,
                   hop_seconds: float | None = None) -> Windows:
-    """A recording rendered with the model's settings, cut into windows of the model's input length.
+    """A recording rendered with the model's settings, cut into spans of a training clip's length.
 
-    The window is ``settings.segment_seconds`` when the model was trained on segments, else the longest
-    span that renders to the model's input frames; the hop is ``hop_seconds``, else the settings'
-    segment hop, else half a window. A recording that renders to exactly the input frames is one window.
+    The span is ``settings.segment_seconds`` when the model was trained on segments, else the longest
+    stretch that renders to a training image's frames; the hop is ``hop_seconds``, else the settings'
+    segment hop, else half a span. A recording that renders to a training image's frames or fewer (but at
+    least ``window``; default: a span, for models that take whole images) is one span.
     """
     from spectro.features.audio import read_audio
     from spectro.features.logmel import db_to_pixels, log_mel
@@ -95,37 +92,40 @@ def audio_windows(path: Path, settings: FeatureSettings, input_shape: tuple[int,
         y = read_audio(path, channel=settings.channel, sr=settings.sr)
     except SpectroError as exc:
         raise SpectroError(f"{path}: {exc}") from None
-    rows, frames = input_shape
+    rows, frames = span_shape
+    window = window or frames
     n = len(y)
-    if settings.frames_for(n) < frames:
-        need = (frames - 1) * settings.hop_length / settings.sr
+    if settings.frames_for(n) < window:
+        need = (window - 1) * settings.hop_length / settings.sr
         raise SpectroError(f"{path}: recording too short: {n / settings.sr:.2f} s, the model needs at least "
-                           f"{need:.2f} s ({frames} frames)")
-    if settings.frames_for(n) == frames:
+                           f"{need:.2f} s ({window} frames)")
+    if settings.frames_for(n) <= frames:
         bounds = [(0, n)]
+        frames = settings.frames_for(n)
     else:
         seg = settings.segment_samples
-        window = seg if seg and settings.frames_for(seg) == frames else (frames - 1) * settings.hop_length
+        span = seg if seg and settings.frames_for(seg) == frames else (frames - 1) * settings.hop_length
         if hop_seconds:
             hop = int(round(hop_seconds * settings.sr))
         elif settings.segment_hop_seconds:
             hop = settings.segment_hop_samples
         else:
-            hop = window // 2
-        bounds = [(s, s + window) for s in _window_starts(n, window, max(1, hop))]
+            hop = span // 2
+        bounds = [(s, s + span) for s in window_starts(n, span, max(1, hop))]
     images = []
     for start, stop in bounds:
         pixels = db_to_pixels(log_mel(y[start:stop], settings), settings)
         if pixels.shape != (rows, frames):
             raise SpectroError(f"{path}: rendered to {pixels.shape[0]}x{pixels.shape[1]} pixels, the model takes "
-                               f"{rows}x{frames}; its config.json features do not match its input shape")
+                               f"{rows}x{frames}; its config.json features do not match its image shape")
         images.append(pixels)
     return Windows(path, "audio", np.stack(images), [a / settings.sr for a, _ in bounds],
                    [b / settings.sr for _, b in bounds])
 
 
-def load_windows(path: Path, settings: FeatureSettings, input_shape: tuple[int, int], *,
+def load_windows(path: Path, settings: FeatureSettings, span_shape: tuple[int, int], *, window: int | None = None,
                  hop_seconds: float | None = None) -> Windows:
+    """A PNG's or a recording's clip-sized spans (:func:`png_windows`, :func:`audio_windows`)."""
     if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return png_windows(path, settings, input_shape, hop_seconds=hop_seconds)
-    return audio_windows(path, settings, input_shape, hop_seconds=hop_seconds)
+        return png_windows(path, settings, span_shape, window=window, hop_seconds=hop_seconds)
+    return audio_windows(path, settings, span_shape, window=window, hop_seconds=hop_seconds)

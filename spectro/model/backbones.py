@@ -38,8 +38,14 @@ class ModelSettings:
     # exactly as Keras does; bilinear interpolates, and the int8 file rounds each interpolated pixel to a
     # whole level (docs/quantization.md). Both are builtin TFLite ops.
     resize: str = "nearest"
+    # The model's input: a window of this many seconds of a clip's image (spectro.model.windows); training
+    # draws random windows, scoring pools over all of a clip's windows. None: the whole image. 2 s was the best
+    # of 1, 2 and 4 s on the tuning data (docs/small-data.md).
+    window_seconds: float | None = 2.0
 
     def __post_init__(self) -> None:
+        if self.window_seconds is not None and not self.window_seconds > 0:
+            raise SpectroError(f"window must be > 0 seconds (or None for whole images), got {self.window_seconds}")
         if self.backbone not in BACKBONES:
             raise SpectroError(f"unknown backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
         if not 32 <= self.image_size <= 1024:

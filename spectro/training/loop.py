@@ -36,6 +36,7 @@ from spectro.features.settings import FeatureSettings
 from spectro.model.backbones import ModelSettings
 from spectro.model.labels import TASKS, LabelSpace
 from spectro.model.losses import make_loss, make_task_accuracy, sample_weights
+from spectro.model.windows import pool, window_columns, window_frames
 from spectro.paths import IMAGES_DIR, MODELS_DIR
 from spectro.runs import (
     CHECKPOINT_NAME,
@@ -51,7 +52,7 @@ from spectro.runs import (
 )
 from spectro.training.augment import AugmentSettings
 from spectro.training.distribute import DistributeSettings, place
-from spectro.training.pipeline import Examples, evaluation_dataset, steps_per_epoch, training_dataset
+from spectro.training.pipeline import Examples, evaluation_dataset, training_dataset
 from spectro.training.splits import split_rows, split_summary
 
 LR_SCHEDULES = ("cosine", "constant")
@@ -65,9 +66,15 @@ class TrainSettings:
     ----------
     task : str
         ``failure``, ``anomaly`` or ``machine`` (see :mod:`spectro.model.labels`).
-    epochs : int
-        Epochs of the first phase (the head, or the whole network when training from scratch).
-    fine_tune_epochs, fine_tune_layers, fine_tune_learning_rate
+    steps : int
+        The training budget in optimizer steps (batches) of the first phase: the head, or the whole network
+        when training from scratch. Steps, not epochs: with random windows an epoch means little, and a small
+        dataset gets as many updates as a large one (early stopping ends it sooner when it has learned).
+    eval_every : int
+        Steps between validations; Keras' epochs are this long, and ``history.csv`` has one row per
+        validation. Validation loss is judged on many windows of every validation clip (up to
+        :data:`VAL_WINDOWS` in all), so it is steady even on a handful of clips.
+    fine_tune_steps, fine_tune_layers, fine_tune_learning_rate
         Second phase with pretrained weights: the top ``fine_tune_layers`` of the base (0: all of it, as
         the keras-io guide does) are unfrozen (BatchNorm stays frozen) and trained at
         ``fine_tune_learning_rate``. Skipped from scratch.
@@ -84,21 +91,25 @@ class TrainSettings:
     check_learning : bool
         After training, check the model against chance on the validation split
         (:func:`spectro.evaluation.learning.check_learning`) and refuse a model that learned nothing.
-    qat_epochs : int
+    patience : int
+        Validations without improvement of the validation loss before a phase stops. Early stopping cannot
+        fire in the first third of a phase (from scratch, that third is the warm-up).
+    qat_steps : int
         Last phase: quantisation-aware fine-tuning (:mod:`spectro.training.qat`) of the best model so far, so that
         its int8 TFLite file answers as it does. It trains the model's int8 twin at
         ``fine_tune_learning_rate``, decaying along a half cosine whatever ``lr_schedule``, with BatchNorm
-        frozen, and keeps the epoch with the twin's best validation loss. 0 skips it.
+        frozen, and keeps the validation with the twin's best loss. 0 skips it.
     """
 
     task: str = "failure"
-    epochs: int = 40
-    fine_tune_epochs: int = 10
+    steps: int = 1500  # enough for the built-in set's 16 classes (docs/small-data.md)
+    eval_every: int = 100
+    fine_tune_steps: int = 500
     fine_tune_layers: int = 0
     batch_size: int = 32
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-4
-    patience: int = 6
+    patience: int = 4
     fine_weight: float = 0.3
     bn_momentum: float | None = 0.9
     seed: int = 0
@@ -107,17 +118,19 @@ class TrainSettings:
     test_ids: tuple[str, ...] = ()
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     lr_schedule: str = "constant"
-    # the default length of the quantisation-aware phase is chosen in docs/quantization.md
-    qat_epochs: int = 16
+    # the quantisation-aware phase: about as many steps as docs/quantization.md found enough
+    qat_steps: int = 300
     check_learning: bool = True
 
     def __post_init__(self) -> None:
         problems = []
         if self.task not in TASKS:
             problems.append(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        if self.epochs < 1 or self.fine_tune_epochs < 0 or self.qat_epochs < 0:
-            problems.append(f"need epochs >= 1 and fine-tune and QAT epochs >= 0, got {self.epochs}, "
-                            f"{self.fine_tune_epochs}, {self.qat_epochs}")
+        if self.steps < 1 or self.fine_tune_steps < 0 or self.qat_steps < 0:
+            problems.append(f"need steps >= 1 and fine-tune and QAT steps >= 0, got {self.steps}, "
+                            f"{self.fine_tune_steps}, {self.qat_steps}")
+        if self.eval_every < 1:
+            problems.append(f"eval_every must be >= 1 step, got {self.eval_every}")
         if self.fine_tune_layers < 0:
             problems.append(f"fine-tune layers must be >= 0 (0: the whole base), got {self.fine_tune_layers}")
         if self.batch_size < 1:
@@ -139,6 +152,9 @@ class TrainSettings:
             raise SpectroError("invalid training settings: " + "; ".join(problems))
 
 
+VAL_WINDOWS = 512  # validation loss is judged on about this many windows, spread evenly over the validation clips
+
+
 def cosine_rate(rate: float, step: int, steps: int, *, floor: float = 0.02) -> float:
     """Cosine decay of ``rate`` over ``steps`` epochs (epoch ``step``, from 0), ending at ``floor * rate``."""
     if steps <= 1:
@@ -148,34 +164,50 @@ def cosine_rate(rate: float, step: int, steps: int, *, floor: float = 0.02) -> f
 
 @dataclass(frozen=True)
 class Phase:
-    """One ``fit`` of the training: its name, epochs, learning rate and whether it is monitored."""
+    """One ``fit`` of the training: its name, its length (``epochs`` validations, ``steps_per_epoch`` optimizer
+    steps apart), learning rate, whether it is monitored, and the validations before early stopping may fire."""
 
     name: str
     epochs: int
+    steps_per_epoch: int
     learning_rate: float
     monitored: bool
+    start_from: int = 0
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+def _split_steps(steps: int, every: int) -> tuple[int, int]:
+    """``steps`` as (validations, steps between them): every ``every`` steps, rounded up to whole validations."""
+    per = max(1, min(every, steps))
+    return max(1, -(-steps // per)), per
 
 
 def phases(settings: TrainSettings, *, pretrained: bool) -> list[Phase]:
     """The phases of a training run.
 
-    From scratch the first third of the epochs is a warm-up without early stopping or checkpoints:
-    while the BatchNorm statistics of a random network settle, its inference-mode validation loss says
-    little, and "best" would otherwise be an untrained epoch. With pretrained weights the head trains
-    first, then the base is fine-tuned. The quantisation-aware phase comes last.
+    From scratch the first third of the steps is a warm-up without early stopping or checkpoints: while
+    the BatchNorm statistics of a random network settle, its inference-mode validation loss says little,
+    and "best" would otherwise be an untrained network. With pretrained weights the head trains first,
+    then the base is fine-tuned; neither may stop in its first third. The quantisation-aware phase comes last.
     """
     out = []
+    n, per = _split_steps(settings.steps, settings.eval_every)
     if not pretrained:
-        warmup = min(settings.epochs - 1, settings.epochs // 3)
+        warmup = min(n - 1, n // 3)
         if warmup:
-            out.append(Phase("warmup", warmup, settings.learning_rate, False))
-        out.append(Phase("full", settings.epochs - warmup, settings.learning_rate, True))
+            out.append(Phase("warmup", warmup, per, settings.learning_rate, False))
+        out.append(Phase("full", n - warmup, per, settings.learning_rate, True))
     else:
-        out.append(Phase("head", settings.epochs, settings.learning_rate, True))
-        if settings.fine_tune_epochs > 0:
-            out.append(Phase("fine_tune", settings.fine_tune_epochs, settings.fine_tune_learning_rate, True))
-    if settings.qat_epochs > 0:
-        out.append(Phase("qat", settings.qat_epochs, settings.fine_tune_learning_rate, True))
+        out.append(Phase("head", n, per, settings.learning_rate, True, start_from=n // 3))
+        if settings.fine_tune_steps > 0:
+            m, per_ft = _split_steps(settings.fine_tune_steps, settings.eval_every)
+            out.append(Phase("fine_tune", m, per_ft, settings.fine_tune_learning_rate, True, start_from=m // 3))
+    if settings.qat_steps > 0:
+        q, per_q = _split_steps(settings.qat_steps, settings.eval_every)
+        out.append(Phase("qat", q, per_q, settings.fine_tune_learning_rate, True))
     return out
 
 
@@ -203,20 +235,25 @@ def _timer():
         def __init__(self):
             super().__init__()
             self.seconds: list[float] = []
+            self.batches: list[int] = []
 
         def on_epoch_begin(self, epoch, logs=None):
             self._start = self._last = time.perf_counter()
+            self._batches = 0
 
         def on_train_batch_end(self, batch, logs=None):
             self._last = time.perf_counter()
+            self._batches += 1
 
         def on_epoch_end(self, epoch, logs=None):
             self.seconds.append(self._last - self._start)
+            self.batches.append(self._batches)
 
     return EpochTimer()
 
 
-def _int8_twin(model, base, run: Path, input_shape, features: FeatureSettings, seed: int, image_size: int):
+def _int8_twin(model, base, run: Path, input_shape, image_shape, features: FeatureSettings, seed: int,
+               image_size: int):
     """The model's int8 twin (:func:`spectro.training.qat.int8_twin`), calibrated on the images
     ``spectro export`` calibrates on, with the base's BatchNorm frozen; also the BatchNorm layers' former
     ``trainable`` flags and the number of layer outputs the twin rounds."""
@@ -230,14 +267,14 @@ def _int8_twin(model, base, run: Path, input_shape, features: FeatureSettings, s
     for layer, _ in bn_trainable:
         layer.trainable = False
     calibration = representative_images(run, DEFAULT_CALIBRATION_IMAGES, input_shape=input_shape,
-                                         image_size=image_size, seed=seed, features=features)
+                                         image_shape=image_shape, image_size=image_size, seed=seed, features=features)
     return int8_twin(model, calibration, seed=seed), bn_trainable, len(kept_layers(model))
 
 
-def _throughput(n_images: int, seconds: list[float]) -> float:
-    """Training images per second, leaving out the first epoch (graph tracing) when there are more."""
-    steady = seconds[1:] or seconds
-    return round(n_images * len(steady) / max(sum(steady), 1e-9), 1)
+def _throughput(batch_size: int, batches: list[int], seconds: list[float]) -> float:
+    """Training images (windows) per second, leaving out the first epoch (graph tracing) when there are more."""
+    first = 1 if len(seconds) > 1 else 0
+    return round(batch_size * sum(batches[first:]) / max(sum(seconds[first:]), 1e-9), 1)
 
 
 def _float32(config):
@@ -326,7 +363,9 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
                            "Keras .h5/.weights.h5 file")
     placement = place(distribute)  # before TensorFlow runs anything: it may split the CPU into devices
     folder, rows = _manifest_rows(images)
-    features, input_shape = survey_images(rows, progress=progress)
+    features, image_shape = survey_images(rows, progress=progress)
+    window = window_frames(features, model_settings.window_seconds, image_shape[1])
+    input_shape = (image_shape[0], window)
     if splits is None:
         splits = split_rows(rows, seed=settings.seed, val_fraction=settings.val_fraction,
                             test_fraction=settings.test_fraction, test_ids=settings.test_ids)
@@ -373,9 +412,9 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
     write_splits(run, rows)
     config = {
         "features": features.to_dict(), "input_shape": [int(v) for v in input_shape],
-        "task": settings.task,
-        "model": {**dataclasses.asdict(model_settings), "weights_requested": model_settings.weights,
-                  "weights_used": weights_used},
+        "image_shape": [int(v) for v in image_shape], "task": settings.task,
+        "model": {**dataclasses.asdict(model_settings), "window_frames": int(window),
+                  "weights_requested": model_settings.weights, "weights_used": weights_used},
         "seed": settings.seed, "images": str(folder),
         "split": {"test_ids": list(settings.test_ids), "val_fraction": settings.val_fraction,
                   "test_fraction": 0.0 if settings.test_ids else settings.test_fraction,
@@ -390,19 +429,20 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
 
     examples = {s: _examples(by_split[s], labels) for s in SPLITS}
     global_batch = settings.batch_size * placement.replicas
-    train_data = training_dataset(examples["train"], shape=input_shape, batch_size=global_batch, seed=settings.seed,
-                                  settings=settings.augment, db_per_step=features.db_per_step)
+    train_data = training_dataset(examples["train"], shape=image_shape, batch_size=global_batch, seed=settings.seed,
+                                  settings=settings.augment, db_per_step=features.db_per_step, window=window)
     has_val = len(examples["val"]) > 0
-    validation = (evaluation_dataset(examples["val"], shape=input_shape, batch_size=global_batch,
-                                     replicas=placement.replicas) if has_val else None)
-    steps = steps_per_epoch(len(examples["train"]), global_batch)
+    val_starts = window_columns(image_shape[1], window, per_image=-(-VAL_WINDOWS // max(1, len(examples["val"]))))
+    validation = (evaluation_dataset(examples["val"], shape=image_shape, batch_size=global_batch,
+                                     replicas=placement.replicas, window=window, starts=val_starts)
+                  if has_val else None)
     monitor = "val_loss" if has_val else "loss"
     loss = make_loss(labels.group_matrix, fine_weight=0.0 if settings.task == "failure" else settings.fine_weight)
     metric = make_task_accuracy(labels.group_matrix)
     verbose = 1 if progress else 2
 
     plan = phases(settings, pretrained=not scratch)
-    epochs_run, phase_starts, timer = 0, [], _timer()
+    epochs_run, steps_run, phase_starts, timer = 0, 0, [], _timer()
     best, best_weights = None, None  # over the float phases: the QAT phase keeps its own best
     fitted = model  # what fit() trains: the model, or in the QAT phase its int8 twin (same weights)
     for phase in plan:
@@ -413,7 +453,7 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
                   f"({unfrozen} trainable, BatchNorm frozen) at learning rate {phase.learning_rate:g}")
         if phase.name == "qat":
             with placement.strategy.scope():
-                fitted, bn_trainable, rounded = _int8_twin(model, base, run, input_shape, features,
+                fitted, bn_trainable, rounded = _int8_twin(model, base, run, input_shape, image_shape, features,
                                                            settings.seed, model_settings.image_size)
             print(f"quantisation-aware fine-tuning: {rounded} layer outputs round as the int8 file's will, "
                   f"BatchNorm frozen, learning rate {phase.learning_rate:g} with cosine decay")
@@ -428,15 +468,17 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
         stopper = None
         if phase.monitored:
             stopper = keras.callbacks.EarlyStopping(monitor, patience=settings.patience, restore_best_weights=True,
-                                                    verbose=1)
+                                                    start_from_epoch=epochs_run + phase.start_from, verbose=1)
             callbacks.insert(1, stopper)
             if phase.name != "qat":  # the twin is never saved: model.keras stays plain Keras
                 callbacks.insert(2, keras.callbacks.ModelCheckpoint(run / CHECKPOINT_NAME, monitor=monitor,
                                                                     save_best_only=True, initial_value_threshold=best))
-        history = fitted.fit(train_data, steps_per_epoch=steps, validation_data=validation, initial_epoch=epochs_run,
+        history = fitted.fit(train_data, steps_per_epoch=phase.steps_per_epoch, validation_data=validation,
+                             initial_epoch=epochs_run,
                              epochs=epochs_run + phase.epochs, callbacks=callbacks, verbose=verbose,
                              shuffle=False)  # the pipeline shuffles
         epochs_run += len(history.epoch)
+        steps_run += len(history.epoch) * phase.steps_per_epoch
         if phase.name == "qat":
             best = stopper.best if stopper is not None else best
             for layer, trainable in bn_trainable:
@@ -447,24 +489,29 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
             else:  # an earlier phase did better: start again from there
                 model.set_weights(best_weights)
     clean = _save_clean(model, run / MODEL_NAME)
-    plots.training_curves(run / TRAINING_PLOT_NAME, read_history(run), phase_starts=phase_starts[1:])
+    plots.training_curves(run / TRAINING_PLOT_NAME, read_history(run), phase_starts=phase_starts[1:],
+                          steps_per_epoch=settings.eval_every)
 
     metrics, probs = {}, {}
     for split in ("val", "test"):
         if len(examples[split]):
             # the saved model, on this process alone: predictions in the rows' order whatever the strategy
-            data = evaluation_dataset(examples[split], shape=input_shape, batch_size=global_batch)
-            probs[split] = clean.predict(data.map(lambda x, y, w: x), verbose=0)
+            # every window of each clip, pooled: a clip's probabilities as evaluate and classify compute them
+            data = evaluation_dataset(examples[split], shape=image_shape, batch_size=global_batch, window=window)
+            per_clip = len(window_columns(image_shape[1], window))
+            windows = clean.predict(data.map(lambda x, y, w: x), verbose=0)
+            probs[split] = pool(windows, np.repeat(np.arange(len(examples[split])), per_clip), len(examples[split]))
             metrics[split] = model_metrics(by_split[split], probs[split], labels, threshold=DEFAULT_THRESHOLD)
     learning = None
     checked = next((split for split in ("val", "test") if split in probs), None)
     if settings.check_learning and checked is not None:
         learning = check_learning(by_split[checked], probs[checked], labels, split=checked)
         config["training"]["learning"] = learning.to_dict()
-    config["training"].update({"phases": [p.name for p in plan], "epochs_run": epochs_run,
-                               "steps_per_epoch": steps, "best_" + monitor: best,
-                               "epoch_seconds": [round(t, 2) for t in timer.seconds],
-                               "images_per_second": _throughput(steps * global_batch, timer.seconds),
+    config["training"].update({"phases": [p.name for p in plan], "epochs_run": epochs_run, "steps_run": steps_run,
+                               "steps_per_epoch": [p.steps_per_epoch for p in plan], "best_" + monitor: best,
+                               "val_windows_per_clip": len(val_starts), "epoch_seconds": [round(t, 2) for t in
+                                                                                          timer.seconds],
+                               "images_per_second": _throughput(global_batch, timer.batches, timer.seconds),
                                "seconds": round(time.perf_counter() - started, 1)})
     config["metrics"] = metrics
     save_config(run, config)
@@ -485,7 +532,8 @@ def _schedule(settings: TrainSettings, phase: Phase, start: int, scale: int):
     """The learning rate of each epoch of ``phase`` (which starts at epoch ``start``), for
     ``keras.callbacks.LearningRateScheduler``: cosine decay over the phase (from scratch, warm-up and
     full training share one span) or constant; the QAT phase always decays."""
-    span_start, span = (0, settings.epochs) if phase.name in ("warmup", "full") else (start, phase.epochs)
+    span_start, span = ((0, _split_steps(settings.steps, settings.eval_every)[0]) if phase.name in ("warmup", "full")
+                        else (start, phase.epochs))
     cosine = settings.lr_schedule == "cosine" or phase.name == "qat"
     rate = phase.learning_rate * scale
 

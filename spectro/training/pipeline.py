@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spectro.model.windows import window_columns
 from spectro.training.augment import AugmentSettings
 
 SHUFFLE_BUFFER = 2048  # images held for shuffling (uint8): a few tens of MB at the default image size
@@ -119,11 +120,25 @@ def augment_batch(x, machines, normal, seed, *, settings: AugmentSettings, db_pe
     return x
 
 
-def training_dataset(examples: Examples, *, shape: tuple[int, int], batch_size: int, seed: int,
-                     settings: AugmentSettings, db_per_step: float, shuffle_buffer: int = SHUFFLE_BUFFER):
-    """An endless, shuffled, augmented ``tf.data.Dataset`` of ``(pixels (b, h, w, 1), label, weight)`` batches.
+def _crop(x, seed, window: int):
+    """One random window of ``window`` columns from every image of ``x`` (b, h, w), seeded statelessly."""
+    import tensorflow as tf
 
-    The same ``seed`` gives the same batches. Fit it with ``steps_per_epoch`` (see :func:`steps_per_epoch`).
+    width = int(x.shape[2])
+    if window >= width:
+        return x
+    starts = _integers(seed, tf.shape(x)[0], 0, width - window)
+    return tf.gather(x, starts[:, None] + tf.range(window)[None, :], axis=2, batch_dims=1)
+
+
+def training_dataset(examples: Examples, *, shape: tuple[int, int], batch_size: int, seed: int,
+                     settings: AugmentSettings, db_per_step: float, window: int | None = None,
+                     shuffle_buffer: int = SHUFFLE_BUFFER):
+    """An endless, shuffled, augmented ``tf.data.Dataset`` of ``(pixels (b, h, window, 1), label, weight)``
+    batches: each time an image is drawn, a random window of ``window`` columns of it (the whole image when
+    ``None``), then augmented.
+
+    The same ``seed`` gives the same batches. Fit it with a number of steps per epoch.
     """
     import tensorflow as tf
 
@@ -139,17 +154,23 @@ def training_dataset(examples: Examples, *, shape: tuple[int, int], batch_size: 
     def augment(batch, step):
         pixels, y, w, m, n = batch
         x = tf.cast(pixels[..., 0], tf.float32)
-        stateless = tf.stack([tf.cast(seed, tf.int64), step])
-        x = augment_batch(x, m, n, tf.cast(stateless % (2 ** 31 - 1), tf.int32), settings=settings,
-                          db_per_step=db_per_step)
+        stateless = tf.cast(tf.stack([tf.cast(seed, tf.int64), step]) % (2 ** 31 - 1), tf.int32)
+        if window is not None:
+            x = _crop(x, tf.random.experimental.stateless_fold_in(stateless, 1), window)
+        x = augment_batch(x, m, n, stateless, settings=settings, db_per_step=db_per_step)
         return x[..., None], y, w
 
     data = data.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _finish(data)
 
 
-def evaluation_dataset(examples: Examples, *, shape: tuple[int, int], batch_size: int, replicas: int = 1):
-    """Batches ``(pixels (b, h, w, 1), label, weight)`` of the examples in order, never augmented.
+def evaluation_dataset(examples: Examples, *, shape: tuple[int, int], batch_size: int, replicas: int = 1,
+                       window: int | None = None, starts: list[int] | None = None):
+    """Batches ``(pixels (b, h, window, 1), label, weight)`` of the examples in order, never augmented.
+
+    With a ``window``, each image gives the windows at ``starts`` (default: every window that scores it,
+    :func:`window_columns`), one after another: predictions come image by image, ``len(starts)`` each, ready
+    for :func:`spectro.model.windows.pool`.
 
     With several replicas the examples are padded, with weight 0, to a multiple of ``replicas`` so that
     the last batch splits evenly across them (Keras cannot give a replica an empty batch); the padding
@@ -167,6 +188,14 @@ def evaluation_dataset(examples: Examples, *, shape: tuple[int, int], batch_size
     data = tf.data.Dataset.from_tensor_slices((np.asarray(paths), labels, weights))
     data = data.map(lambda p, y, w: (tf.cast(_decode(p, shape), tf.float32), y, w), num_parallel_calls=tf.data.AUTOTUNE,
                     deterministic=True)
+    if window is not None and window < shape[1]:
+        columns = np.asarray([s + np.arange(window) for s in (starts or window_columns(shape[1], window))])
+        k = len(columns)
+
+        def windows(x, y, w):
+            return tf.transpose(tf.gather(x, columns, axis=1), (1, 0, 2, 3)), tf.repeat(y, k), tf.repeat(w, k)
+
+        data = data.map(windows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
     return _finish(data.batch(batch_size))
 
 

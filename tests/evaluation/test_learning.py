@@ -101,7 +101,7 @@ def _train(images, out, **kwargs):
     from spectro.training.loop import TrainSettings, train
 
     return train(images, out, name="shuffled", progress=False,
-                 settings=TrainSettings(epochs=3, qat_epochs=0, batch_size=8, seed=0, val_fraction=0.3),
+                 settings=TrainSettings(steps=9, eval_every=3, qat_steps=0, batch_size=8, seed=0, val_fraction=0.3),
                  model_settings=ModelSettings(alpha=0.35, image_size=32, weights="none"), **kwargs)
 
 

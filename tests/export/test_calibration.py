@@ -53,7 +53,9 @@ def test_refusals(tiny_run, tmp_path):
     other = FeatureSettings(n_mels=32, n_fft=512, hop_length=256, db_min=-90.0)
     with pytest.raises(SpectroError, match=r"db_min -80.0 \(image\) vs -90.0 \(model\)"):
         representative_images(tiny_run, 3, input_shape=(32, 63), features=other)
-    with pytest.raises(SpectroError, match="the model takes 32x64"):
+    with pytest.raises(SpectroError, match="the model takes 32x64"):  # images other than the run's clips
+        representative_images(tiny_run, 3, input_shape=(32, 32), image_shape=(32, 64))
+    with pytest.raises(SpectroError, match=r"63 frames wide is narrower than the model's window \(64 frames\)"):
         representative_images(tiny_run, 3, input_shape=(32, 64))
     run = shutil.copytree(tiny_run, tmp_path / "run")
     write_splits(run, read_splits(run, "test"))
@@ -66,3 +68,14 @@ def test_model_input_is_float32_with_a_channel_axis():
     x = model_input(pixels)
     assert x.dtype == np.float32 and x.shape == (2, 3, 4, 1)
     np.testing.assert_array_equal(x[..., 0], pixels)
+
+
+def test_a_windowed_run_calibrates_on_windows_of_its_training_clips(tiny_window_run):
+    from spectro.features.png import read_pixels
+    from spectro.model.windows import cut
+
+    images = representative_images(tiny_window_run, 10, input_shape=(32, 32), seed=0)
+    assert images.shape == (10, 32, 32, 1)
+    windows, _ = cut(np.stack([read_pixels(r.path) for r in read_splits(tiny_window_run, "train")]), 32)
+    for image in images[1:]:  # the first carries the range anchors
+        assert any(np.array_equal(image[..., 0], w) for w in windows.astype(np.float32))

@@ -319,3 +319,20 @@ def test_verification_bounds(changes, bounds, expected):
 def test_export_settings_validate(kwargs, message):
     with pytest.raises(SpectroError, match=message):
         ExportSettings(**kwargs)
+
+
+@pytest.mark.slow
+def test_a_windowed_model_is_verified_on_windows_and_classifies_through_litert(tiny_window_run, tiny_images,
+                                                                              tmp_path):
+    from spectro.inference.classify import classify_paths
+
+    run = shutil.copytree(tiny_window_run, tmp_path / "run")
+    (result,) = export_run(run, ExportSettings(quantize=("none",), latency_runs=2), progress=False)
+    assert result.path is not None and not result.failures
+    test = read_splits(run, "test")
+    assert result.verification.n_images == 3 * len(test)  # every window of each test clip: 0, 16, 31
+    paths = [r.path for r in test]
+    keras_results, _ = classify_paths(paths, run / "model.keras")
+    lite_results, _ = classify_paths(paths, result.path)
+    np.testing.assert_allclose([r["anomaly_score"] for r in lite_results],
+                               [r["anomaly_score"] for r in keras_results], atol=1e-4)

@@ -263,3 +263,44 @@ def test_tflite_model_classifies_without_tensorflow(tiny_run, tiny_images, tmp_p
     (from_keras,) = _json_lines(capsys.readouterr().out)
     assert result["probabilities"] == pytest.approx(from_keras["probabilities"], abs=1e-4)
     assert result["verdict"] == from_keras["verdict"]
+
+
+# -- a model that takes windows of a clip ---------------------------------------------------------------
+def test_a_windowed_model_scores_a_clip_by_the_mean_of_its_windows(tiny_window_run, tiny_images, capsys):
+    from spectro.features.png import read_pixels
+    from spectro.inference.predictors import load_predictor
+
+    png = tiny_images / FAN_BEARING_0
+    assert cli(["classify", str(png), "--model", str(tiny_window_run), "--json"]) == 0
+    (result,) = _json_lines(capsys.readouterr().out)
+    predictor = load_predictor(tiny_window_run)
+    pixels = read_pixels(png)
+    assert pixels.shape == (32, 63) and predictor.input_shape == (32, 32)
+    # windows of 32 frames at a hop of 16, the last aligned to the end of the 63 frames
+    windows = np.stack([pixels[:, s:s + 32] for s in (0, 16, 31)])
+    mean = predictor.predict(windows).mean(axis=0, keepdims=True)
+    assert result["anomaly_score"] == pytest.approx(float(predictor.labels.anomaly_score(mean)[0]), abs=2e-6)
+    assert "windows" not in result  # one clip: one span
+
+
+def test_a_windowed_model_scores_recordings_shorter_than_a_clip_down_to_one_window(tiny_window_run, tmp_path,
+                                                                                   capsys):
+    short = write_wav(tmp_path / "short.wav", tone_signal("bearing", 0.7, seed=5))
+    assert cli(["classify", str(short), "--model", str(tiny_window_run), "--json"]) == 0
+    (result,) = _json_lines(capsys.readouterr().out)
+    assert result["verdict"] in ("normal", "ABNORMAL") and "windows" not in result
+    tiny = write_wav(tmp_path / "tiny.wav", tone_signal("bearing", 0.3, seed=5))
+    assert cli(["classify", str(tiny), "--model", str(tiny_window_run)]) == 2
+    assert "recording too short: 0.30 s, the model needs at least 0.50 s (32 frames)" in _one_line_error(capsys)
+
+
+def test_evaluate_and_classify_score_a_windowed_run_alike(tiny_window_run, tmp_path, capsys):
+    from spectro.evaluation.evaluate import evaluate_run
+
+    run = Path(shutil.copytree(tiny_window_run, tmp_path / "run"))
+    evaluate_run(run, out=tmp_path / "eval")
+    with (tmp_path / "eval" / "predictions.csv").open() as handle:
+        predicted = {row["path"]: float(row["anomaly_score"]) for row in csv.DictReader(handle)}
+    assert cli(["classify", *predicted, "--model", str(run), "--json"]) == 0
+    for result in _json_lines(capsys.readouterr().out):
+        assert result["anomaly_score"] == pytest.approx(predicted[result["path"]], abs=2e-6)

@@ -14,8 +14,9 @@ import pytest
 from spectro.errors import SpectroError
 from spectro.training.distribute import DistributeSettings, cluster, place
 
-TINY = ["--weights", "none", "--alpha", "0.35", "--image-size", "32", "--epochs", "2", "--qat-epochs", "0",
-        "--batch-size", "8", "--no-progress", "--no-learning-check"]
+TINY = ["--weights", "none", "--alpha", "0.35", "--image-size", "32", "--steps", "6", "--eval-every", "3",
+        "--qat-steps", "0",
+        "--batch-size", "8", "--no-progress", "--no-learning-check", "--window-seconds", "0.5"]
 
 
 @pytest.mark.parametrize("devices", ["0", "-1", "two", "1.5"])
@@ -58,8 +59,9 @@ def _reloads_and_predicts(run, tiny_images):
     from spectro.inference.predictors import load_predictor
 
     predictor = load_predictor(run)
+    assert predictor.input_shape == (32, 32) and predictor.image_shape == (32, 63)  # 0.5 s windows of 1 s clips
     pixels, _ = read_images(read_manifest(tiny_images)[:4])
-    probs = predictor.predict(pixels)
+    probs = predictor.predict_clips(pixels)
     assert probs.shape == (4, len(predictor.labels.classes))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 

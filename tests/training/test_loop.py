@@ -33,9 +33,10 @@ from spectro.runs import (
     read_history,
     read_splits,
 )
-from spectro.training.loop import TrainSettings, cosine_rate
+from spectro.training.loop import TrainSettings, cosine_rate, phases
 
-TINY = ["--alpha", "0.35", "--image-size", "32", "--weights", "none", "--no-progress", "--no-learning-check"]
+TINY = ["--alpha", "0.35", "--image-size", "32", "--weights", "none", "--no-progress", "--no-learning-check",
+        "--window-seconds", "1"]  # the tiny images are 1 s long: whole images unless a test asks for windows
 
 
 def test_cosine_rate_falls_from_the_rate_to_its_floor_along_a_half_cosine():
@@ -47,9 +48,20 @@ def test_cosine_rate_falls_from_the_rate_to_its_floor_along_a_half_cosine():
     assert cosine_rate(1e-3, 0, 1) == 1e-3  # a one-epoch phase keeps its rate
 
 
-def test_negative_qat_epochs_are_refused():
-    with pytest.raises(SpectroError, match="QAT epochs >= 0"):
-        TrainSettings(qat_epochs=-1)
+def test_the_step_budget_becomes_validations_and_early_stopping_cannot_fire_in_a_phases_first_third():
+    plan = phases(TrainSettings(steps=1000, eval_every=100, qat_steps=250), pretrained=False)
+    assert [(p.name, p.epochs, p.steps_per_epoch, p.monitored) for p in plan] == [
+        ("warmup", 3, 100, False), ("full", 7, 100, True), ("qat", 3, 100, True)]
+    plan = phases(TrainSettings(steps=1000, eval_every=100, fine_tune_steps=300, qat_steps=0), pretrained=True)
+    assert [(p.name, p.steps, p.start_from) for p in plan] == [("head", 1000, 3), ("fine_tune", 300, 1)]
+    # a budget below one validation interval: one validation, at its end
+    (only,) = phases(TrainSettings(steps=20, eval_every=100, fine_tune_steps=0, qat_steps=0), pretrained=True)
+    assert (only.epochs, only.steps_per_epoch) == (1, 20)
+
+
+def test_negative_qat_steps_are_refused():
+    with pytest.raises(SpectroError, match="QAT steps >= 0"):
+        TrainSettings(qat_steps=-1)
 
 
 def test_bad_lr_schedule_is_refused():
@@ -105,12 +117,14 @@ def test_one_class_is_refused(capsys, tmp_path):
 # -- a tiny end-to-end run --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained(tiny_images, tmp_path_factory):
-    """``spectro train`` from scratch: 3 epochs (1 warm-up, 2 full) with a cosine schedule, then 2 of QAT."""
+    """``spectro train`` from scratch on 0.5 s windows of the 1 s images: 9 steps validated every 3 (1 warm-up
+    validation, 2 full) with a cosine schedule, then 6 steps (2 validations) of QAT."""
     out = tmp_path_factory.mktemp("models")
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
-        assert cli_main(["train", str(tiny_images), "--out", str(out), *TINY, "--epochs", "3", "--batch-size", "8",
-                         "--seed", "1", "--name", "tiny", "--lr-schedule", "cosine", "--qat-epochs", "2",
+        assert cli_main(["train", str(tiny_images), "--out", str(out), *TINY, "--steps", "9", "--eval-every", "3",
+                         "--batch-size", "8", "--window-seconds", "0.5", "--seed", "1", "--name", "tiny",
+                         "--lr-schedule", "cosine", "--qat-steps", "6",
                          "--resize", "bilinear"]) == 0
     return out, out / "tiny", log.getvalue()
 
@@ -130,7 +144,11 @@ def test_config_records_the_images_model_and_features(trained, tiny_images):
     assert config["model"]["weights_used"] == "none" and config["model"]["weights_requested"] == "none"
     assert config["images"] == str(tiny_images.resolve())
     assert config["task"] == "failure" and config["seed"] == 1
-    assert config["input_shape"] == list(read_pixels(read_manifest(tiny_images)[0].path).shape)
+    image = list(read_pixels(read_manifest(tiny_images)[0].path).shape)
+    assert config["image_shape"] == image == [32, 63]
+    # a 0.5 s window at 16 kHz, hop 256: 1 + 8000 // 256 frames
+    assert config["input_shape"] == [32, 32] and config["model"]["window_frames"] == 32
+    assert config["model"]["window_seconds"] == 0.5
     assert FeatureSettings.from_dict(config["features"]) == FeatureSettings(n_mels=32, n_fft=512, hop_length=256)
 
 
@@ -139,6 +157,7 @@ def test_phases_run_in_order_and_the_epoch_counter_continues_across_them(trained
     _, run, log = trained
     training = load_config(run)["training"]
     assert training["phases"] == ["warmup", "full", "qat"] and training["epochs_run"] == 5
+    assert training["steps_run"] == 15 and training["steps_per_epoch"] == [3, 3, 3]
     # one fit per phase, each starting where the last ended ("Epoch 2/3", "Epoch 3/3", "Epoch 4/5", "Epoch 5/5";
     # Keras prints no counter for the one-epoch warm-up)
     counters = [(int(epoch), int(total)) for epoch, total in re.findall(r"Epoch (\d+)/(\d+)", log)]
@@ -146,7 +165,7 @@ def test_phases_run_in_order_and_the_epoch_counter_continues_across_them(trained
 
 
 @pytest.mark.slow
-def test_history_has_one_row_per_epoch_and_the_cosine_schedule(trained):
+def test_history_has_one_row_per_validation_and_the_cosine_schedule(trained):
     _, run, _ = trained
     training = load_config(run)["training"]
     history = read_history(run)
@@ -216,10 +235,12 @@ def test_config_metrics_have_the_keys_and_figures_of_metrics_json(trained, tmp_p
 @pytest.mark.slow
 def test_saved_model_reloads_in_a_fresh_process_with_the_same_predictions(trained, tmp_path):
     from spectro.inference.predictors import load_predictor
+    from spectro.model.windows import cut, pool
 
     _, run, _ = trained
     rows = read_splits(run)
-    x = np.stack([read_pixels(r.path) for r in rows]).astype(np.float32)
+    windows, owners = cut(np.stack([read_pixels(r.path) for r in rows]), 32)  # the model takes 0.5 s windows
+    x = windows.astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     code = ("import sys, numpy as np, keras\n"
             "m = keras.saving.load_model(sys.argv[1])\n"  # plain Keras: nothing spectro-specific imported
@@ -231,11 +252,12 @@ def test_saved_model_reloads_in_a_fresh_process_with_the_same_predictions(traine
     fresh = np.load(tmp_path / "p.npy")
     here = load_predictor(run).predict(x)
     np.testing.assert_allclose(fresh, here, rtol=1e-5, atol=1e-6)
-    # the saved model is the one the metrics in config.json were computed with
+    # the saved model is the one the metrics in config.json were computed with, each clip pooled over its windows
     labels = LabelSpace.load(run)
+    clips = pool(fresh, owners, len(rows))
     test = np.array([r.split == "test" for r in rows])
     truth = [r.fine_class for r, t in zip(rows, test) if t]
-    accuracy = np.mean([labels.classes[i] == c for i, c in zip(fresh[test].argmax(axis=1), truth)])
+    accuracy = np.mean([labels.classes[i] == c for i, c in zip(clips[test].argmax(axis=1), truth)])
     assert load_config(run)["metrics"]["test"]["overall"]["accuracy"] == pytest.approx(accuracy)
 
 
@@ -252,7 +274,7 @@ def early(tiny_images, tmp_path_factory):
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
         run = train(tiny_images, tmp_path_factory.mktemp("early"), name="early", progress=False,
-                    settings=TrainSettings(epochs=6, qat_epochs=0, patience=PATIENCE, batch_size=8, seed=2,
+                    settings=TrainSettings(steps=18, eval_every=3, qat_steps=0, patience=PATIENCE, batch_size=8, seed=2,
                                            learning_rate=3e-3, check_learning=False),
                     model_settings=ModelSettings(alpha=0.35, image_size=32, weights="none"))
     return run, log.getvalue()
@@ -313,8 +335,8 @@ def test_pretrained_run_trains_the_head_then_fine_tunes_the_whole_base(tiny_imag
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
         assert cli_main(["train", str(tiny_images), "--out", str(tmp_path / "models"), *TINY[:4], "--weights",
-                         str(weights), "--no-progress", "--no-learning-check", "--epochs", "1",
-                         "--fine-tune-epochs", "1", "--batch-size", "8", "--name", "pre", "--qat-epochs", "0"]) == 0
+                         str(weights), "--no-progress", "--no-learning-check", "--steps", "3",
+                         "--fine-tune-steps", "3", "--batch-size", "8", "--name", "pre", "--qat-steps", "0"]) == 0
     config = json.loads((tmp_path / "models" / "pre" / "config.json").read_text())
     assert config["model"]["weights_used"] == str(weights)
     assert config["training"]["phases"] == ["head", "fine_tune"] and config["training"]["fine_tune_layers"] == 0

@@ -74,6 +74,37 @@ def test_validation_batches_are_the_images_unchanged_in_order(examples):
     np.testing.assert_array_equal(x, np.stack([read_pixels(p) for p in ex.paths]).astype(np.float32))
 
 
+def test_training_draws_a_random_window_of_each_image_each_time(examples):
+    ex, shape = examples
+    originals = np.stack([read_pixels(p) for p in ex.paths]).astype(np.float32)
+    data = training_dataset(ex, shape=shape, batch_size=8, seed=0, settings=OFF, db_per_step=DB_PER_STEP, window=20)
+    starts = []
+    for x, _, _ in [(x.numpy(), y, w) for x, y, w in data.take(12)]:
+        assert x.shape == (8, shape[0], 20, 1)
+        for window in x[..., 0]:  # each is 20 consecutive columns of one original image
+            found = [(i, s) for i in range(len(originals)) for s in range(shape[1] - 19)
+                     if np.array_equal(originals[i][:, s:s + 20], window)]
+            assert found, "a training window is not a slice of any image"
+            starts.append(found[0][1])
+    assert len(set(starts)) > 20  # windows start all over the image, not at one place
+
+
+def test_validation_windows_are_the_scoring_windows_of_each_image_in_order(examples):
+    from spectro.model.windows import cut
+
+    ex, shape = examples
+    data = evaluation_dataset(ex, shape=shape, batch_size=8, window=20)
+    x = np.concatenate([b.numpy() for b, _, _ in data])[..., 0]
+    windows, _ = cut(np.stack([read_pixels(p) for p in ex.paths]), 20)
+    np.testing.assert_array_equal(x, windows.astype(np.float32))
+    few = evaluation_dataset(ex, shape=shape, batch_size=8, window=20, starts=[0, 43])
+    x = np.concatenate([b.numpy() for b, _, _ in few])[..., 0]
+    first = read_pixels(ex.paths[0]).astype(np.float32)
+    assert x.shape == (2 * len(ex), shape[0], 20)
+    np.testing.assert_array_equal(x[0], first[:, 0:20])
+    np.testing.assert_array_equal(x[1], first[:, 43:63])
+
+
 def _random_batch(n=6, h=32, w=40, seed=0):
     rng = np.random.default_rng(seed)
     return rng.uniform(40, 215, size=(n, h, w)).astype(np.float32)
@@ -190,8 +221,8 @@ def test_training_streams_a_folder_larger_than_the_memory_budget(tiny_images, tm
         from spectro.model.backbones import ModelSettings
         from spectro.training.loop import TrainSettings, train
         train(sys.argv[1], sys.argv[2], progress=False, name="run",
-              settings=TrainSettings(epochs=1, qat_epochs=0, batch_size=64, val_fraction=0.02, test_fraction=0.02,
-                                     check_learning=False),
+              settings=TrainSettings(steps=5, eval_every=5, qat_steps=0, batch_size=64, val_fraction=0.02,
+                                     test_fraction=0.02, check_learning=False),
               model_settings=ModelSettings(weights="none", alpha=0.35, image_size=32))
         peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
         print(json.dumps({"peak_kib": peak}))
