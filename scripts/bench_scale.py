@@ -53,7 +53,7 @@ def _throughput(ctx, images: Path, epochs: int) -> list[str]:
     from spectro.model.losses import make_loss, sample_weights
     from spectro.model.windows import window_frames
     from spectro.training.augment import AugmentSettings, augment
-    from spectro.training.pipeline import Examples, training_dataset
+    from spectro.training.pipeline import Examples, steps_per_epoch, training_dataset
 
     rows = read_manifest(images)
     labels = LabelSpace.from_pairs([(r.machine, r.label) for r in rows], task="failure")
@@ -90,7 +90,7 @@ def _throughput(ctx, images: Path, epochs: int) -> list[str]:
     m = model()
     data = training_dataset(examples, shape=shape, batch_size=32, seed=0, settings=settings,
                             db_per_step=features.db_per_step, window=window)
-    steps = -(-len(rows) // 32)
+    steps = steps_per_epoch(len(rows), 32)
     times = []
     for _ in range(epochs + 1):
         start = time.perf_counter()
@@ -147,13 +147,15 @@ def _linked_folder(source: Path, dest: Path, n: int) -> Path:
 
 
 def _peak_memory(ctx, images: Path) -> list[str]:
+    from spectro.training.pipeline import steps_per_epoch
+
     sizes = (500, 5000) if ctx.quick else (5000, 50000)
     results = {}
     for n in sizes:
         folder = _linked_folder(images, ctx.work / f"linked_{n}", n)
         models = ctx.work / f"rss_models_{n}"
         subprocess.run(["rm", "-rf", str(models)], check=True)
-        one_pass = -(-int(0.9 * n) // 32)  # optimizer steps that show each training image once, on average
+        one_pass = steps_per_epoch(int(0.9 * n), 32)  # each training image once, on average
         done = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(folder), str(models), str(one_pass)],
                               capture_output=True,
                               text=True, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})

@@ -41,7 +41,7 @@ from spectro.export.calibration import DEFAULT_CALIBRATION_IMAGES, model_input, 
 from spectro.features.reader import read_images
 from spectro.inference.predictors import LiteRTPredictor
 from spectro.model.labels import LabelSpace
-from spectro.model.windows import window_columns
+from spectro.model.windows import cut
 from spectro.runs import (
     DEFAULT_THRESHOLD,
     MODEL_NAME,
@@ -434,9 +434,9 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
         split, rows = verification_rows(run)
         # the model's inputs: windows of the clips, up to VERIFY_WINDOWS spread evenly over them
         pixels = read_images(rows, settings=features, shape=image_shape)[0]
-        starts = window_columns(image_shape[1], input_shape[1], per_image=-(-VERIFY_WINDOWS // len(rows)))
-        images = model_input(np.concatenate([pixels[:, :, s:s + input_shape[1]] for s in starts]))
-        abnormal = np.tile(np.array([row.is_abnormal for row in rows]), len(starts))
+        windows, owners = cut(pixels, input_shape[1], per_image=-(-VERIFY_WINDOWS // len(rows)))
+        images = model_input(windows)
+        abnormal = np.array([row.is_abnormal for row in rows])[owners]
         keras_probs = np.asarray(model.predict(images, batch_size=32, verbose=0), dtype=np.float32)
 
     results = []

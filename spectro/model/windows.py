@@ -71,18 +71,17 @@ def window_columns(width: int, window: int | None, *, per_image: int | None = No
     return starts
 
 
-def cut(images: Sequence[np.ndarray] | np.ndarray, window: int,
-        hop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Every image ``(rows, frames_i)`` cut into windows ``(m, rows, window)``, and the index of the image each
-    window comes from (``owners``, shape ``(m,)``). Images may differ in width; each must be ``window`` wide
-    or wider."""
-    hop = hop or hop_frames(window)
+def cut(images: Sequence[np.ndarray] | np.ndarray, window: int, *,
+        per_image: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every image ``(rows, frames_i)`` cut into its scoring windows (:func:`window_columns`; ``per_image`` of
+    them evenly spread when given) ``(m, rows, window)``, and the index of the image each window comes from
+    (``owners``, shape ``(m,)``). Images may differ in width; each must be ``window`` wide or wider."""
     windows, owners = [], []
     for i, image in enumerate(images):
         if image.shape[1] < window:
             raise SpectroError(f"an image {image.shape[1]} frames wide is narrower than the model's window "
                                f"({window} frames)")
-        for s in window_starts(image.shape[1], window, hop):
+        for s in window_columns(image.shape[1], window, per_image=per_image):
             windows.append(image[:, s:s + window])
             owners.append(i)
     if not windows:
@@ -102,13 +101,13 @@ def pool(probs: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:
 
 
 def predict_pooled(predict: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray | Sequence[np.ndarray],
-                   window: int, *, hop: int | None = None) -> np.ndarray:
+                   window: int) -> np.ndarray:
     """Clip probabilities: ``predict`` (windows ``(m, rows, window)`` uint8 -> ``(m, classes)``) run on every
     window of each image of ``pixels``, pooled by :func:`pool`; a few hundred images at a time."""
     out = []
     for start in range(0, len(pixels), CHUNK_IMAGES):
         chunk = pixels[start:start + CHUNK_IMAGES]
-        windows, owners = cut(chunk, window, hop)
+        windows, owners = cut(chunk, window)
         out.append(pool(np.asarray(predict(windows)), owners, len(chunk)))
     if not out:
         raise SpectroError("no images to predict")
