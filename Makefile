@@ -23,20 +23,22 @@ QUANTIZE   ?= int8
 MACHINES   ?= fan pump slider valve
 SNRS       ?= 6dB 0dB -6dB
 FILE       ?=
+DIR        ?=
+MACHINE    ?=
 HOST       ?= 127.0.0.1
 PORT       ?= 8000
 TEST_ARGS  ?=
 IMAGES_ARGS ?=
 TRAIN_ARGS ?=
 
-.PHONY: help venv data download images train evaluate classify predict report export serve bench test lint clean distclean
+.PHONY: help venv data download images train enroll evaluate classify predict report export serve bench test lint clean distclean
 
 help: ## list the targets and the variables they take
 	@echo "spectro — make <target> [VAR=value ...]"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 	@echo "variables: DATA=$(DATA) IMAGES=$(IMAGES) MODELS=$(MODELS) RUN=$(RUN) JOBS=$(JOBS) (0 = all cores)"
 	@echo "           TASK=$(TASK) BACKBONE=$(BACKBONE) WEIGHTS=$(WEIGHTS) STEPS=$(STEPS) IMAGE_SIZE=$(IMAGE_SIZE) SEED=$(SEED)"
-	@echo "           QUANTIZE=$(QUANTIZE) FILE=... MACHINES=\"$(MACHINES)\" SNRS=\"$(SNRS)\" HOST=$(HOST) PORT=$(PORT)"
+	@echo "           QUANTIZE=$(QUANTIZE) FILE=... DIR=... MACHINE=... MACHINES=\"$(MACHINES)\" SNRS=\"$(SNRS)\" HOST=$(HOST) PORT=$(PORT)"
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,9 +61,13 @@ images: $(STAMP) ## render $(DATA) to spectrogram PNGs in $(IMAGES) (synthetic d
 $(IMAGES)/manifest.csv: | $(STAMP)
 	$(SPECTRO) images $(DATA) --out $(IMAGES) --jobs $(JOBS) --synth-if-empty $(IMAGES_ARGS)
 
-train: $(IMAGES)/manifest.csv ## train a model on $(IMAGES) into $(MODELS)/<run>: make train STEPS=300 TASK=anomaly
+train: $(IMAGES)/manifest.csv ## train a model on $(IMAGES) into $(MODELS)/<run>: make train STEPS=300 TASK=normal-only
 	$(SPECTRO) train $(IMAGES) --out $(MODELS) --task $(TASK) --backbone $(BACKBONE) --weights $(WEIGHTS) \
 		--steps $(STEPS) --image-size $(IMAGE_SIZE) --seed $(SEED) $(TRAIN_ARGS)
+
+enroll: $(STAMP) ## add DIR's normal recordings to normal-only $(RUN): make enroll DIR=rec/fan/id_02 MACHINE=fan/id_02
+	@test -n "$(DIR)" || { echo "error: give a folder of normal recordings: make enroll DIR=path MACHINE=fan/id_02 (MACHINE when the paths name none)" >&2; exit 2; }
+	$(SPECTRO) enroll $(RUN) $(DIR) $(if $(MACHINE),--machine $(MACHINE))
 
 evaluate: $(STAMP) ## metrics, plots, threshold and predictions.csv for $(RUN)
 	$(SPECTRO) evaluate $(RUN)

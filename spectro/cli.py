@@ -19,8 +19,8 @@ from spectro.errors import SpectroError
 
 # command -> module; order is the order of `spectro --help`
 COMMANDS = {name: f"spectro.commands.{name}"
-            for name in ("synth", "download", "images", "train", "evaluate", "classify", "report", "export",
-                         "serve")}
+            for name in ("synth", "download", "images", "train", "enroll", "evaluate", "classify", "report",
+                         "export", "serve")}
 
 # one-line help shown by `spectro --help` without importing the command modules
 SUMMARIES = {
@@ -28,6 +28,7 @@ SUMMARIES = {
     "download": "download MIMII archives from zenodo, verify their MD5 and extract them",
     "images": "render recordings to log-mel spectrogram PNGs in <machine>/<label>/ folders",
     "train": "fine-tune a pretrained CNN on the spectrogram images",
+    "enroll": "add a machine's normal recordings to a normal-only run, without retraining",
     "evaluate": "metrics, plots, threshold and predictions.csv for a trained run",
     "classify": "classify PNG spectrograms or WAV recordings with a trained model",
     "report": "write a self-contained HTML report of a run",

@@ -14,6 +14,14 @@ Contract (written by ``spectro train``, extended by ``evaluate``/``export``):
 ``splits.csv``    image (absolute PNG path), source, machine, machine_id, label, snr, segment,
                   split (train/val/test)
 ``config.json``'s ``images`` holds the absolute path of the image folder trained on.
+
+Normal-only runs (``--task normal-only``) also hold their normal references, written by ``spectro train`` and
+extended by ``spectro enroll`` (:class:`spectro.model.references.References` reads and writes them):
+
+``references.npz``   ``embeddings`` (float16, one row per window of a normal clip), ``keys`` (its machine) and
+                     ``clips`` (its clip number within the machine)
+``references.json``  scorers, default scorer, ``k``, ``max_fpr``, and per machine its clips, sources,
+                     thresholds and where they came from
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ PREDICTIONS_NAME = "predictions.csv"
 PLOT_NAMES = {"confusion": "confusion_matrix.png", "roc": "roc.png", "histograms": "score_histograms.png",
               "mistakes": "worst_mistakes.png"}
 REPORT_NAME = "report.html"
+REFERENCES_NAME = "references.npz"
+REFERENCES_INFO = "references.json"
 # ``spectro export --quantize MODE`` writes these names, so all three variants live side by side
 TFLITE_NAMES = {"none": "model.tflite", "dynamic": "model_dynamic.tflite", "int8": "model_int8.tflite"}
 # what a run folder given without a file name resolves to, in this order

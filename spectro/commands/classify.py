@@ -36,6 +36,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--window-hop", type=float, default=None, metavar="SECONDS",
                         help="hop between windows of a long recording; when not given, the model's segment hop "
                              "if it was trained on segments with one, else half a window")
+    parser.add_argument("--machine", default=None, metavar="MACHINE/ID",
+                        help="normal-only runs: score every file as this machine (fan/id_02), against its enrolled "
+                             "normal clips; default: the machine id in each file's path, else the nearest enrolled "
+                             "machine")
     parser.add_argument("--json", action="store_true", help="print one JSON object per file instead of text")
     parser.add_argument("--csv", type=Path, default=None, metavar="OUT", help="also write one row per file to OUT")
 
@@ -54,13 +58,18 @@ def format_text(result: dict[str, Any], *, max_listed: int = 8) -> str:
     lines = [f"{result['path']}: {result['verdict']}  anomaly score {result['anomaly_score']:.3f} "
              f"(threshold {result['threshold']:.3f})"
              + (f"  failure type {result['failure_type']}" if result["failure_type"] else "")]
+    if "machine" in result:  # a normal-only run: which machine's normal references the file was scored against
+        lines.append(f"  machine {result['machine']} (from {result['reference']}); {result['scorer']} score; "
+                     + ", ".join(f"{name} {v:.3f}" for name, v in result["scores"].items()))
     lines.append("  top: " + "  ".join(f"{c} {p:.3f}" for c, p in result["top_k"]))
     windows = result.get("windows")
     if windows:
         flagged = [w for w in windows if w["over_threshold"]]
+        # normal-only scores are distances: the sparkline puts the threshold half-way up
+        scale = 1.0 if "machine" not in result else 0.5 / max(result["threshold"], 1e-12)
         lines[0] += f"  [max over {len(windows)} windows]"
         lines.append(f"  score over time {windows[0]['start_s']:.1f}-{windows[-1]['end_s']:.1f} s: "
-                     f"{sparkline([w['anomaly_score'] for w in windows])}")
+                     f"{sparkline([w['anomaly_score'] * scale for w in windows])}")
         listed = ", ".join(f"#{w['index']} {w['start_s']:.1f}-{w['end_s']:.1f} s ({w['anomaly_score']:.2f})"
                            for w in flagged[:max_listed])
         more = f", and {len(flagged) - max_listed} more" if len(flagged) > max_listed else ""
@@ -86,7 +95,7 @@ def write_csv(path: Path, results: list[dict[str, Any]], classes: tuple[str, ...
 
 def main(args) -> int:
     results, predictor = classify_paths(args.paths, args.model, threshold=args.threshold, top_k=args.top_k,
-                                        hop_seconds=args.window_hop)
+                                        hop_seconds=args.window_hop, machine=args.machine)
     for result in results:
         print(json.dumps(result) if args.json else format_text(result))
     if args.csv is not None:

@@ -65,14 +65,23 @@ def format_summary(result: dict[str, Any]) -> str:
         lines.append(f"  baseline: {base['name']}, fit on {tr['n']} training images ({tr['n_normal']} normal, "
                      f"{tr['n_abnormal']} abnormal)")
         if base.get("cnn_beats_baseline") is False and base["overall"]["auc"] > o["auc"]:
-            lines.append(f"  the mel-statistics baseline beats the CNN on these images: AUC {f(base['overall']['auc'])}"
+            who = "mel-statistics" if "mel statistics" in base["name"] else "autoencoder"
+            lines.append(f"  the {who} baseline beats the CNN on these images: AUC {f(base['overall']['auc'])}"
                          f" vs {f(o['auc'])}, pAUC {f(base['overall']['pauc'])} vs {f(o['pauc'])}")
     elif base.get("skipped"):
         lines.append(f"  baseline ({base['name']}) skipped: {base['skipped']}")
     at = o.get("at_threshold", {})
     how = (f"{t['method']}" + (f" <= {t['max_fpr']}" if t.get("max_fpr") is not None else "")
            + (f", val FPR {f(t['val_fpr'])} TPR {f(t['val_tpr'])}" if "val_fpr" in t else ""))
-    lines.append(f"  threshold {t['value']:.4f} ({how}); on these images TPR {f(at.get('tpr'))} FPR {f(at.get('fpr'))}")
+    value = "per machine" if t["value"] is None else f"{t['value']:.4f}"
+    lines.append(f"  threshold {value} ({how}); on these images TPR {f(at.get('tpr'))} FPR {f(at.get('fpr'))}")
+    if result.get("unscored"):
+        lines.append(f"  {result['unscored']} clip(s) of machines without normal references not scored (enroll "
+                     "their normal recordings with 'spectro enroll')")
+    for scorer, figures in result.get("scorers", {}).items():  # a normal-only run: every scorer
+        lines.append(f"  scorer {scorer:<12} AUC {f(figures['overall']['auc'])}  pAUC(0.1) "
+                     f"{f(figures['overall']['pauc'])}   by machine id: "
+                     + ", ".join(f"{key} {f(g['auc'])}/{f(g['pauc'])}" for key, g in figures["by_machine_id"].items()))
     for name in GROUPINGS:
         if len(result[name]) > 1:
             lines.append(f"  {name.replace('_', ' ')}:")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from spectro.model.backbones import BACKBONES, RESIZE_METHODS, ModelSettings
-from spectro.model.labels import TASKS
+from spectro.model.labels import NORMAL_ONLY, TASKS
+from spectro.model.references import SCORERS
 from spectro.paths import IMAGES_DIR, MODELS_DIR
 from spectro.runs import load_config
 from spectro.training.augment import AugmentSettings
@@ -23,12 +24,23 @@ HELP = ("Fine-tune a Keras image backbone (MobileNet by default) on the spectrog
         "steps (--steps), validated every --eval-every steps, and stops early when validation stops improving. "
         "A last, quantisation-aware phase (--qat-steps) trains the model to answer the same "
         "after the rounding of an int8 TFLite file. Whatever --task, the model gives an anomaly score (summed "
-        "probability of the abnormal classes) and the most likely failure type.")
+        "probability of the abnormal classes) and the most likely failure type. --task normal-only trains on "
+        "normal clips only (abnormal ones only measure): the model learns to tell machine ids apart (with one "
+        "machine id, from the built-in synthetic machines), and a clip's anomaly score compares its embedding with "
+        "its machine's normal references (references.npz), each machine with a threshold from normal clips "
+        "alone; 'spectro enroll' adds a machine without retraining.")
 
 
 def format_metrics(name: str, metrics: dict) -> str:
     """One line of a split's figures (``config.json`` ``metrics.<split>``)."""
     o = metrics["overall"]
+    if "scorers" in metrics:  # a normal-only run: machine-id accuracy, then every scorer
+        line = [f"{name} ({o['n']} clips): machine id accuracy {o['accuracy']:.3f}"]
+        for scorer, figures in metrics["scorers"].items():
+            f = figures["overall"]
+            if f["auc"] is not None:
+                line.append(f"{scorer} AUC {f['auc']:.3f}, pAUC(0.1) {f['pauc']:.3f}")
+        return ", ".join(line)
     parts = [f"{name} ({o['n']} images): task accuracy {o['accuracy']:.3f}",
              f"balanced accuracy {o['balanced_accuracy']:.3f}"]
     if o.get("auc") is not None:
@@ -45,7 +57,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", type=Path, default=MODELS_DIR, help="models folder; the run goes to OUT/<name>/")
     parser.add_argument("--name", default=None, help="run folder name (None: <date>-<time>-<task>-<backbone>)")
     parser.add_argument("--task", choices=TASKS, default=d.task,
-                        help="training objective: fine classes <machine>/<label>, normal vs abnormal, or machine type")
+                        help="training objective: fine classes <machine>/<label>, normal vs abnormal, machine type, "
+                             f"or {NORMAL_ONLY}: learn from normal clips only and score clips against normal "
+                             "references (finds failures nobody recorded)")
+    parser.add_argument("--max-fpr", type=float, default=d.max_fpr,
+                        help=f"{NORMAL_ONLY}: false-alarm rate each machine's threshold aims at, from its normal "
+                             "validation clips")
+    parser.add_argument("--scorer", choices=SCORERS, default=d.scorer,
+                        help=f"{NORMAL_ONLY}: the default anomaly score (every scorer is reported)")
     parser.add_argument("--backbone", choices=BACKBONES, default=m.backbone, help="Keras application backbone")
     parser.add_argument("--alpha", type=float, default=m.alpha, help="MobileNet width multiplier")
     parser.add_argument("--image-size", type=int, default=m.image_size,
@@ -111,7 +130,7 @@ def main(args) -> int:
         seed=args.seed,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, test_ids=tuple(args.test_ids),
         augment=AugmentSettings.off() if args.no_augment else AugmentSettings(),
-        check_learning=not args.no_learning_check)
+        check_learning=not args.no_learning_check, max_fpr=args.max_fpr, scorer=args.scorer)
     model_settings = ModelSettings(backbone=args.backbone, alpha=args.alpha, image_size=args.image_size,
                                    weights=args.weights, resize=args.resize,
                                    window_seconds=args.window_seconds or None)
@@ -123,7 +142,10 @@ def main(args) -> int:
         return 0
     metrics = load_config(run).get("metrics", {})
     for split in ("val", "test"):
-        if split in metrics:
+        if "overall" in metrics.get(split, {}):
             print(format_metrics(split, metrics[split]))
+        elif split in metrics:
+            print(f"{split}: {metrics[split]['unscored']} clips of machines without normal references, not scored "
+                  "(enroll their normal recordings with 'spectro enroll')")
     print(f"run: {run}")
     return 0

@@ -43,7 +43,7 @@ from spectro.errors import SpectroError, SpectroWarning
 from spectro.evaluation import metrics
 from spectro.evaluation.baselines import MelStatsLogistic, mel_statistics_of_pixels
 from spectro.evaluation.learning import warning_for
-from spectro.evaluation.metrics import DEFAULT_MAX_FPR, GROUPINGS, PAUC_MAX_FPR
+from spectro.evaluation.metrics import DEFAULT_MAX_FPR, PAUC_MAX_FPR
 from spectro.features.settings import FeatureSettings
 from spectro.runs import (
     METRICS_NAME,
@@ -139,14 +139,13 @@ def mel_baseline(train_rows: list[ImageRow], rows: list[ImageRow], pixels: np.nd
         return {"n": len(y_abnormal), "auc": metrics.anomaly_auc(y_abnormal, s),
                 "pauc": metrics.anomaly_pauc(y_abnormal, s, max_fpr=max_fpr)}
 
-    block["overall"] = {**figures(y, scores), "pauc_max_fpr": max_fpr}
+    by_group = metrics.score_figures(rows, y, scores, max_fpr=max_fpr)
+    block["overall"] = {**by_group.pop("overall"), "pauc_max_fpr": max_fpr}
     recordings = [r.recording for r in rows]
     if len(set(recordings)) < len(recordings):  # segments of longer recordings, as model_metrics decides
         _, y_clip, s_clip = metrics.clip_level(recordings, y, scores, how="mean")
         block["clips"] = {**figures(y_clip, s_clip), "score": "mean over segments"}
-    for name, column in GROUPINGS.items():
-        keys = np.array([metrics.group_key(r, column) for r in rows], dtype=object)
-        block[name] = {key: figures(y[keys == key], scores[keys == key]) for key in sorted(set(keys) - {""})}
+    block.update(by_group)
     base_auc = block["overall"]["auc"]
     block["cnn_beats_baseline"] = None if cnn_auc is None or base_auc is None else bool(cnn_auc > base_auc)
     return block, scores
@@ -198,6 +197,11 @@ def evaluate_run(run: str | Path, *, images: str | Path | None = None, max_fpr: 
     settings = feature_settings(predictor.config)
     shape = predictor.image_shape
     labels = predictor.labels
+    if labels.normal_only:
+        from spectro.evaluation.normal import evaluate_normal_only
+
+        return evaluate_normal_only(run, predictor, split_rows, test_rows, what, max_fpr=max_fpr, out=out,
+                                    progress=progress)
     pixels, _ = read_images(test_rows + val_rows, settings=settings, shape=shape, progress=progress)
     probs = predictor.predict_clips(pixels)  # each image scored as training scored it: pooled over its windows
     scores = labels.anomaly_score(probs)
@@ -228,31 +232,36 @@ def evaluate_run(run: str | Path, *, images: str | Path | None = None, max_fpr: 
     predicted = labels.predicted(test_probs)
     failure = labels.failure_type(test_probs)
     y_abn = np.array([r.is_abnormal for r in test_rows], dtype=int)
-    _write_predictions(out / PREDICTIONS_NAME, test_rows, predicted, test_scores, failure, test_probs, labels, thr,
+    write_predictions(out / PREDICTIONS_NAME, test_rows, predicted, test_scores, failure, test_probs, labels, thr,
                        true, baseline_scores)
-    _write_plots(out, test_rows, pixels[:len(test_rows)], true, predicted, y_abn, test_scores, test_probs, labels, thr)
+    write_plots(out, test_rows, pixels[:len(test_rows)], true, predicted, y_abn, test_scores, test_probs, labels, thr)
     result["files"] = {"predictions": PREDICTIONS_NAME, **PLOT_NAMES}
     (out / METRICS_NAME).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
-def _write_predictions(path: Path, rows, predicted, scores, failure, probs, labels, thr: float, true,
-                       baseline_scores) -> None:
+def write_predictions(path: Path, rows, predicted, scores, failure, probs, labels, thr, true,
+                      baseline_scores, extra: dict[str, np.ndarray] | None = None) -> None:
+    """``predictions.csv``: one row per evaluated image; ``thr`` one threshold or one per image; ``extra`` adds
+    a ``score_<name>`` column per named score (a normal-only run's scorers)."""
+    extra = extra or {}
+    thr = np.broadcast_to(np.asarray(thr, dtype=np.float64), (len(rows),))
     columns = ["path", "source", "machine", "machine_id", "label", "snr", "predicted", "anomaly_score",
                "failure_type", "segment", "split", "true", "verdict", "baseline_score"]
-    columns += [f"p_{c}" for c in labels.classes]
+    columns += [f"p_{c}" for c in labels.classes] + [f"score_{name}" for name in extra]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
         for i, r in enumerate(rows):
             writer.writerow([str(r.path), r.source, r.machine, r.machine_id, r.label, r.snr, predicted[i],
                              f"{scores[i]:.6f}", failure[i], r.segment, r.split, true[i],
-                             "ABNORMAL" if scores[i] >= thr else "normal",
+                             "" if np.isnan(scores[i]) else "ABNORMAL" if scores[i] >= thr[i] else "normal",
                              "" if baseline_scores is None else f"{baseline_scores[i]:.6f}"]
-                            + [f"{p:.6f}" for p in probs[i]])
+                            + [f"{p:.6f}" for p in probs[i]]
+                            + ["" if np.isnan(v[i]) else f"{v[i]:.6f}" for v in extra.values()])
 
 
-def _write_plots(out: Path, rows, pixels, true, predicted, y_abn, scores, probs, labels, thr: float) -> None:
+def write_plots(out: Path, rows, pixels, true, predicted, y_abn, scores, probs, labels, thr: float | None) -> None:
     from spectro.evaluation import plots
 
     plots.confusion_matrix(out / PLOT_NAMES["confusion"], true, predicted, labels.task_classes,

@@ -57,13 +57,15 @@ def anomaly_pauc(y_abnormal: Sequence, scores: Sequence, *, max_fpr: float = PAU
     return float(roc_auc_score(y, s, max_fpr=max_fpr))
 
 
-def rates_at(y_abnormal: Sequence, scores: Sequence, threshold: float) -> dict[str, float | None]:
-    """True and false positive rates, precision and the count flagged when calling ``score >= threshold``."""
+def rates_at(y_abnormal: Sequence, scores: Sequence, threshold) -> dict[str, float | None]:
+    """True and false positive rates, precision and the count flagged when calling ``score >= threshold``
+    (one threshold, or one per image)."""
     y, s = _binary(y_abnormal, scores)
     flagged = s >= threshold
     n_pos, n_neg = int(y.sum()), int((1 - y).sum())
     tp, fp = int((flagged & (y == 1)).sum()), int((flagged & (y == 0)).sum())
-    return {"threshold": float(threshold), "tpr": tp / n_pos if n_pos else None, "fpr": fp / n_neg if n_neg else None,
+    shown = float(threshold) if np.ndim(threshold) == 0 else "per machine"
+    return {"threshold": shown, "tpr": tp / n_pos if n_pos else None, "fpr": fp / n_neg if n_neg else None,
             "precision": tp / (tp + fp) if tp + fp else None, "flagged": int(flagged.sum())}
 
 
@@ -188,9 +190,11 @@ def grouped(keys: Iterable[str], true: Sequence[str], predicted: Sequence[str], 
     true, predicted = np.asarray(true, dtype=object), np.asarray(predicted, dtype=object)
     y, s = _binary(y_abnormal, scores)
     out = {}
+    threshold = options.get("threshold")
     for key in sorted(set(keys) - {""}):
         sel = keys == key
-        out[key] = summarize(true[sel], predicted[sel], y[sel], s[sel], **options)
+        per_image = {"threshold": np.asarray(threshold)[sel]} if np.ndim(threshold) else {}
+        out[key] = summarize(true[sel], predicted[sel], y[sel], s[sel], **{**options, **per_image})
     return out
 
 
@@ -237,8 +241,8 @@ def group_key(row, column: str) -> str:
     return getattr(row, column)
 
 
-def model_metrics(rows: Sequence, probs: np.ndarray, labels, *, threshold: float | None = None,
-                  max_fpr: float = PAUC_MAX_FPR) -> dict[str, Any]:
+def model_metrics(rows: Sequence, probs: np.ndarray, labels, *, threshold=None, max_fpr: float = PAUC_MAX_FPR,
+                  scores: np.ndarray | None = None, scorers: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Every figure of a model's fine-class probabilities on a set of images: the one metrics function.
 
     ``spectro train`` stores it per split in ``config.json`` (``metrics.val``, ``metrics.test``) and
@@ -251,8 +255,15 @@ def model_metrics(rows: Sequence, probs: np.ndarray, labels, *, threshold: float
     probs : numpy.ndarray
         ``(n, n_fine)`` fine-class probabilities.
     labels : spectro.model.labels.LabelSpace
-    threshold : float, optional
-        Adds the rates of ``score >= threshold``.
+    threshold : float or numpy.ndarray, optional
+        Adds the rates of ``score >= threshold`` (one threshold, or one per image: a normal-only run's per
+        machine).
+    scores : numpy.ndarray, optional
+        The anomaly scores (default: :meth:`~spectro.model.labels.LabelSpace.anomaly_score` of ``probs``); a
+        normal-only run's come from its default scorer.
+    scorers : dict, optional
+        Named anomaly scores of every scorer of a normal-only run: adds ``scorers``, each
+        ``{"overall", "by_machine", "by_machine_id", "by_snr"}`` of ``{"n", "auc", "pauc"}``.
 
     Returns
     -------
@@ -264,8 +275,8 @@ def model_metrics(rows: Sequence, probs: np.ndarray, labels, *, threshold: float
     probs = np.asarray(probs)
     if len(rows) != len(probs):
         raise SpectroError(f"need one probability row per image, got {len(rows)} images and {len(probs)} rows")
-    scores = labels.anomaly_score(probs)
-    fine_true = np.array([r.fine_class for r in rows], dtype=object)
+    scores = labels.anomaly_score(probs) if scores is None else np.asarray(scores, dtype=np.float64)
+    fine_true = np.array([labels.class_of(r) for r in rows], dtype=object)
     true = [labels.group_of(c) for c in fine_true]
     predicted = labels.predicted(probs)
     y = np.array([r.is_abnormal for r in rows], dtype=int)
@@ -274,7 +285,7 @@ def model_metrics(rows: Sequence, probs: np.ndarray, labels, *, threshold: float
     if len(rows):
         fine_pred = np.array([labels.classes[i] for i in probs.argmax(axis=-1)], dtype=object)
         overall["fine_accuracy"] = float(np.mean(fine_pred == fine_true))
-    if y.any():
+    if y.any() and labels.abnormal_mask.any():
         failure = np.asarray(labels.failure_type(probs), dtype=object)
         overall["failure_type_accuracy"] = float(np.mean(failure[y == 1] == fine_true[y == 1]))
     out: dict[str, Any] = {"overall": overall}
@@ -283,7 +294,27 @@ def model_metrics(rows: Sequence, probs: np.ndarray, labels, *, threshold: float
         _, y_clip, s_clip = clip_level(recordings, y, scores, how="mean")
         out["clips"] = {"n": len(y_clip), "score": "mean over segments", "auc": anomaly_auc(y_clip, s_clip),
                         "pauc": anomaly_pauc(y_clip, s_clip, max_fpr=max_fpr),
-                        **(rates_at(y_clip, s_clip, threshold) if threshold is not None else {})}
+                        **(rates_at(y_clip, s_clip, threshold) if np.ndim(threshold) == 0 and threshold is not None
+                           else {})}
     for name, column in GROUPINGS.items():
         out[name] = grouped([group_key(r, column) for r in rows], true, predicted, y, scores, **options)
+    if scorers:
+        out["scorers"] = {name: score_figures(rows, y, value, max_fpr=max_fpr) for name, value in scorers.items()}
+    return out
+
+
+def score_figures(rows: Sequence, y_abnormal: np.ndarray, scores: np.ndarray, *,
+                  max_fpr: float = PAUC_MAX_FPR) -> dict[str, Any]:
+    """AUC and pAUC of one anomaly score over all images and per machine, machine id and SNR:
+    ``{"overall": {"n", "auc", "pauc"}, "by_machine": {group: {...}}, ...}``."""
+    y, s = _binary(y_abnormal, scores)
+
+    def figures(sel: np.ndarray) -> dict[str, Any]:
+        return {"n": int(sel.sum()), "auc": anomaly_auc(y[sel], s[sel]),
+                "pauc": anomaly_pauc(y[sel], s[sel], max_fpr=max_fpr)}
+
+    out: dict[str, Any] = {"overall": figures(np.ones(len(y), bool))}
+    for name, column in GROUPINGS.items():
+        keys = np.array([group_key(r, column) for r in rows], dtype=object)
+        out[name] = {key: figures(keys == key) for key in sorted(set(keys) - {""})}
     return out

@@ -411,6 +411,9 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
         warnings.warn(warning_for(config) + "; its TFLite files answer no better. Train it again to silence this",
                       SpectroWarning, stacklevel=2)
     labels = LabelSpace.load(run)
+    if labels.normal_only:
+        raise SpectroError(f"{run}: a normal-only run; its scores need the embeddings beside the probabilities, which "
+                           "the TFLite export does not write yet: classify and serve it with its model.keras")
     input_shape, image_shape = stored_input_shape(config), stored_image_shape(config)
     features = feature_settings(config)
     dest = Path(out).resolve() if out is not None else run

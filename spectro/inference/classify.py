@@ -6,6 +6,13 @@ One longer than the clips the model was trained on is scored span by span, each 
 (:mod:`spectro.inference.windows`; the ``windows`` of the ``--json`` output); its overall anomaly score is
 the **maximum** over spans, and its probabilities and failure type are those of that span. TensorFlow is
 never imported here: a ``.tflite`` model runs through LiteRT.
+
+A normal-only run (``--task normal-only``) scores a clip against the normal references of its machine
+(:mod:`spectro.model.references`) with that machine's threshold. The machine comes from ``--machine``, else from
+the path (``…/<machine>/id_XX/…``), else it is the only enrolled machine, else the nearest enrolled one; the
+output's ``machine`` and ``reference`` say which and how. The ``--json`` objects have the supervised keys
+(``failure_type`` empty, ``predicted`` the most likely machine id) plus ``machine``, ``reference``, ``scorer``
+and ``scores`` (every scorer).
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ from spectro.runs import feature_settings
 from spectro.runs import threshold as stored_threshold
 
 
-def classify_files(files: list[Path], predictor, *, threshold: float, top_k: int = 3,
-                   hop_seconds: float | None = None, progress: bool = False) -> list[dict[str, Any]]:
+def classify_files(files: list[Path], predictor, *, threshold: float | None, top_k: int = 3,
+                   hop_seconds: float | None = None, progress: bool = False,
+                   machine: str | None = None) -> list[dict[str, Any]]:
     """One result dict per file (the ``--json`` objects).
 
     Parameters
@@ -32,8 +40,11 @@ def classify_files(files: list[Path], predictor, *, threshold: float, top_k: int
         PNGs and recordings (see :func:`expand_inputs`).
     predictor : spectro.inference.predictors.Predictor
         From :func:`spectro.inference.predictors.load_predictor`.
-    threshold : float
-        A file is ``ABNORMAL`` when its anomaly score is >= ``threshold``.
+    threshold : float or None
+        A file is ``ABNORMAL`` when its anomaly score is >= ``threshold``; ``None``: the run's (a normal-only
+        run's: its machine's).
+    machine : str, optional
+        A normal-only run: the machine key every file is scored as.
     """
     settings = feature_settings(predictor.config)
     window = int(predictor.input_shape[1])
@@ -42,6 +53,11 @@ def classify_files(files: list[Path], predictor, *, threshold: float, top_k: int
 
     all_windows = [load_windows(f, settings, predictor.image_shape, window=window, hop_seconds=hop_seconds)
                    for f in tqdm(files, desc="reading", unit="file", disable=not progress, leave=False)]
+    if labels.normal_only:
+        return [_normal_only(w, predictor, references=_references(predictor), threshold=threshold, top_k=top_k,
+                             machine=machine) for w in all_windows]
+    if threshold is None:
+        threshold = stored_threshold(predictor.config)
     spans = [span for w in all_windows for span in w.pixels]  # widths may differ between files
     probs = predict_pooled(predictor.predict, spans, window)
     scores = labels.anomaly_score(probs)
@@ -74,8 +90,59 @@ def classify_files(files: list[Path], predictor, *, threshold: float, top_k: int
     return results
 
 
+def _references(predictor):
+    from spectro.model.references import References
+
+    if getattr(predictor, "references", None) is None:
+        predictor.references = References.load(predictor.run)
+    return predictor.references
+
+
+def _normal_only(w, predictor, *, references, threshold: float | None, top_k: int,
+                 machine: str | None) -> dict[str, Any]:
+    """The result of one file of a normal-only run (module docstring)."""
+    from spectro.inference.normal import embed_and_score, key_from_path, named_path
+
+    labels = predictor.labels
+    if machine:
+        key, how = machine, "--machine"
+    else:
+        named, how = named_path(w.path)
+        key = key_from_path(named)
+    if key is None:
+        if len(references.machines) == 1:
+            key, how = next(iter(references.machines)), "the only enrolled machine"
+        else:
+            embeddings = predictor.embed_clips(w.pixels)[0]
+            key, _ = references.nearest(embeddings)
+            how = "the nearest enrolled machine (the path names no machine id; pass --machine to choose)"
+    scorer = references.default_scorer
+    scores, probs = embed_and_score(predictor, references, [key] * len(w.pixels), w.pixels)
+    limit = float(threshold) if threshold is not None else references.threshold(key, scorer)
+    main = scores[scorer]
+    best = int(np.argmax(main))
+    p = probs[best]
+    order = np.argsort(-p)[:max(1, top_k)]
+    result: dict[str, Any] = {
+        "path": str(w.path), "kind": w.kind, "verdict": "ABNORMAL" if main[best] >= limit else "normal",
+        "anomaly_score": round(float(main[best]), 6), "threshold": limit, "failure_type": "",
+        "predicted": labels.classes[int(np.argmax(p))],
+        "probabilities": {c: round(float(v), 6) for c, v in zip(labels.classes, p)},
+        "top_k": [[labels.classes[i], round(float(p[i]), 6)] for i in order],
+        "machine": key, "reference": how, "scorer": scorer,
+        "scores": {name: round(float(v[best]), 6) for name, v in scores.items() if not np.isnan(v[best])},
+    }
+    if len(w.pixels) > 1:
+        result["score"] = "max over windows"
+        result["windows"] = [
+            {"index": i, "start_s": round(w.starts[i], 3), "end_s": round(w.ends[i], 3),
+             "anomaly_score": round(float(main[i]), 6), "over_threshold": bool(main[i] >= limit), "failure_type": ""}
+            for i in range(len(w.pixels))]
+    return result
+
+
 def classify_paths(paths: list[str | Path], model: str | Path, *, threshold: float | None = None, top_k: int = 3,
-                   hop_seconds: float | None = None, progress: bool | None = None):
+                   hop_seconds: float | None = None, progress: bool | None = None, machine: str | None = None):
     """Classify files and folders with a model: ``(results, predictor)``.
 
     Parameters
@@ -98,8 +165,8 @@ def classify_paths(paths: list[str | Path], model: str | Path, *, threshold: flo
 
     if top_k < 1:
         raise SpectroError(f"--top-k must be >= 1, got {top_k}")
-    if threshold is not None and not 0 <= threshold <= 1:
-        raise SpectroError(f"--threshold must be in [0, 1], got {threshold}")
+    if threshold is not None and not 0 <= threshold:
+        raise SpectroError(f"--threshold must be >= 0 (in [0, 1] for supervised runs), got {threshold}")
     if hop_seconds is not None and not hop_seconds > 0:
         raise SpectroError(f"--window-hop must be > 0 seconds, got {hop_seconds}")
     files = expand_inputs(paths)
@@ -108,7 +175,15 @@ def classify_paths(paths: list[str | Path], model: str | Path, *, threshold: flo
         raise SpectroError(f"{model}: no such model (expected a run folder, a .keras or a .tflite file; "
                            "train one with 'spectro train')")
     predictor = load_predictor(model)
-    threshold = threshold if threshold is not None else stored_threshold(predictor.config)
+    if threshold is not None and threshold > 1 and not predictor.labels.normal_only:
+        raise SpectroError(f"--threshold must be in [0, 1] (an anomaly probability), got {threshold}")
+    if machine is not None:
+        from spectro.inference.normal import parse_machine
+
+        if not predictor.labels.normal_only:
+            raise SpectroError("--machine is for normal-only runs (trained with --task normal-only); this run's task "
+                               f"is {predictor.labels.task}")
+        machine = parse_machine(machine)
     results = classify_files(files, predictor, threshold=threshold, top_k=top_k, hop_seconds=hop_seconds,
-                             progress=len(files) >= 20 if progress is None else progress)
+                             progress=len(files) >= 20 if progress is None else progress, machine=machine)
     return results, predictor

@@ -51,6 +51,26 @@ class Predictor:
 
         return predict_pooled(self.predict, pixels, self.input_shape[1])
 
+    def embed(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
+        """Embeddings ``(n, d)`` and class probabilities ``(n, classes)`` of model inputs (windows)."""
+        raise SpectroError(f"{self.path}: this model gives no embeddings; score a normal-only run with its "
+                           ".keras model")
+
+    def embed_clips(self, pixels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every window of each clip of ``pixels``: embeddings, probabilities and the clip of each window."""
+        from spectro.model.windows import CHUNK_IMAGES, cut
+
+        embeddings, probs, owners = [], [], []
+        for start in range(0, len(pixels), CHUNK_IMAGES):
+            windows, owner = cut(pixels[start:start + CHUNK_IMAGES], self.input_shape[1])
+            e, p = self.embed(windows)
+            embeddings.append(e)
+            probs.append(p)
+            owners.append(owner + start)
+        if not embeddings:
+            raise SpectroError("no images to embed")
+        return np.concatenate(embeddings), np.concatenate(probs), np.concatenate(owners)
+
 
 class KerasPredictor(Predictor):
     def __init__(self, path: Path, run: Path, batch_size: int = 32):
@@ -59,6 +79,7 @@ class KerasPredictor(Predictor):
         self._setup(path, run)
         self.model = load_keras_model(path)
         self.batch_size = batch_size
+        self._embedder = None
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         pixels = self._check(pixels)
@@ -67,6 +88,17 @@ class KerasPredictor(Predictor):
         # predict_on_batch skips fit-style machinery (data adapter, callbacks) that dominates small batches
         return np.concatenate([np.asarray(self.model.predict_on_batch(pixels[i:i + self.batch_size]), dtype=np.float32)
                                for i in range(0, len(pixels), self.batch_size)])
+
+    def embed(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from spectro.model.backbones import with_embeddings
+
+        pixels = self._check(pixels)
+        if self._embedder is None:
+            self._embedder = with_embeddings(self.model)
+        pairs = [self._embedder.predict_on_batch(pixels[i:i + self.batch_size])
+                 for i in range(0, len(pixels), self.batch_size)]
+        return (np.concatenate([np.asarray(e, dtype=np.float32) for e, _ in pairs]),
+                np.concatenate([np.asarray(p, dtype=np.float32) for _, p in pairs]))
 
 
 class LiteRTPredictor(Predictor):

@@ -20,6 +20,7 @@ IMAGENET_SIZES = (96, 128, 160, 192, 224)
 RESIZE_METHODS = ("nearest", "bilinear")
 BASE_NAME = "backbone"
 HEAD_NAME = "classes"
+EMBEDDING_NAME = "pool"  # the pooled backbone features before the head: a window's embedding
 SCALE_NAME = "scale_to_pm1"
 
 
@@ -173,12 +174,20 @@ def build_model(input_shape: tuple[int, int], n_classes: int, settings: ModelSet
     # training=False keeps BatchNorm in inference mode while the base is frozen and during fine-tuning
     # (keras-io transfer-learning guide). A randomly initialised base is trained normally.
     x = base(x, training=False) if weights_used != "none" else base(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name=EMBEDDING_NAME)(x)
     x = keras.layers.Dropout(settings.dropout, name="dropout")(x)
     # float32 whatever the global policy: under mixed precision the softmax stays exact
     outputs = keras.layers.Dense(n_classes, activation="softmax", name=HEAD_NAME, dtype="float32")(x)
     model = keras.Model(inputs, outputs, name=f"spectro_{settings.backbone}")
     return model, base, weights_used
+
+
+def with_embeddings(model):
+    """``model`` with two outputs: the embedding (the pooled features before the head) and the class softmax."""
+    import keras
+
+    return keras.Model(model.inputs, [model.get_layer(EMBEDDING_NAME).output, model.output],
+                       name=f"{model.name}_embeddings")
 
 
 def unfreeze_top(base, n_layers: int) -> int:

@@ -15,6 +15,11 @@ So whatever the task a model was trained for, it yields for each image
 
 ``--task`` chooses the training objective (cross-entropy on the task's groups, plus a lighter
 cross-entropy on the fine classes so the failure type is still learned) and the reported prediction.
+
+``normal-only`` is the other way to use spectro (the DCASE setting): the classes are **machine keys**
+``<machine>/<machine id>`` (``fan/id_00``; ``fan`` alone for a recording without an id), learnt from normal
+images only. No class is abnormal: the anomaly score comes from comparing a clip's embedding with its
+machine's normal references (:mod:`spectro.model.references`), and there is no failure type.
 """
 
 from __future__ import annotations
@@ -29,12 +34,18 @@ import numpy as np
 from spectro.data.layout import NORMAL_LABEL
 from spectro.errors import SpectroError
 
-TASKS = ("failure", "anomaly", "machine")
+NORMAL_ONLY = "normal-only"
+TASKS = ("failure", "anomaly", "machine", NORMAL_ONLY)
 LABELS_NAME = "labels.json"
 
 
 def fine_name(machine: str, label: str) -> str:
     return f"{machine}/{label}"
+
+
+def machine_key(machine: str, machine_id: str = "") -> str:
+    """``<machine>/<machine id>``, or the machine alone when the recording has no id (plain layout)."""
+    return f"{machine}/{machine_id}" if machine_id else machine
 
 
 @dataclass(frozen=True)
@@ -49,30 +60,54 @@ class LabelSpace:
             raise SpectroError(f"unknown task {self.task!r}: expected one of {', '.join(TASKS)}")
         if not self.classes:
             raise SpectroError("no classes: expected at least one <machine>/<label> class")
-        if any("/" not in c for c in self.classes):
+        if self.task != NORMAL_ONLY and any("/" not in c for c in self.classes):
             raise SpectroError(f"classes must read <machine>/<label>, got {list(self.classes)}")
 
     @classmethod
     def from_pairs(cls, pairs: Iterable[tuple[str, str]], task: str) -> LabelSpace:
         return cls(task=task, classes=tuple(sorted({fine_name(machine, label) for machine, label in pairs})))
 
-    # -- fine classes ---------------------------------------------------------------------------
-    @property
-    def abnormal_mask(self) -> np.ndarray:
-        return np.array([c.split("/", 1)[1] != NORMAL_LABEL for c in self.classes])
+    @classmethod
+    def from_rows(cls, rows, task: str) -> LabelSpace:
+        """The classes of image rows: ``<machine>/<label>``, or for ``normal-only`` the machine keys of the
+        normal rows."""
+        if task == NORMAL_ONLY:
+            return cls(task=task, classes=tuple(sorted({machine_key(r.machine, r.machine_id) for r in rows
+                                                        if not r.is_abnormal})))
+        return cls.from_pairs([(r.machine, r.label) for r in rows], task=task)
 
-    def index(self, machine: str, label: str) -> int:
-        name = fine_name(machine, label)
+    @property
+    def normal_only(self) -> bool:
+        return self.task == NORMAL_ONLY
+
+    def class_of(self, row) -> str:
+        """The class of an image row: its fine class, or for ``normal-only`` its machine key."""
+        return machine_key(row.machine, row.machine_id) if self.normal_only else fine_name(row.machine, row.label)
+
+    def row_index(self, row) -> int:
+        return self._position(self.class_of(row))
+
+    def _position(self, name: str) -> int:
         try:
             return self.classes.index(name)
         except ValueError:
             raise SpectroError(f"class {name!r} is not one the model knows: {list(self.classes)}") from None
 
+    # -- fine classes ---------------------------------------------------------------------------
+    @property
+    def abnormal_mask(self) -> np.ndarray:
+        if self.normal_only:
+            return np.zeros(len(self.classes), dtype=bool)
+        return np.array([c.split("/", 1)[1] != NORMAL_LABEL for c in self.classes])
+
+    def index(self, machine: str, label: str) -> int:
+        return self._position(fine_name(machine, label))
+
     # -- task groups -----------------------------------------------------------------------------
     def group_of(self, fine: str) -> str:
-        machine, label = fine.split("/", 1)
-        if self.task == "failure":
+        if self.task in ("failure", NORMAL_ONLY):
             return fine
+        machine, label = fine.split("/", 1)
         if self.task == "anomaly":
             return NORMAL_LABEL if label == NORMAL_LABEL else "abnormal"
         return machine

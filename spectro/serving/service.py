@@ -101,7 +101,7 @@ def _start_worker(path: str) -> None:
     _WORKER["predictor"] = predictor
 
 
-def _classify(paths: list[str], threshold: float, predictor=None) -> list[dict[str, Any]]:
+def _classify(paths: list[str], threshold: float | None, predictor=None) -> list[dict[str, Any]]:
     """``classify_files`` on server-written files with this worker's predictor (or ``predictor``)."""
     from spectro.inference.classify import classify_files
 
@@ -155,7 +155,8 @@ class ModelService:
         self.predictor = predictor
         self.run, self.config, self.labels = predictor.run, predictor.config, predictor.labels
         self.settings = feature_settings(predictor.config)
-        self.threshold = stored_threshold(predictor.config)
+        # a normal-only run: each machine's own threshold (classify_files reads it from the references)
+        self.threshold = None if predictor.labels.normal_only else stored_threshold(predictor.config)
         self.lite = isinstance(predictor, LiteRTPredictor)
         self.processes = self.lite and processes is not False
         self._free: queue.SimpleQueue = queue.SimpleQueue()  # worker threads' predictors

@@ -34,7 +34,7 @@ from spectro.evaluation.metrics import model_metrics
 from spectro.features.reader import survey_images
 from spectro.features.settings import FeatureSettings
 from spectro.model.backbones import ModelSettings
-from spectro.model.labels import TASKS, LabelSpace
+from spectro.model.labels import NORMAL_ONLY, TASKS, LabelSpace
 from spectro.model.losses import make_loss, make_task_accuracy, sample_weights
 from spectro.model.windows import pool, window_columns, window_frames
 from spectro.paths import IMAGES_DIR, MODELS_DIR
@@ -121,6 +121,9 @@ class TrainSettings:
     # the quantisation-aware phase: about as many steps as docs/quantization.md found enough
     qat_steps: int = 300
     check_learning: bool = True
+    # normal-only runs: the false-alarm rate their per-machine thresholds aim at, and the default scorer
+    max_fpr: float = 0.05
+    scorer: str = "mahalanobis"
 
     def __post_init__(self) -> None:
         problems = []
@@ -144,6 +147,12 @@ class TrainSettings:
                             f"{self.val_fraction}, {self.test_fraction}")
         if self.lr_schedule not in LR_SCHEDULES:
             problems.append(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not 0 < self.max_fpr < 1:
+            problems.append(f"max_fpr must be in (0, 1), got {self.max_fpr}")
+        from spectro.model.references import SCORERS
+
+        if self.scorer not in SCORERS:
+            problems.append(f"scorer must be one of {', '.join(SCORERS)}, got {self.scorer!r}")
         if self.patience < 1:
             problems.append(f"patience must be >= 1, got {self.patience}")
         if self.bn_momentum is not None and not 0 < self.bn_momentum < 1:
@@ -318,11 +327,77 @@ def _manifest_rows(images: str | Path) -> tuple[Path, list[ImageRow]]:
 
 
 def _examples(rows: list[ImageRow], labels: LabelSpace) -> Examples:
-    y = np.array([labels.index(r.machine, r.label) for r in rows], dtype=int)
+    y = np.array([labels.row_index(r) for r in rows], dtype=int)
     machines = sorted({r.machine for r in rows})
     return Examples(paths=[str(r.path) for r in rows], labels=y, weights=sample_weights(labels, y),
                     machines=np.array([machines.index(r.machine) for r in rows]),
                     normal=np.array([not r.is_abnormal for r in rows]))
+
+
+def _abnormal_out_of_training(rows: list[ImageRow], splits: list[str],
+                              settings: TrainSettings) -> tuple[list[str], int]:
+    """The splits with every abnormal training clip moved to validation or test (in the ratio of their fractions,
+    seeded), and how many moved."""
+    rng = np.random.default_rng(settings.seed)
+    val_share = settings.val_fraction / max(settings.val_fraction + settings.test_fraction, 1e-9)
+    out, moved = list(splits), 0
+    for i, row in enumerate(rows):
+        if row.is_abnormal and out[i] == "train":
+            out[i], moved = ("val" if rng.random() < val_share else "test"), moved + 1
+    return out, moved
+
+
+def _objective(by_split: dict[str, list[ImageRow]], settings: TrainSettings, features: FeatureSettings,
+               image_shape, outlier_folder, progress: bool) -> tuple[LabelSpace, dict[str, list[ImageRow]], str]:
+    """The label space, the rows the network trains and validates on, and the objective in words.
+
+    Supervised tasks: every row. Normal-only: the normal rows, classified by machine key; with a single machine
+    key, also the synthetic machines' normal clips as other classes (outlier exposure,
+    :mod:`spectro.training.outliers`), a quarter of them validating."""
+    if settings.task != NORMAL_ONLY:
+        rows = [r for split in SPLITS for r in by_split[split]]
+        return LabelSpace.from_rows(rows, settings.task), by_split, f"{settings.task} classification"
+    labels = LabelSpace.from_rows(by_split["train"], NORMAL_ONLY)
+    fitted = {s: [r for r in by_split[s] if not r.is_abnormal and labels.class_of(r) in labels.classes]
+              for s in SPLITS}
+    if len(labels.classes) >= 2:
+        return labels, fitted, f"machine id classification of {len(labels.classes)} machine ids, normal clips only"
+    from spectro.training.outliers import outlier_rows
+
+    print(f"one machine id in the training split ({labels.classes[0]}): outlier exposure, the built-in synthetic "
+          "machines' normal clips as other classes")
+    outliers = outlier_rows(features, image_shape, Path(outlier_folder.name), seed=settings.seed, progress=progress)
+    fitted["train"] = fitted["train"] + [r for i, r in enumerate(outliers) if i % 4]
+    fitted["val"] = fitted["val"] + [r for i, r in enumerate(outliers) if not i % 4]
+    labels = LabelSpace.from_rows(fitted["train"], NORMAL_ONLY)
+    return labels, fitted, (f"outlier exposure: the machine's normal clips against {len(outliers)} normal clips of "
+                            f"{len(labels.classes) - 1} built-in synthetic machine ids")
+
+
+def _normal_only_metrics(run: Path, labels: LabelSpace, by_split, settings: TrainSettings, features, image_shape,
+                         progress: bool) -> dict:
+    """Write the run's normal references (training normals; thresholds from validation normals) and return the
+    validation and test figures of every scorer."""
+    from spectro.evaluation.normal import normal_only_figures, normal_only_scores
+    from spectro.features.reader import read_images
+    from spectro.inference.normal import fit_references
+    from spectro.inference.predictors import KerasPredictor
+
+    predictor = KerasPredictor(run / MODEL_NAME, run)
+    train_rows = [r for r in by_split["train"] if not r.is_abnormal]
+    pixels = {s: read_images(rows, settings=features, shape=image_shape, progress=progress)[0] if rows else None
+              for s, rows in (("train", train_rows), ("val", by_split["val"]), ("test", by_split["test"]))}
+    references = fit_references(predictor, labels, train_rows, pixels["train"], by_split["val"],
+                                pixels["val"] if by_split["val"] else np.zeros((0, *image_shape), np.uint8),
+                                max_fpr=settings.max_fpr, scorer=settings.scorer)
+    references.save(run)
+    metrics = {}
+    for split in ("val", "test"):
+        rows = by_split[split]
+        if rows:
+            scores, probs, thresholds = normal_only_scores(predictor, references, labels, rows, pixels[split])
+            metrics[split] = normal_only_figures(rows, scores, probs, thresholds, labels, references.default_scorer)
+    return metrics
 
 
 def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, settings: TrainSettings = TrainSettings(),
@@ -371,10 +446,15 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
                             test_fraction=settings.test_fraction, test_ids=settings.test_ids)
     elif len(splits) != len(rows) or not set(splits) <= set(SPLITS) or "train" not in splits:
         raise SpectroError(f"splits must name train/val/test for each of the {len(rows)} images, including some train")
-    labels = LabelSpace.from_pairs([(r.machine, r.label) for r in rows], task=settings.task)
+    normal_only = settings.task == NORMAL_ONLY
+    moved = 0
+    if normal_only:  # abnormal clips only ever measure: none is trained on
+        splits, moved = _abnormal_out_of_training(rows, splits, settings)
     rows = [r.with_split(split) for r, split in zip(rows, splits)]
     by_split = {s: [r for r in rows if r.split == s] for s in SPLITS}
-    trained_classes = {r.fine_class for r in by_split["train"]}
+    outlier_folder = tempfile.TemporaryDirectory(prefix="spectro-outliers-") if normal_only else None
+    labels, fitted_rows, objective = _objective(by_split, settings, features, image_shape, outlier_folder, progress)
+    trained_classes = {labels.class_of(r) for r in fitted_rows["train"]}
     if len(labels.classes) < 2:
         raise SpectroError(f"need at least 2 classes (<machine>/<label> folders) to train, found "
                            f"{list(labels.classes)}")
@@ -413,6 +493,8 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
     config = {
         "features": features.to_dict(), "input_shape": [int(v) for v in input_shape],
         "image_shape": [int(v) for v in image_shape], "task": settings.task,
+        **({"normal_only": {"objective": objective, "abnormal_trained_on": 0,
+                            "abnormal_moved_out_of_training": moved}} if normal_only else {}),
         "model": {**dataclasses.asdict(model_settings), "window_frames": int(window),
                   "weights_requested": model_settings.weights, "weights_used": weights_used},
         "seed": settings.seed, "images": str(folder),
@@ -427,7 +509,7 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
     config["training"]["test_ids"] = list(settings.test_ids)
     save_config(run, config)
 
-    examples = {s: _examples(by_split[s], labels) for s in SPLITS}
+    examples = {s: _examples(fitted_rows[s], labels) for s in SPLITS}
     global_batch = settings.batch_size * placement.replicas
     train_data = training_dataset(examples["train"], shape=image_shape, batch_size=global_batch, seed=settings.seed,
                                   settings=settings.augment, db_per_step=features.db_per_step, window=window)
@@ -492,8 +574,12 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
     plots.training_curves(run / TRAINING_PLOT_NAME, read_history(run), phase_starts=phase_starts[1:],
                           steps_per_epoch=settings.eval_every)
 
+    if outlier_folder is not None:
+        outlier_folder.cleanup()
     metrics, probs = {}, {}
-    for split in ("val", "test"):
+    if normal_only:
+        metrics = _normal_only_metrics(run, labels, by_split, settings, features, image_shape, progress)
+    for split in ("val", "test") if not normal_only else ():
         if len(examples[split]):
             # the saved model, on this process alone: predictions in the rows' order whatever the strategy
             # every window of each clip, pooled: a clip's probabilities as evaluate and classify compute them
@@ -504,7 +590,7 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
             metrics[split] = model_metrics(by_split[split], probs[split], labels, threshold=DEFAULT_THRESHOLD)
     learning = None
     checked = next((split for split in ("val", "test") if split in probs), None)
-    if settings.check_learning and checked is not None:
+    if settings.check_learning and checked is not None and not normal_only:
         learning = check_learning(by_split[checked], probs[checked], labels, split=checked)
         config["training"]["learning"] = learning.to_dict()
     config["training"].update({"phases": [p.name for p in plan], "epochs_run": epochs_run, "steps_run": steps_run,

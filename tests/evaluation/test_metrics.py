@@ -242,3 +242,29 @@ def test_model_metrics_needs_one_probability_row_per_image():
     rows, probs, labels = _model_case()
     with pytest.raises(SpectroError, match="one probability row per image"):
         metrics.model_metrics(rows, probs[:5], labels)
+
+
+def test_model_metrics_of_a_normal_only_run_by_hand():
+    """Machine ids as classes, given anomaly scores, a threshold per image, and every scorer's figures."""
+    from spectro.model.labels import LabelSpace
+
+    rows, _, _ = _model_case()
+    labels = LabelSpace.from_rows([r for r in rows if not r.is_abnormal], "normal-only")
+    assert labels.classes == ("fan/id_00", "pump/id_00")
+    probs = np.array([[0.9, 0.1]] * 3 + [[0.2, 0.8]] * 3)  # fan, fan, fan (fan/id_02 is unknown), pump x 3
+    scores = np.array([1.0, 3.0, 2.0, 1.5, 2.5, 0.5])
+    thresholds = np.array([2.0, 2.0, 2.0, 1.0, 1.0, 1.0])  # per machine: fan 2.0, pump 1.0
+    other = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    out = metrics.model_metrics(rows, probs, labels, threshold=thresholds, scores=scores,
+                                scorers={"main": scores, "other": other})
+    overall = out["overall"]
+    # abnormal rows 1, 2, 4, 5 flagged where score >= own threshold: rows 1 (3 >= 2), 2 (2 >= 2), 4 (2.5 >= 1);
+    # normal rows 0 (1 < 2) and 3 (1.5 >= 1: a false alarm)
+    assert overall["at_threshold"] == {"threshold": "per machine", "tpr": 0.75, "fpr": 0.5, "precision": 0.75,
+                                       "flagged": 4}
+    assert overall["accuracy"] == pytest.approx(4 / 6)  # machine ids: fan/id_02 and pump/id_04 are unknown to it
+    assert "failure_type_accuracy" not in overall  # no class is abnormal
+    assert out["by_machine"]["pump"]["at_threshold"]["fpr"] == 1.0  # thresholds follow their rows into groups
+    assert out["scorers"]["other"]["overall"]["auc"] == pytest.approx(metrics.anomaly_auc(
+        [r.is_abnormal for r in rows], other))
+    assert out["scorers"]["main"]["by_machine_id"]["pump/id_00"]["auc"] == pytest.approx(1.0)  # 1.5 normal < 2.5

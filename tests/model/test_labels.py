@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -53,3 +55,21 @@ def test_labels_json_round_trip(tmp_path):
 def test_bad_label_spaces_raise(task, classes):
     with pytest.raises(SpectroError):
         LabelSpace(task=task, classes=classes)
+
+
+def test_normal_only_classes_are_machine_ids_of_normal_rows_and_none_is_abnormal():
+    from spectro.data.manifest import ImageRow
+    from spectro.model.labels import machine_key
+
+    rows = [ImageRow(Path(f"/{i}.png"), "", m, mid, label, "") for i, (m, mid, label) in enumerate(
+        [("fan", "id_00", "normal"), ("fan", "id_02", "normal"), ("fan", "id_00", "bearing"), ("pump", "", "normal"),
+         ("valve", "id_04", "stuck")])]
+    labels = LabelSpace.from_rows(rows, "normal-only")
+    assert labels.classes == ("fan/id_00", "fan/id_02", "pump")  # valve has no normal clip: no class
+    assert not labels.abnormal_mask.any() and labels.task_classes == labels.classes
+    assert [labels.class_of(r) for r in rows[:4]] == ["fan/id_00", "fan/id_02", "fan/id_00", "pump"]
+    assert labels.row_index(rows[2]) == 0 and machine_key("fan") == "fan"
+    assert labels.anomaly_score(np.array([[0.2, 0.3, 0.5]]))[0] == 0.0 and labels.failure_type([[1, 0, 0]]) == [""]
+    with pytest.raises(SpectroError, match="'valve/id_04' is not one the model knows"):
+        labels.row_index(rows[4])
+    assert LabelSpace.from_rows(rows, "failure").classes[0] == "fan/bearing"

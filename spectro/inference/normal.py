@@ -1,0 +1,215 @@
+"""Scoring clips of a normal-only run against its normal references, and making those references.
+
+Shared by ``spectro train --task normal-only`` (references from the training split, thresholds from the
+validation normals), ``spectro evaluate``, ``spectro classify`` and ``spectro enroll``
+(:mod:`spectro.model.references` holds the scorers).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from spectro.errors import SpectroError
+from spectro.model.references import SCORERS, References
+from spectro.model.windows import pool
+
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+_ID = re.compile(r"^id_\d+$")
+
+
+def parse_machine(text: str) -> str:
+    """A machine key given by a user (``fan/id_02``, or ``fan`` for recordings without ids)."""
+    if not _KEY.fullmatch(text or ""):
+        raise SpectroError(f"--machine {text!r} does not parse: expected <machine>/<id> such as fan/id_02 (or a "
+                           "machine alone such as fan), letters, digits, '_', '.' and '-' only")
+    return text
+
+
+def key_from_path(path) -> str | None:
+    """The machine key a recording's path names (``…/<machine>/id_XX/<label>/file`` or ``…/<machine>/id_XX/file``),
+    or ``None`` when it names none."""
+    parts = list(path.parts[:-1])
+    for i in range(len(parts) - 1, 0, -1):
+        if _ID.fullmatch(parts[i]):
+            return f"{parts[i - 1]}/{parts[i]}"
+    return None
+
+
+def named_path(path) -> tuple[object, str]:
+    """The path that names a file's machine: a spectro PNG's source recording when that names a machine id (the
+    images stage writes ``<machine>/<label>/`` folders), else the file's own path; and which of the two."""
+    from pathlib import Path
+
+    if path.suffix.lower() == ".png" and key_from_path(path) is None:
+        from spectro.features.png import read_info
+
+        try:
+            source = Path(read_info(path).source)
+        except SpectroError:
+            return path, "the path"
+        if key_from_path(source) is not None:
+            return source, "the image's source recording"
+    return path, "the path"
+
+
+def embed_and_score(predictor, references: References, keys: Sequence[str | None], pixels, *,
+                    unknown: str = "raise") -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every scorer's score of each clip of ``pixels`` against its machine's references, and the clips' pooled
+    class probabilities.
+
+    Parameters
+    ----------
+    keys : sequence of str
+        The machine key of each clip.
+    unknown : {"raise", "nan"}
+        A clip whose machine has no references: an error, or NaN scores.
+
+    Returns
+    -------
+    (dict, numpy.ndarray)
+        ``{scorer: (n,) clip scores}`` (NaN where a scorer does not apply: ``id`` for a machine the model was
+        not trained on) and ``(n, classes)`` probabilities.
+    """
+    keys = np.asarray(list(keys), dtype=object)
+    embeddings, probs, owners = predictor.embed_clips(pixels)
+    n = len(keys)
+    out = {name: np.full(n, np.nan) for name in SCORERS}
+    for key in sorted(set(keys.tolist()), key=str):
+        clips = np.flatnonzero(keys == key)
+        if key not in references.machines and unknown == "nan":
+            continue
+        sel = np.isin(owners, clips)
+        local = np.searchsorted(clips, owners[sel])
+        for name, value in references.clip_scores(key, embeddings[sel], probs[sel], local, len(clips)).items():
+            out[name][clips] = value
+    return out, pool(probs, owners, n)
+
+
+def add_references(predictor, references: References, keys: Sequence[str], pixels, *, source: str,
+                   class_of: dict[str, int]) -> dict[str, np.ndarray]:
+    """Add the normal clips ``pixels`` (machine ``keys[i]``) to ``references``; returns each machine's
+    probabilities of its new windows (for its id threshold)."""
+    keys = np.asarray(list(keys), dtype=object)
+    embeddings, probs, owners = predictor.embed_clips(pixels)
+    added = {}
+    for key in sorted(set(keys.tolist())):
+        clips = np.flatnonzero(keys == key)
+        sel = np.isin(owners, clips)
+        references.add(key, embeddings[sel], np.searchsorted(clips, owners[sel]), class_index=class_of.get(key),
+                       source=source)
+        added[key] = probs[sel]
+    return added
+
+
+def fit_references(predictor, labels, train_rows, train_pixels, val_rows, val_pixels, *, max_fpr: float,
+                   scorer: str) -> References:
+    """A normal-only run's references: every window of the training normals per machine; thresholds from the
+    validation normals of each machine (from the references themselves, fold by fold, when it has fewer than
+    :data:`~spectro.model.references.MIN_THRESHOLD_CLIPS`)."""
+    references = References(max_fpr=max_fpr, default_scorer=scorer)
+    class_of = {c: i for i, c in enumerate(labels.classes)}
+    train_keys = [labels.class_of(r) for r in train_rows]
+    probs = add_references(predictor, references, train_keys, train_pixels, source="training split",
+                           class_of=class_of)
+    val_keys = np.array([labels.class_of(r) for r in val_rows], dtype=object)
+    normal = np.array([not r.is_abnormal and k in references.machines for r, k in zip(val_rows, val_keys)], bool)
+    val_scores = {}
+    if normal.any():
+        val_scores, _ = embed_and_score(predictor, references, val_keys[normal], val_pixels[normal])
+    for key in references.machines:
+        mine = val_keys[normal] == key
+        validation = ({name: v[mine] for name, v in val_scores.items() if not np.isnan(v[mine]).any()}
+                      if mine.any() else None)
+        references.calibrate(key, validation, probs=probs[key])
+    return references
+
+
+def _identity(path, root, machine: str | None) -> tuple[str | None, str]:
+    """The machine key and label folder a file's path names (``--machine`` overrides the key)."""
+    from spectro.data.layout import parse_path
+    from spectro.model.labels import machine_key
+
+    named = named_path(path)[0]
+    key, label = key_from_path(named), ""
+    if key is not None:
+        parts = named.parts[:-1]
+        at = max(i for i, part in enumerate(parts) if _ID.fullmatch(part))
+        label = parts[at + 1] if at + 1 < len(parts) else ""
+    else:
+        try:
+            clip = parse_path(path, root)
+            key, label = machine_key(clip.machine), clip.label
+        except SpectroError:
+            pass
+    if machine is not None:
+        return machine, "abnormal" if "abnormal" in path.relative_to(root).parts[:-1] else label
+    return key, label
+
+
+def enroll(run, folder, *, machine: str | None = None, progress: bool = False) -> dict[str, dict]:
+    """Add the normal recordings (or spectro PNGs) below ``folder`` to the normal references of normal-only run
+    ``run``, without retraining: each file rendered with the run's feature settings, every window embedded, and
+    each machine's thresholds set again from its references fold by fold. The machine of each file comes from
+    ``machine`` or its path (``…/<machine>/id_XX/normal/…`` or ``<machine>/normal/…`` below ``folder``).
+
+    Returns ``{machine key: {"clips", "added", "new", "thresholds", "threshold_from"}}``. The run folder is
+    written only once everything has been read and scored: on any error it is unchanged.
+
+    Raises
+    ------
+    SpectroError
+        Not a normal-only run, its files missing; ``folder`` empty, missing, or holding abnormal recordings,
+        files of other feature settings or too short; a machine that cannot be told; a bad ``machine``.
+    """
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from spectro.data.layout import NORMAL_LABEL
+    from spectro.inference.predictors import KerasPredictor
+    from spectro.inference.windows import expand_inputs, load_windows
+    from spectro.runs import MODEL_NAME, feature_settings, resolve_run
+
+    run, folder = resolve_run(run), Path(folder)
+    if machine is not None:
+        machine = parse_machine(machine)
+    if not (run / MODEL_NAME).is_file():
+        raise SpectroError(f"{run}: no {MODEL_NAME} (enrolling needs the run's Keras model)")
+    references = References.load(run)
+    predictor = KerasPredictor(run / MODEL_NAME, run)
+    if not predictor.labels.normal_only:
+        raise SpectroError(f"{run}: a {predictor.labels.task} run; enrolling needs a run trained with --task "
+                           "normal-only")
+    if not folder.is_dir():
+        raise SpectroError(f"{folder}: no such folder (expected a folder of normal recordings)")
+    files = expand_inputs([folder])
+    identities = [_identity(f, folder, machine) for f in files]
+    unknown = [f for f, (key, _) in zip(files, identities) if key is None]
+    if unknown:
+        raise SpectroError(f"{unknown[0]}: cannot tell which machine it is from its path (expected "
+                           ".../<machine>/id_XX/normal/<file> or <machine>/normal/<file> below the folder); pass "
+                           "--machine, e.g. --machine fan/id_02")
+    abnormal = [f for f, (_, label) in zip(files, identities) if label not in ("", NORMAL_LABEL)]
+    if abnormal:
+        raise SpectroError(f"enroll takes normal recordings only: {len(abnormal)} of the {len(files)} files lie in "
+                           f"label folders other than '{NORMAL_LABEL}' (first: {abnormal[0]})")
+    settings = feature_settings(predictor.config)
+    spans, keys = [], []
+    for f, (key, _) in zip(tqdm(files, desc="reading", unit="file", disable=not progress, leave=False), identities):
+        w = load_windows(f, settings, predictor.image_shape, window=predictor.input_shape[1])
+        spans.extend(w.pixels)
+        keys.extend([key] * len(w.pixels))
+    before = {key: (m.n_clips if key in references.machines else 0) for key, m in
+              ((k, references.machines.get(k)) for k in set(keys))}
+    class_of = {c: i for i, c in enumerate(predictor.labels.classes)}
+    probs = add_references(predictor, references, keys, spans, source=str(folder.resolve()), class_of=class_of)
+    summary = {}
+    for key in sorted(probs):
+        m = references.calibrate(key, None, probs=probs[key] if before[key] == 0 else None)
+        summary[key] = {"clips": m.n_clips, "added": m.n_clips - before[key], "new": before[key] == 0,
+                        "thresholds": dict(m.thresholds), "threshold_from": m.threshold_from}
+    references.save(run)
+    return summary

@@ -1,0 +1,303 @@
+"""Normal references: what a machine's normal sound looks like to a model, and the anomaly scores that compare a
+clip with it (normal-only runs; no TensorFlow here).
+
+A run's references hold, per **machine key** (``<machine>/<id>``, :func:`spectro.model.labels.machine_key`),
+the embeddings of every window of its normal clips (the backbone's pooled features, before the head) and, per
+scorer, a decision threshold taken from normal clips alone. ``spectro train --task normal-only`` writes them
+from the training split; ``spectro enroll`` adds a machine (or more clips of one) without retraining.
+
+The scores of a clip (higher = more abnormal), from its **embedding**, the mean of its windows' embeddings:
+
+``knn``          mean cosine distance to its ``k`` nearest reference windows of the machine
+``mahalanobis``  Mahalanobis distance to a Gaussian of the machine's reference windows (Ledoit–Wolf shrinkage
+                 covariance, scikit-learn), so a few clips in 1280 dimensions still give an invertible covariance
+``id``           −log p(machine key) of the model's softmax, the mean over the clip's windows; only for machines
+                 the model was trained on
+
+Thresholds: per machine and scorer, the ``1 − max_fpr`` quantile of normal clips' scores, from clips that are
+not among the references: the run's validation normals when it has at least :data:`MIN_THRESHOLD_CLIPS` of
+them, otherwise the references themselves scored fold by fold against the others (up to
+:data:`THRESHOLD_FOLDS` folds by clip), which is how an enrolled machine gets its threshold.
+
+Files in the run folder: ``references.npz`` (``embeddings`` float16 ``(n_windows, d)``, ``keys`` and ``clips``
+per window) and ``references.json`` (the scorers, ``k``, ``max_fpr``, the default scorer and per machine its
+clips, sources, thresholds and where they came from).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spectro.errors import SpectroError
+from spectro.runs import REFERENCES_INFO, REFERENCES_NAME
+
+SCORERS = ("knn", "mahalanobis", "id")
+# the best of the three on the built-in set's test split (docs/normal-only.md)
+DEFAULT_SCORER = "mahalanobis"
+DEFAULT_K = 5
+MIN_THRESHOLD_CLIPS = 3
+THRESHOLD_FOLDS = 5
+_CHUNK = 2048  # query windows compared with the references at a time
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def knn_distance(queries: np.ndarray, reference: np.ndarray, k: int = DEFAULT_K) -> np.ndarray:
+    """Mean cosine distance of each query row to its ``k`` nearest rows of ``reference`` (all of them when there
+    are fewer)."""
+    if len(reference) == 0:
+        raise SpectroError("no reference embeddings to compare with")
+    k = max(1, min(int(k), len(reference)))
+    ref = _unit(reference)
+    out = []
+    for start in range(0, len(queries), _CHUNK):
+        distance = np.maximum(1.0 - _unit(queries[start:start + _CHUNK]) @ ref.T, 0.0)  # no -0.0 from rounding
+        out.append(np.partition(distance, k - 1, axis=1)[:, :k].mean(axis=1))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+class Gaussian:
+    """A Gaussian of reference embeddings with a Ledoit–Wolf covariance; :meth:`distance` is Mahalanobis'."""
+
+    def __init__(self, reference: np.ndarray):
+        from sklearn.covariance import LedoitWolf
+
+        if len(reference) < 2:
+            raise SpectroError(f"a Gaussian needs at least 2 reference windows, got {len(reference)}")
+        self.fit = LedoitWolf().fit(np.asarray(reference, dtype=np.float64))
+
+    def distance(self, queries: np.ndarray) -> np.ndarray:
+        return np.sqrt(np.maximum(self.fit.mahalanobis(np.asarray(queries, dtype=np.float64)), 0.0))
+
+
+def id_score(probs: np.ndarray, index: int) -> np.ndarray:
+    """−log p of class ``index`` for each row of softmax ``probs``."""
+    return -np.log(np.clip(np.asarray(probs, dtype=np.float64)[:, index], 1e-12, 1.0))
+
+
+def clip_mean(window_scores: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:
+    """Mean of window scores per clip (``owners[i]``: the clip of window ``i``, ``0 … n-1``)."""
+    owners = np.asarray(owners, dtype=int)
+    counts = np.bincount(owners, minlength=n)
+    if (counts == 0).any():
+        raise SpectroError("every clip needs at least one window")
+    return np.bincount(owners, weights=np.asarray(window_scores, dtype=np.float64), minlength=n) / counts
+
+
+def normal_threshold(scores: np.ndarray, max_fpr: float) -> float:
+    """The ``1 − max_fpr`` quantile of normal clips' scores: about ``max_fpr`` of normal clips score at or above
+    it."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(scores) == 0:
+        raise SpectroError("no normal scores to take a threshold from")
+    return float(np.quantile(scores, 1.0 - max_fpr))
+
+
+@dataclass
+class Machine:
+    """One machine's references: its windows' embeddings, the clip of each, thresholds and where they came from."""
+
+    key: str
+    embeddings: np.ndarray  # (n_windows, d)
+    clips: np.ndarray  # (n_windows,) clip number within this machine, 0 …
+    class_index: int | None = None  # the model's class for the machine (the id scorer), None when not trained on
+    thresholds: dict[str, float] = field(default_factory=dict)
+    threshold_from: str = ""
+    sources: list[str] = field(default_factory=list)
+    enrolled: str = ""
+    _gaussian: Gaussian | None = field(default=None, repr=False)
+
+    @property
+    def n_clips(self) -> int:
+        return int(len(np.unique(self.clips)))
+
+    @property
+    def scorers(self) -> tuple[str, ...]:
+        return SCORERS if self.class_index is not None else tuple(s for s in SCORERS if s != "id")
+
+    def gaussian(self) -> Gaussian:
+        if self._gaussian is None:
+            self._gaussian = Gaussian(self.embeddings)
+        return self._gaussian
+
+    def clip_scores(self, embeddings: np.ndarray, probs: np.ndarray | None, owners: np.ndarray, n: int, *,
+                    k: int) -> dict[str, np.ndarray]:
+        """Every scorer's score of ``n`` clips from their windows' ``embeddings`` and the model's ``probs`` of the
+        same windows (``owners``: the clip of each window, ``0 … n-1``): ``knn`` and ``mahalanobis`` of each clip's
+        embedding (the mean of its windows'), ``id`` the mean over its windows."""
+        owners = np.asarray(owners, dtype=int)
+        counts = np.bincount(owners, minlength=n)
+        if (counts == 0).any():
+            raise SpectroError("every clip needs at least one window")
+        clips = np.zeros((n, embeddings.shape[1]), dtype=np.float64)
+        np.add.at(clips, owners, embeddings)
+        clips /= counts[:, None]
+        out = {"knn": knn_distance(clips, self.embeddings, k), "mahalanobis": self.gaussian().distance(clips)}
+        if self.class_index is not None and probs is not None:
+            out["id"] = clip_mean(id_score(probs, self.class_index), owners, n)
+        return out
+
+    def held_out_scores(self, probs: np.ndarray | None, *, k: int) -> dict[str, np.ndarray]:
+        """Scores of the machine's own reference clips, each fold of clips scored against the other folds
+        (``probs``: the model's probabilities of the reference windows, for the id scorer)."""
+        clip_ids = np.unique(self.clips)
+        if len(clip_ids) < 2:
+            raise SpectroError(f"{self.key}: a threshold from the references needs at least 2 normal clips, got "
+                               f"{len(clip_ids)}")
+        folds = np.arange(len(clip_ids)) % min(THRESHOLD_FOLDS, len(clip_ids))
+        scores = {s: np.zeros(len(clip_ids)) for s in self.scorers}
+        for f in np.unique(folds):
+            held = clip_ids[folds == f]
+            inside = np.isin(self.clips, held)
+            rest = Machine(self.key, self.embeddings[~inside], self.clips[~inside], self.class_index)
+            local = np.searchsorted(held, self.clips[inside])
+            for name, value in rest.clip_scores(self.embeddings[inside], None if probs is None else probs[inside],
+                                                local, len(held), k=k).items():
+                scores[name][folds == f] = value
+        return {name: value for name, value in scores.items() if name != "id" or probs is not None}
+
+
+@dataclass
+class References:
+    """A run's normal references, one :class:`Machine` per machine key."""
+
+    machines: dict[str, Machine] = field(default_factory=dict)
+    k: int = DEFAULT_K
+    max_fpr: float = 0.05
+    default_scorer: str = DEFAULT_SCORER
+
+    def __post_init__(self) -> None:
+        if self.default_scorer not in SCORERS:
+            raise SpectroError(f"unknown scorer {self.default_scorer!r}: expected one of {', '.join(SCORERS)}")
+        if not 0 < self.max_fpr < 1:
+            raise SpectroError(f"max_fpr must be in (0, 1), got {self.max_fpr}")
+        if self.k < 1:
+            raise SpectroError(f"k must be >= 1, got {self.k}")
+
+    def machine(self, key: str) -> Machine:
+        try:
+            return self.machines[key]
+        except KeyError:
+            known = ", ".join(sorted(self.machines)) or "none"
+            raise SpectroError(f"machine {key!r} has no enrolled normal clips (enrolled: {known}); enroll its normal "
+                               f"recordings with 'spectro enroll RUN DIR --machine {key}'") from None
+
+    def add(self, key: str, embeddings: np.ndarray, owners: np.ndarray, *, class_index: int | None,
+            source: str) -> Machine:
+        """Add windows of normal clips (``owners``: clip number of each window, from 0) to machine ``key``, new
+        or known; :meth:`calibrate` then sets its thresholds."""
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        owners = np.asarray(owners, dtype=int)
+        if embeddings.ndim != 2 or len(embeddings) != len(owners) or len(owners) == 0:
+            raise SpectroError(f"{key}: need one clip number per embedding row, got {embeddings.shape} and "
+                               f"{owners.shape}")
+        old = self.machines.get(key)
+        sources, thresholds = [source], {}
+        if old is not None:
+            if old.embeddings.shape[1] != embeddings.shape[1]:
+                raise SpectroError(f"{key}: embeddings of {embeddings.shape[1]} values do not match the "
+                                   f"{old.embeddings.shape[1]} of its references")
+            embeddings = np.concatenate([old.embeddings, embeddings])
+            owners = np.concatenate([old.clips, owners + int(old.clips.max()) + 1])
+            sources, thresholds = [*old.sources, source], dict(old.thresholds)
+            class_index = old.class_index if class_index is None else class_index
+        machine = Machine(key, embeddings, owners, class_index, thresholds=thresholds, sources=sources,
+                          enrolled=dt.datetime.now().isoformat(timespec="seconds"))
+        self.machines[key] = machine
+        return machine
+
+    def calibrate(self, key: str, validation: dict[str, np.ndarray] | None = None,
+                  probs: np.ndarray | None = None) -> Machine:
+        """Set machine ``key``'s thresholds from ``validation`` clip scores of normal clips that are not among its
+        references when there are at least :data:`MIN_THRESHOLD_CLIPS` (or any, when the machine has a single
+        reference clip), else from the references scored fold by fold (``probs``: the model's probabilities of
+        every reference window, for the id scorer; without them an id threshold set before stays)."""
+        machine = self.machine(key)
+        n_val = 0 if not validation else min(len(v) for v in validation.values())
+        if n_val >= MIN_THRESHOLD_CLIPS or (n_val and machine.n_clips < 2):
+            scores, machine.threshold_from = validation, f"{n_val} validation normal clips"
+        else:
+            scores = machine.held_out_scores(probs, k=self.k)
+            machine.threshold_from = (f"the {machine.n_clips} reference clips, "
+                                      f"{min(THRESHOLD_FOLDS, machine.n_clips)} folds each scored against the rest")
+        machine.thresholds.update({name: normal_threshold(value, self.max_fpr) for name, value in scores.items()
+                                   if name in machine.scorers})
+        return machine
+
+    def clip_scores(self, key: str, embeddings: np.ndarray, probs: np.ndarray | None, owners: np.ndarray,
+                    n: int) -> dict[str, np.ndarray]:
+        """Every scorer's score of ``n`` clips of machine ``key`` from their windows (``owners``: clip of each)."""
+        return self.machine(key).clip_scores(embeddings, probs, owners, n, k=self.k)
+
+    def threshold(self, key: str, scorer: str | None = None) -> float:
+        machine = self.machine(key)
+        scorer = scorer or self.default_scorer
+        if scorer not in machine.thresholds:
+            raise SpectroError(f"{key} has no {scorer} threshold (scorers for it: {', '.join(machine.thresholds)})")
+        return machine.thresholds[scorer]
+
+    def nearest(self, embeddings: np.ndarray) -> tuple[str, float]:
+        """The machine whose references are nearest to these windows' mean embedding (knn distance), and that
+        distance."""
+        if not self.machines:
+            raise SpectroError("no enrolled machines: enroll normal recordings with 'spectro enroll RUN DIR'")
+        clip = np.asarray(embeddings, dtype=np.float64).mean(axis=0, keepdims=True)
+        distances = {key: float(knn_distance(clip, m.embeddings, self.k)[0]) for key, m in self.machines.items()}
+        key = min(distances, key=distances.get)
+        return key, distances[key]
+
+    # -- files -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"scorers": list(SCORERS), "default_scorer": self.default_scorer, "k": self.k, "max_fpr": self.max_fpr,
+                "machines": {key: {"clips": m.n_clips, "windows": int(len(m.clips)), "class_index": m.class_index,
+                                   "thresholds": m.thresholds, "threshold_from": m.threshold_from,
+                                   "sources": m.sources, "enrolled": m.enrolled}
+                             for key, m in sorted(self.machines.items())}}
+
+    def save(self, folder: str | Path) -> None:
+        """Write ``references.npz`` and ``references.json`` into ``folder`` (each atomically)."""
+        folder = Path(folder)
+        keys = sorted(self.machines)
+        arrays = {"embeddings": np.concatenate([self.machines[k].embeddings for k in keys]).astype(np.float16),
+                  "keys": np.concatenate([[k] * len(self.machines[k].clips) for k in keys]).astype(str),
+                  "clips": np.concatenate([self.machines[k].clips for k in keys]).astype(np.int32)}
+        tmp = folder / f".{REFERENCES_NAME}.tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, folder / REFERENCES_NAME)
+        tmp = folder / f".{REFERENCES_INFO}.tmp"
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, folder / REFERENCES_INFO)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> References:
+        folder = Path(folder)
+        info_path, arrays_path = folder / REFERENCES_INFO, folder / REFERENCES_NAME
+        if not info_path.is_file() or not arrays_path.is_file():
+            raise SpectroError(f"{folder}: no normal references ({REFERENCES_NAME} and {REFERENCES_INFO}); a run "
+                               "trained with --task normal-only has them")
+        try:
+            info = json.loads(info_path.read_text())
+            with np.load(arrays_path) as data:
+                embeddings, keys, clips = data["embeddings"].astype(np.float32), data["keys"], data["clips"]
+            refs = cls(k=int(info["k"]), max_fpr=float(info["max_fpr"]), default_scorer=info["default_scorer"])
+            for key, meta in info["machines"].items():
+                sel = keys == key
+                refs.machines[key] = Machine(key, embeddings[sel], clips[sel].astype(int), meta["class_index"],
+                                             thresholds={k: float(v) for k, v in meta["thresholds"].items()},
+                                             threshold_from=meta["threshold_from"], sources=list(meta["sources"]),
+                                             enrolled=meta["enrolled"])
+                if not sel.any():
+                    raise KeyError(f"no embeddings for {key}")
+        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise SpectroError(f"{folder}: unreadable normal references ({type(exc).__name__}: {exc})") from None
+        return refs

@@ -1,0 +1,151 @@
+"""spectro.model.references: the scorers against independent computations (scikit-learn's NearestNeighbors, scipy's
+Mahalanobis), thresholds from normal clips alone, adding a machine, and the files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
+from sklearn.covariance import LedoitWolf
+from sklearn.neighbors import NearestNeighbors
+
+from spectro.errors import SpectroError
+from spectro.model.references import (
+    REFERENCES_INFO,
+    REFERENCES_NAME,
+    Machine,
+    References,
+    clip_mean,
+    id_score,
+    knn_distance,
+    normal_threshold,
+)
+
+RNG = np.random.default_rng(0)
+
+
+def _cloud(n: int, d: int = 12, shift: float = 0.0, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, d)) + shift).astype(np.float32)
+
+
+def test_knn_is_the_mean_cosine_distance_to_the_k_nearest_as_scikit_learn_finds_them():
+    reference, queries = _cloud(40, seed=1) + 0.5, _cloud(7, seed=2)
+    expected = NearestNeighbors(n_neighbors=5, metric="cosine").fit(reference).kneighbors(queries)[0].mean(axis=1)
+    np.testing.assert_allclose(knn_distance(queries, reference, 5), expected, rtol=1e-5, atol=1e-6)
+    # fewer references than k: all of them
+    np.testing.assert_allclose(knn_distance(queries, reference[:3], 5),
+                               NearestNeighbors(n_neighbors=3, metric="cosine").fit(reference[:3])
+                               .kneighbors(queries)[0].mean(axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_mahalanobis_is_scipys_with_the_ledoit_wolf_covariance():
+    reference, queries = _cloud(30, d=8, seed=3), _cloud(5, d=8, shift=1.0, seed=4)
+    fit = LedoitWolf().fit(reference.astype(np.float64))
+    inverse = np.linalg.inv(fit.covariance_)
+    expected = [scipy_mahalanobis(q, fit.location_, inverse) for q in queries.astype(np.float64)]
+    machine = Machine("fan/id_00", reference, np.arange(30))
+    np.testing.assert_allclose(machine.gaussian().distance(queries), expected, rtol=1e-6)
+
+
+def test_id_score_is_minus_log_of_the_machines_probability_and_clip_scores_are_window_means():
+    probs = np.array([[0.5, 0.5], [0.9, 0.1], [0.25, 0.75]])
+    np.testing.assert_allclose(id_score(probs, 1), [np.log(2), -np.log(0.1), -np.log(0.75)])
+    np.testing.assert_allclose(clip_mean(np.array([1.0, 3.0, 10.0, 4.0]), np.array([0, 0, 1, 1]), 2), [2.0, 7.0])
+    with pytest.raises(SpectroError, match="at least one window"):
+        clip_mean(np.array([1.0]), np.array([1]), 2)
+
+
+def test_the_threshold_lets_about_max_fpr_of_normal_clips_through():
+    normal = np.arange(1, 101, dtype=float)  # 1 … 100
+    threshold = normal_threshold(normal, 0.05)
+    assert threshold == pytest.approx(np.quantile(normal, 0.95))
+    assert np.mean(normal >= threshold) == pytest.approx(0.05)
+    with pytest.raises(SpectroError, match="no normal scores"):
+        normal_threshold(np.array([]), 0.05)
+
+
+def _references(**machines) -> References:
+    refs = References(k=3)
+    for key, (embeddings, clips) in machines.items():
+        refs.add(key.replace("__", "/"), embeddings, clips, class_index=None, source="test")
+    return refs
+
+
+def test_thresholds_come_from_validation_normals_or_else_from_the_references_fold_by_fold():
+    embeddings = _cloud(40, seed=5)
+    clips = np.repeat(np.arange(10), 4)  # 10 clips of 4 windows
+    refs = _references(fan__id_00=(embeddings, clips))
+    validation = {"knn": np.linspace(0.1, 0.5, 20), "mahalanobis": np.linspace(1, 5, 20)}
+    machine = refs.calibrate("fan/id_00", validation)
+    assert machine.thresholds == {name: pytest.approx(np.quantile(v, 0.95)) for name, v in validation.items()}
+    assert machine.threshold_from == "20 validation normal clips"
+    # too few validation clips: folds of the references; by hand for knn
+    machine = refs.calibrate("fan/id_00", {"knn": np.array([0.1, 0.2])})
+    fold = np.arange(10) % 5  # clip c is in fold c % 5; its score: its mean embedding against the other folds
+    per_clip = [knn_distance(embeddings[clips == c].mean(axis=0, keepdims=True), embeddings[fold[clips] != c % 5], 3)[0]
+                for c in range(10)]
+    assert machine.thresholds["knn"] == pytest.approx(np.quantile(per_clip, 0.95))
+    assert "10 reference clips, 5 folds" in machine.threshold_from
+
+
+def test_a_clip_is_scored_by_its_mean_embedding_and_id_by_the_mean_over_its_windows():
+    reference, windows = _cloud(30, d=8, seed=14), _cloud(6, d=8, seed=15) + 0.5
+    machine = Machine("fan/id_00", reference, np.repeat(np.arange(10), 3), class_index=1)
+    probs = np.array([[0.5, 0.5], [0.8, 0.2], [0.1, 0.9], [0.3, 0.7], [0.6, 0.4], [0.9, 0.1]])
+    owners = np.array([0, 0, 0, 1, 1, 1])
+    scores = machine.clip_scores(windows, probs, owners, 2, k=4)
+    clips = np.stack([windows[:3].mean(axis=0), windows[3:].mean(axis=0)])
+    np.testing.assert_allclose(scores["knn"], NearestNeighbors(n_neighbors=4, metric="cosine").fit(reference)
+                               .kneighbors(clips)[0].mean(axis=1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores["mahalanobis"], machine.gaussian().distance(clips))
+    np.testing.assert_allclose(scores["id"], [-np.mean(np.log([0.5, 0.2, 0.9])), -np.mean(np.log([0.7, 0.4, 0.1]))])
+
+
+def test_scores_grow_away_from_the_machines_normals():
+    normal = _cloud(60, seed=6) + 3.0
+    refs = _references(fan__id_00=(normal, np.repeat(np.arange(15), 4)))
+    near, far = _cloud(8, seed=7) + 3.0, _cloud(8, seed=8) * 3.0 - 3.0
+    scores = refs.clip_scores("fan/id_00", np.concatenate([near, far]), None, np.repeat([0, 1], 8), 2)
+    assert set(scores) == {"knn", "mahalanobis"}  # no id scorer for a machine the model was not trained on
+    assert scores["knn"][1] > scores["knn"][0] and scores["mahalanobis"][1] > scores["mahalanobis"][0]
+
+
+def test_adding_a_machine_leaves_the_others_untouched_and_more_clips_extend_one():
+    a, b = _cloud(20, seed=9), _cloud(12, seed=10) + 2
+    refs = _references(fan__id_00=(a, np.repeat(np.arange(5), 4)))
+    refs.calibrate("fan/id_00")
+    before = dict(refs.machines["fan/id_00"].thresholds)
+    query = _cloud(4, seed=11)
+    scores_before = refs.clip_scores("fan/id_00", query, None, np.zeros(4, int), 1)
+    refs.add("pump/id_02", b, np.repeat(np.arange(3), 4), class_index=None, source="new")
+    refs.calibrate("pump/id_02")
+    assert refs.machines["fan/id_00"].thresholds == before
+    after = refs.clip_scores("fan/id_00", query, None, np.zeros(4, int), 1)
+    assert all(np.array_equal(scores_before[k], after[k]) for k in scores_before)
+    refs.add("pump/id_02", b[:4] + 1, np.zeros(4, int), class_index=None, source="more")
+    m = refs.machines["pump/id_02"]
+    assert (m.n_clips, len(m.embeddings), m.sources) == (4, 16, ["new", "more"])
+
+
+def test_files_round_trip_and_unknown_machines_are_a_clear_error(tmp_path):
+    refs = _references(fan__id_00=(_cloud(12, seed=12), np.repeat(np.arange(3), 4)),
+                       pump=(_cloud(8, seed=13), np.repeat(np.arange(2), 4)))
+    for key in refs.machines:
+        refs.calibrate(key)
+    refs.save(tmp_path)
+    info = json.loads((tmp_path / REFERENCES_INFO).read_text())
+    assert sorted(info["machines"]) == ["fan/id_00", "pump"] and info["default_scorer"] == "mahalanobis"
+    back = References.load(tmp_path)
+    for key, m in refs.machines.items():
+        np.testing.assert_allclose(back.machines[key].embeddings, m.embeddings, rtol=1e-3, atol=1e-3)  # float16
+        assert back.machines[key].thresholds == pytest.approx(m.thresholds)
+        np.testing.assert_array_equal(back.machines[key].clips, m.clips)
+    with pytest.raises(SpectroError, match="'valve/id_04' has no enrolled normal clips.*spectro enroll"):
+        back.machine("valve/id_04")
+    (tmp_path / REFERENCES_NAME).unlink()
+    with pytest.raises(SpectroError, match="no normal references"):
+        References.load(tmp_path)
+    assert refs.nearest(_cloud(4, seed=12))[0] == "fan/id_00"

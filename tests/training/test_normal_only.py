@@ -1,0 +1,275 @@
+"""Normal-only runs end to end on the tiny images: training never sees an abnormal clip, references and thresholds,
+evaluate's scorers recomputed by hand, classify, enroll and its bad inputs, outlier exposure for one machine."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_image_tree, tone_signal, write_wav
+from sklearn.neighbors import NearestNeighbors
+
+from spectro.cli import main as cli_main
+from spectro.features.settings import FeatureSettings
+from spectro.model.labels import LabelSpace
+from spectro.model.references import REFERENCES_INFO, REFERENCES_NAME, References
+from spectro.runs import load_config, read_splits
+
+TINY = ["--alpha", "0.35", "--image-size", "32", "--weights", "none", "--no-progress", "--window-seconds", "0.5",
+        "--steps", "30", "--eval-every", "10", "--batch-size", "8", "--qat-steps", "0", "--task", "normal-only"]
+
+
+def _cli(args: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli_main(args)
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def normal_run(tiny_images, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("models")
+    code, _ = _cli(["train", str(tiny_images), "--out", str(out), "--name", "normal", *TINY])
+    assert code == 0
+    return out / "normal"
+
+
+@pytest.fixture(scope="module")
+def scored_run(tiny_window_run, tmp_path_factory) -> Path:
+    """A normal-only run with a model whose embeddings vary from clip to clip (the few steps of ``normal_run`` leave
+    a network that answers the same whatever the input): ``tiny_window_run``'s model, its four outputs read as the
+    four machine ids, references fit on its training normals as ``spectro train`` fits them."""
+    from spectro.features.reader import read_images
+    from spectro.inference.normal import fit_references
+    from spectro.inference.predictors import KerasPredictor
+    from spectro.runs import feature_settings, save_config, write_splits
+
+    run = tmp_path_factory.mktemp("runs") / "scored"
+    shutil.copytree(tiny_window_run, run)
+    labels = LabelSpace("normal-only", ("fan/id_00", "fan/id_01", "pump/id_00", "pump/id_01"))
+    labels.save(run)
+    config = load_config(run)
+    save_config(run, {**config, "task": labels.task})
+    rows = [r.with_split("val" if r.split == "train" and r.is_abnormal else r.split) for r in read_splits(run)]
+    write_splits(run, rows)
+    predictor = KerasPredictor(run / "model.keras", run)
+    train = [r for r in rows if r.split == "train"]
+    val = [r for r in rows if r.split == "val"]
+    settings = feature_settings(config)
+    shape = predictor.image_shape
+    fit_references(predictor, labels, train, read_images(train, settings=settings, shape=shape)[0], val,
+                   read_images(val, settings=settings, shape=shape)[0], max_fpr=0.05, scorer="mahalanobis").save(run)
+    return run
+
+
+def _files(run: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run.iterdir()) if p.is_file()}
+
+
+def test_labels_are_machine_ids_and_no_abnormal_clip_is_trained_on(normal_run):
+    rows = read_splits(normal_run)
+    assert not [r for r in rows if r.split == "train" and r.is_abnormal]
+    assert {r.split for r in rows if r.is_abnormal} <= {"val", "test"}
+    labels = LabelSpace.load(normal_run)
+    assert labels.task == "normal-only" and labels.classes == ("fan/id_00", "fan/id_01", "pump/id_00", "pump/id_01")
+    assert not labels.abnormal_mask.any()
+    block = load_config(normal_run)["normal_only"]
+    assert block["abnormal_trained_on"] == 0 and block["objective"].startswith("machine id classification of 4")
+    assert block["abnormal_moved_out_of_training"] > 0
+
+
+def test_references_hold_every_window_of_the_training_normals_with_thresholds(normal_run):
+    refs = References.load(normal_run)
+    train = [r for r in read_splits(normal_run, "train")]
+    assert sorted(refs.machines) == sorted({f"{r.machine}/{r.machine_id}" for r in train})
+    config = load_config(normal_run)
+    windows_per_clip = len(range(0, config["image_shape"][1] - config["input_shape"][1] + 1, 16)) + 1  # + the end
+    for key, m in refs.machines.items():
+        clips = sum(f"{r.machine}/{r.machine_id}" == key for r in train)
+        assert m.n_clips == clips and len(m.embeddings) == clips * windows_per_clip
+        assert set(m.thresholds) == {"knn", "mahalanobis", "id"} and m.class_index is not None
+    info = json.loads((normal_run / REFERENCES_INFO).read_text())
+    assert info["max_fpr"] == 0.05 and info["default_scorer"] == "mahalanobis"
+
+
+@pytest.fixture(scope="module")
+def evaluated(scored_run):
+    code, text = _cli(["evaluate", str(scored_run)])
+    assert code == 0
+    return json.loads((scored_run / "metrics.json").read_text()), text
+
+
+def test_evaluate_reports_every_scorer_and_the_autoencoder_beside_them(evaluated, scored_run):
+    result, text = evaluated
+    assert set(result["scorers"]) == {"knn", "mahalanobis", "id"}
+    for figures in result["scorers"].values():
+        assert set(figures) == {"overall", "by_machine", "by_machine_id", "by_snr"}
+    assert result["baseline"]["name"].startswith("DCASE 2020 dense autoencoder")
+    assert result["threshold"]["value"] is None and set(result["threshold"]["by_machine"]) == set(
+        References.load(scored_run).machines)
+    assert "scorer knn" in text and "threshold per machine" in text
+
+
+def test_predictions_keep_their_columns_and_the_knn_score_is_recomputed_by_hand(evaluated, scored_run):
+    import keras
+
+    from spectro.features.png import read_pixels
+    from spectro.model.windows import cut
+
+    with (scored_run / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {"anomaly_score", "failure_type", "verdict", "score_knn", "score_mahalanobis", "score_id"} <= set(rows[0])
+    assert all(r["failure_type"] == "" and r["anomaly_score"] == r["score_mahalanobis"] for r in rows)
+    # the knn score of one test clip: the model's pooled features of each window, scikit-learn's neighbours
+    model = keras.saving.load_model(scored_run / "model.keras", compile=False)
+    embed = keras.Model(model.inputs, model.get_layer("pool").output)
+    window = load_config(scored_run)["input_shape"][1]
+    data = np.load(scored_run / REFERENCES_NAME)
+    row = rows[0]
+    key = f"{row['machine']}/{row['machine_id']}"
+    windows, _ = cut([read_pixels(row["path"])], window)
+    e = np.asarray(embed.predict(windows[..., None].astype("float32"), verbose=0)).mean(axis=0, keepdims=True)
+    reference = data["embeddings"][data["keys"] == key].astype(np.float32)
+    distances = NearestNeighbors(n_neighbors=5, metric="cosine").fit(reference).kneighbors(e)[0]
+    assert float(row["score_knn"]) == pytest.approx(distances.mean(), abs=2e-3)  # references are float16
+    assert len({r["score_knn"] for r in rows}) > len(rows) // 2  # the scores do depend on the clip
+    thresholds = References.load(scored_run).machines[key].thresholds
+    score = float(row["score_mahalanobis"])
+    if abs(score - thresholds["mahalanobis"]) > 1e-5:  # the file rounds to 6 decimals
+        assert row["verdict"] == ("ABNORMAL" if score >= thresholds["mahalanobis"] else "normal")
+
+
+def test_classify_scores_an_image_against_its_machine(evaluated, scored_run, capsys):
+    with (scored_run / "predictions.csv").open() as handle:
+        row = next(csv.DictReader(handle))
+    code, text = _cli(["classify", row["path"], "--model", str(scored_run), "--json"])
+    result = json.loads(text)
+    key = f"{row['machine']}/{row['machine_id']}"
+    assert code == 0 and result["machine"] == key and result["reference"] == "the image's source recording"
+    assert result["anomaly_score"] == pytest.approx(float(row["score_mahalanobis"]), abs=1e-5)
+    assert result["failure_type"] == "" and set(result["scores"]) == {"knn", "mahalanobis", "id"}
+    other = next(k for k in References.load(scored_run).machines if k != key)
+    code, text = _cli(["classify", row["path"], "--model", str(scored_run), "--json", "--machine", other])
+    assert json.loads(text)["machine"] == other and json.loads(text)["reference"] == "--machine"
+    assert cli_main(["classify", row["path"], "--model", str(scored_run), "--machine", "valve/id_04"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: machine 'valve/id_04' has no enrolled normal clips") and "\n" not in err
+
+
+def _wavs(folder: Path, n: int, *, seed: int) -> Path:
+    for i in range(n):
+        write_wav(folder / f"{i:08d}.wav", tone_signal("normal", 1.0, seed=seed + i) * 0.5)
+    return folder
+
+
+def test_enroll_adds_a_machine_without_retraining_and_changes_only_its_references(scored_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(scored_run, run)
+    before = References.load(run)
+    model = (run / "model.keras").read_bytes()
+    _wavs(tmp_path / "new" / "gear" / "id_05" / "normal", 4, seed=500)
+    code, text = _cli(["enroll", str(run), str(tmp_path / "new"), "--no-progress"])
+    assert code == 0 and "enrolled new machine gear/id_05: 4 clip(s)" in text
+    after = References.load(run)
+    assert set(after.machines) == set(before.machines) | {"gear/id_05"}
+    for key, m in before.machines.items():
+        assert after.machines[key].thresholds == pytest.approx(m.thresholds)
+        np.testing.assert_array_equal(after.machines[key].embeddings, m.embeddings)
+    gear = after.machines["gear/id_05"]
+    assert gear.class_index is None and set(gear.thresholds) == {"knn", "mahalanobis"}
+    assert (run / "model.keras").read_bytes() == model
+    wav = tmp_path / "new" / "gear" / "id_05" / "normal" / "00000000.wav"
+    code, text = _cli(["classify", str(wav), "--model", str(run), "--json"])
+    result = json.loads(text)
+    assert result["machine"] == "gear/id_05" and result["threshold"] == pytest.approx(gear.thresholds["mahalanobis"])
+    # more normal clips of a known machine, named with --machine
+    _wavs(tmp_path / "more", 2, seed=600)
+    code, text = _cli(["enroll", str(run), str(tmp_path / "more"), "--machine", "gear/id_05", "--no-progress"])
+    assert code == 0 and References.load(run).machines["gear/id_05"].n_clips == 6
+
+
+@pytest.mark.parametrize("case", ["empty", "abnormal", "other-settings", "bad-machine", "no-machine", "missing-run"])
+def test_bad_enrollments_are_one_line_errors_and_leave_the_run_unchanged(normal_run, tmp_path, capsys, case):
+    run = tmp_path / "run"
+    shutil.copytree(normal_run, run)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    args, expected = [], ""
+    if case == "empty":
+        expected = "no .png"
+    elif case == "abnormal":
+        _wavs(folder / "fan" / "id_00" / "normal", 2, seed=1)
+        write_wav(folder / "fan" / "id_00" / "abnormal" / "x.wav", tone_signal("bearing", 1.0, seed=3))
+        expected = "enroll takes normal recordings only: 1 of the 3 files"
+    elif case == "other-settings":
+        make_image_tree(folder, per_class=1, settings=FeatureSettings(n_mels=16, n_fft=512, hop_length=256))
+        (folder / "manifest.csv").unlink()
+        for label in ("fan/bearing", "pump/leak"):
+            shutil.rmtree(folder / label)
+        args = ["--machine", "fan/id_00"]
+        expected = "settings"
+    elif case == "bad-machine":
+        _wavs(folder, 2, seed=1)
+        args, expected = ["--machine", "fan/id_00/extra"], "--machine 'fan/id_00/extra' does not parse"
+    elif case == "no-machine":
+        _wavs(folder, 2, seed=1)
+        expected = "cannot tell which machine it is from its path"
+    else:
+        _wavs(folder / "fan" / "id_00" / "normal", 2, seed=1)
+        (run / REFERENCES_NAME).unlink()
+        expected = "no normal references"
+    before = _files(run)
+    assert cli_main(["enroll", str(run), str(folder), "--no-progress", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and expected in err and "\n" not in err and "Traceback" not in err
+    assert _files(run) == before
+
+
+def test_a_single_machine_trains_against_the_synthetic_machines(tmp_path):
+    rows = make_image_tree(tmp_path / "img", per_class=12)
+    from spectro.data.manifest import write_manifest
+
+    one = [r for r in rows if r.machine == "fan" and r.machine_id == "id_00"]
+    write_manifest(tmp_path / "img" / "manifest.csv", one)
+    code, text = _cli(["train", str(tmp_path / "img"), "--out", str(tmp_path / "m"), "--name", "one", *TINY])
+    assert code == 0 and "outlier exposure" in text
+    run = tmp_path / "m" / "one"
+    config = load_config(run)
+    assert config["normal_only"]["objective"].startswith("outlier exposure: the machine's normal clips against 96")
+    classes = LabelSpace.load(run).classes
+    assert "fan/id_00" in classes and len(classes) == 9
+    assert all(c.startswith("synthetic-") for c in classes if c != "fan/id_00")
+    assert list(References.load(run).machines) == ["fan/id_00"]  # the outliers are never references
+    assert {r.machine for r in read_splits(run)} == {"fan"}  # nor in the run's splits
+
+
+def test_export_refuses_a_normal_only_run_in_one_line(scored_run, capsys):
+    before = _files(scored_run)
+    assert cli_main(["export", str(scored_run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "a normal-only run" in err and "\n" not in err
+    assert _files(scored_run) == before
+
+
+def test_serve_answers_as_classify_on_a_normal_only_run(scored_run, tmp_path):
+    fastapi = pytest.importorskip("fastapi")
+    assert fastapi
+    from fastapi.testclient import TestClient
+
+    from spectro.serving.app import create_app
+
+    wav = _wavs(tmp_path / "plain", 1, seed=700) / "00000000.wav"  # no machine id in the path: the nearest machine
+    code, text = _cli(["classify", str(wav), "--model", str(scored_run), "--json"])
+    expected = json.loads(text)
+    assert code == 0 and expected["reference"].startswith("the nearest enrolled machine")
+    with TestClient(create_app(scored_run, workers=1)) as client, wav.open("rb") as handle:
+        answer = client.post("/api/classify", files=[("file", ("clip.wav", handle))]).json()
+    assert len(answer) == 1 and answer[0]["path"] == "clip.wav"
+    assert {k: v for k, v in answer[0].items() if k != "path"} == {k: v for k, v in expected.items() if k != "path"}
