@@ -32,8 +32,12 @@ def normal_only_scores(predictor, references: References, labels, rows: list[Ima
 
     keys = [labels.class_of(r) for r in rows]
     scores, probs = embed_and_score(predictor, references, keys, pixels, unknown="nan")
-    thresholds = np.array([references.threshold(k) if k in references.machines else np.nan for k in keys])
-    return scores, probs, thresholds
+    return scores, probs, thresholds_of(references, keys)
+
+
+def thresholds_of(references: References, keys) -> np.ndarray:
+    """Each clip's threshold: its machine's for the default scorer (NaN for a machine without references)."""
+    return np.array([references.threshold(k) if k in references.machines else np.nan for k in keys])
 
 
 def normal_only_figures(rows: list[ImageRow], scores: dict[str, np.ndarray], probs: np.ndarray,
@@ -54,16 +58,12 @@ def normal_only_figures(rows: list[ImageRow], scores: dict[str, np.ndarray], pro
 def recalibrate(predictor, references: References, labels, val_rows: list[ImageRow], pixels,
                 max_fpr: float) -> None:
     """Thresholds again at ``max_fpr``: from each machine's validation normals, or its references fold by fold."""
-    from spectro.inference.normal import embed_and_score
+    from spectro.inference.normal import calibrate_all, embed_and_score
 
     references.max_fpr = max_fpr
-    keys = np.array([labels.class_of(r) for r in val_rows], dtype=object)
-    scores = embed_and_score(predictor, references, keys, pixels, unknown="nan")[0] if len(val_rows) else {}
-    for key in references.machines:
-        mine = keys == key
-        validation = ({name: v[mine] for name, v in scores.items() if not np.isnan(v[mine]).any()}
-                      if mine.any() else None)
-        references.calibrate(key, validation)
+    keys = [labels.class_of(r) for r in val_rows]
+    calibrate_all(references, keys,
+                  embed_and_score(predictor, references, keys, pixels, unknown="nan")[0] if val_rows else {})
 
 
 def autoencoder_baseline(train_rows: list[ImageRow], rows: list[ImageRow], pixels: np.ndarray, *, settings,
@@ -127,8 +127,8 @@ def evaluate_normal_only(run: Path, predictor, split_rows: list[ImageRow], test_
                        for k, m in info["machines"].items()},
         **figures, "baseline": baseline,
     }
-    known = ~np.isnan(scores[scorer])
-    score = np.where(known, scores[scorer], np.nan)
+    score = scores[scorer]  # NaN for clips of machines without references
+    known = ~np.isnan(score)
     true = [labels.class_of(r) for r in test_rows]
     predicted = labels.predicted(probs)
     write_predictions(out / PREDICTIONS_NAME, test_rows, predicted, score, [""] * len(test_rows), probs, labels,

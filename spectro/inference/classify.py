@@ -54,7 +54,7 @@ def classify_files(files: list[Path], predictor, *, threshold: float | None, top
     all_windows = [load_windows(f, settings, predictor.image_shape, window=window, hop_seconds=hop_seconds)
                    for f in tqdm(files, desc="reading", unit="file", disable=not progress, leave=False)]
     if labels.normal_only:
-        return [_normal_only(w, predictor, references=_references(predictor), threshold=threshold, top_k=top_k,
+        return [_normal_only(w, predictor, references=predictor.references, threshold=threshold, top_k=top_k,
                              machine=machine) for w in all_windows]
     if threshold is None:
         threshold = stored_threshold(predictor.config)
@@ -88,14 +88,6 @@ def classify_files(files: list[Path], predictor, *, threshold: float | None, top
                 for i in range(n)]
         results.append(result)
     return results
-
-
-def _references(predictor):
-    from spectro.model.references import References
-
-    if getattr(predictor, "references", None) is None:
-        predictor.references = References.load(predictor.run)
-    return predictor.references
 
 
 def _normal_only(w, predictor, *, references, threshold: float | None, top_k: int,

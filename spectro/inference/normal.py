@@ -55,6 +55,15 @@ def named_path(path) -> tuple[object, str]:
     return path, "the path"
 
 
+def _per_machine(keys: np.ndarray, owners: np.ndarray):
+    """For each machine of ``keys`` (the machine of each clip): its clips, the mask of their windows among
+    ``owners`` (the clip of each window) and each of those windows' clip number among the machine's clips."""
+    for key in sorted(set(keys.tolist()), key=str):
+        clips = np.flatnonzero(keys == key)
+        windows = np.isin(owners, clips)
+        yield key, clips, windows, np.searchsorted(clips, owners[windows])
+
+
 def embed_and_score(predictor, references: References, keys: Sequence[str | None], pixels, *,
                     unknown: str = "raise") -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every scorer's score of each clip of ``pixels`` against its machine's references, and the clips' pooled
@@ -75,17 +84,14 @@ def embed_and_score(predictor, references: References, keys: Sequence[str | None
     """
     keys = np.asarray(list(keys), dtype=object)
     embeddings, probs, owners = predictor.embed_clips(pixels)
-    n = len(keys)
-    out = {name: np.full(n, np.nan) for name in SCORERS}
-    for key in sorted(set(keys.tolist()), key=str):
-        clips = np.flatnonzero(keys == key)
+    out = {name: np.full(len(keys), np.nan) for name in SCORERS}
+    for key, clips, windows, local in _per_machine(keys, owners):
         if key not in references.machines and unknown == "nan":
             continue
-        sel = np.isin(owners, clips)
-        local = np.searchsorted(clips, owners[sel])
-        for name, value in references.clip_scores(key, embeddings[sel], probs[sel], local, len(clips)).items():
+        for name, value in references.clip_scores(key, embeddings[windows], probs[windows], local,
+                                                  len(clips)).items():
             out[name][clips] = value
-    return out, pool(probs, owners, n)
+    return out, pool(probs, owners, len(keys))
 
 
 def add_references(predictor, references: References, keys: Sequence[str], pixels, *, source: str,
@@ -95,36 +101,43 @@ def add_references(predictor, references: References, keys: Sequence[str], pixel
     keys = np.asarray(list(keys), dtype=object)
     embeddings, probs, owners = predictor.embed_clips(pixels)
     added = {}
-    for key in sorted(set(keys.tolist())):
-        clips = np.flatnonzero(keys == key)
-        sel = np.isin(owners, clips)
-        references.add(key, embeddings[sel], np.searchsorted(clips, owners[sel]), class_index=class_of.get(key),
-                       source=source)
-        added[key] = probs[sel]
+    for key, _, windows, local in _per_machine(keys, owners):
+        references.add(key, embeddings[windows], local, class_index=class_of.get(key), source=source)
+        added[key] = probs[windows]
     return added
 
 
+def calibrate_all(references: References, keys: Sequence[str], scores: dict[str, np.ndarray],
+                  probs: dict[str, np.ndarray] | None = None) -> None:
+    """Every machine's thresholds from the ``scores`` of its validation normal clips (``keys``: their machines);
+    a machine with none, from its references fold by fold (``probs``: per machine, its reference windows'
+    probabilities, for the id threshold)."""
+    keys = np.asarray(list(keys), dtype=object)
+    for key in references.machines:
+        mine = keys == key
+        validation = ({name: v[mine] for name, v in scores.items() if not np.isnan(v[mine]).any()}
+                      if mine.any() else None)
+        references.calibrate(key, validation, probs=(probs or {}).get(key))
+
+
 def fit_references(predictor, labels, train_rows, train_pixels, val_rows, val_pixels, *, max_fpr: float,
-                   scorer: str) -> References:
+                   scorer: str) -> tuple[References, dict[str, np.ndarray], np.ndarray]:
     """A normal-only run's references: every window of the training normals per machine; thresholds from the
-    validation normals of each machine (from the references themselves, fold by fold, when it has fewer than
-    :data:`~spectro.model.references.MIN_THRESHOLD_CLIPS`)."""
+    validation normals of each machine (from the references themselves, fold by fold, when it has none).
+
+    Returns the references and every validation clip's scores (NaN for machines without references) and pooled
+    probabilities, so the validation split is embedded once."""
     references = References(max_fpr=max_fpr, default_scorer=scorer)
     class_of = {c: i for i, c in enumerate(labels.classes)}
-    train_keys = [labels.class_of(r) for r in train_rows]
-    probs = add_references(predictor, references, train_keys, train_pixels, source="training split",
-                           class_of=class_of)
+    probs = add_references(predictor, references, [labels.class_of(r) for r in train_rows], train_pixels,
+                           source="training split", class_of=class_of)
     val_keys = np.array([labels.class_of(r) for r in val_rows], dtype=object)
-    normal = np.array([not r.is_abnormal and k in references.machines for r, k in zip(val_rows, val_keys)], bool)
-    val_scores = {}
-    if normal.any():
-        val_scores, _ = embed_and_score(predictor, references, val_keys[normal], val_pixels[normal])
-    for key in references.machines:
-        mine = val_keys[normal] == key
-        validation = ({name: v[mine] for name, v in val_scores.items() if not np.isnan(v[mine]).any()}
-                      if mine.any() else None)
-        references.calibrate(key, validation, probs=probs[key])
-    return references
+    val_scores, val_probs = ({name: np.zeros(0) for name in SCORERS}, np.zeros((0, len(labels.classes))))
+    if len(val_rows):
+        val_scores, val_probs = embed_and_score(predictor, references, val_keys, val_pixels, unknown="nan")
+    normal = np.array([not r.is_abnormal for r in val_rows], dtype=bool)
+    calibrate_all(references, val_keys[normal], {name: v[normal] for name, v in val_scores.items()}, probs)
+    return references, val_scores, val_probs
 
 
 def _identity(path, root, machine: str | None) -> tuple[str | None, str]:
@@ -202,8 +215,7 @@ def enroll(run, folder, *, machine: str | None = None, progress: bool = False) -
         w = load_windows(f, settings, predictor.image_shape, window=predictor.input_shape[1])
         spans.extend(w.pixels)
         keys.extend([key] * len(w.pixels))
-    before = {key: (m.n_clips if key in references.machines else 0) for key, m in
-              ((k, references.machines.get(k)) for k in set(keys))}
+    before = {key: references.machines[key].n_clips if key in references.machines else 0 for key in set(keys)}
     class_of = {c: i for i, c in enumerate(predictor.labels.classes)}
     probs = add_references(predictor, references, keys, spans, source=str(folder.resolve()), class_of=class_of)
     summary = {}

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,13 @@ class Predictor:
         from spectro.model.windows import predict_pooled
 
         return predict_pooled(self.predict, pixels, self.input_shape[1])
+
+    @cached_property
+    def references(self):
+        """The run's normal references (:class:`spectro.model.references.References`), read once."""
+        from spectro.model.references import References
+
+        return References.load(self.run)
 
     def embed(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
         """Embeddings ``(n, d)`` and class probabilities ``(n, classes)`` of model inputs (windows)."""

@@ -378,7 +378,7 @@ def _normal_only_metrics(run: Path, labels: LabelSpace, by_split, settings: Trai
                          progress: bool) -> dict:
     """Write the run's normal references (training normals; thresholds from validation normals) and return the
     validation and test figures of every scorer."""
-    from spectro.evaluation.normal import normal_only_figures, normal_only_scores
+    from spectro.evaluation.normal import normal_only_figures, normal_only_scores, thresholds_of
     from spectro.features.reader import read_images
     from spectro.inference.normal import fit_references
     from spectro.inference.predictors import KerasPredictor
@@ -387,16 +387,21 @@ def _normal_only_metrics(run: Path, labels: LabelSpace, by_split, settings: Trai
     train_rows = [r for r in by_split["train"] if not r.is_abnormal]
     pixels = {s: read_images(rows, settings=features, shape=image_shape, progress=progress)[0] if rows else None
               for s, rows in (("train", train_rows), ("val", by_split["val"]), ("test", by_split["test"]))}
-    references = fit_references(predictor, labels, train_rows, pixels["train"], by_split["val"],
-                                pixels["val"] if by_split["val"] else np.zeros((0, *image_shape), np.uint8),
-                                max_fpr=settings.max_fpr, scorer=settings.scorer)
+    references, val_scores, val_probs = fit_references(predictor, labels, train_rows, pixels["train"],
+                                                       by_split["val"], pixels["val"], max_fpr=settings.max_fpr,
+                                                       scorer=settings.scorer)
     references.save(run)
     metrics = {}
     for split in ("val", "test"):
         rows = by_split[split]
-        if rows:
+        if not rows:
+            continue
+        if split == "val":  # scored while fitting the references
+            scores, probs = val_scores, val_probs
+            thresholds = thresholds_of(references, [labels.class_of(r) for r in rows])
+        else:
             scores, probs, thresholds = normal_only_scores(predictor, references, labels, rows, pixels[split])
-            metrics[split] = normal_only_figures(rows, scores, probs, thresholds, labels, references.default_scorer)
+        metrics[split] = normal_only_figures(rows, scores, probs, thresholds, labels, references.default_scorer)
     return metrics
 
 

@@ -33,9 +33,9 @@ def outlier_rows(features: FeatureSettings, image_shape: tuple[int, int], folder
     audio, images = folder / "audio", folder / "images"
     generate(audio, seed=seed + 1, progress=False, force=True, snrs=(6.0,), clips_per_class=1, normal_clips=clips,
              seconds=seconds, sr=features.sr)
-    for wav in audio.rglob("*.wav"):  # only the normal clips
+    for wav in list(audio.rglob("*.wav")):  # only the normal clips
         if wav.parent.name != "normal":
             wav.unlink()
     render_folder(audio, images, features, jobs=0, strict=True, progress=progress)
     return [ImageRow(r.path, r.source, OUTLIER_PREFIX + r.machine, r.machine_id, r.label, r.snr, r.segment,
-                     r.settings_hash) for r in read_manifest(images) if r.path and not r.is_abnormal]
+                     r.settings_hash) for r in read_manifest(images)]

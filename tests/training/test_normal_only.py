@@ -65,7 +65,8 @@ def scored_run(tiny_window_run, tmp_path_factory) -> Path:
     settings = feature_settings(config)
     shape = predictor.image_shape
     fit_references(predictor, labels, train, read_images(train, settings=settings, shape=shape)[0], val,
-                   read_images(val, settings=settings, shape=shape)[0], max_fpr=0.05, scorer="mahalanobis").save(run)
+                   read_images(val, settings=settings, shape=shape)[0], max_fpr=0.05,
+                   scorer="mahalanobis")[0].save(run)
     return run
 
 
