@@ -46,7 +46,7 @@ class _Images:
     features: object
 
     def __post_init__(self):
-        from spectro.evaluation.baselines import level_db, mel_statistics_of_pixels
+        from spectro.features.statistics import level_db, mel_statistics_of_pixels
 
         if len({r.recording for r in self.rows}) != len(self.rows):
             raise RuntimeError("expected one image per clip (whole clips)")

@@ -37,7 +37,8 @@ def _baseline_scores(db, rows, train_mask, test_mask, *, quick: bool,
     rows of ``db`` and of each of ``variants`` (same shape, e.g. the test clips at another level) are
     scored, one dict per version.
     """
-    from spectro.evaluation.baselines import AutoencoderSettings, DenseAutoencoder, LevelThreshold, level_db
+    from spectro.evaluation.baselines import AutoencoderSettings, DenseAutoencoder, LevelThreshold
+    from spectro.features.statistics import level_db
 
     tests = [db[test_mask]] + [v[test_mask] for v in variants]
     abnormal = np.array([r.is_abnormal for r in rows])
@@ -57,7 +58,7 @@ def _baseline_scores(db, rows, train_mask, test_mask, *, quick: bool,
 
 def _to_db(pixels: np.ndarray, features) -> np.ndarray:
     """dB values of a batch of pixel images on the feature settings' fixed scale."""
-    from spectro.evaluation.baselines import pixels_to_db_batch
+    from spectro.features.statistics import pixels_to_db_batch
 
     return pixels_to_db_batch(pixels, db_min=features.db_min, db_per_step=features.db_per_step)
 
@@ -77,7 +78,8 @@ def _cnn_scores(run: Path, pixels: np.ndarray) -> tuple[np.ndarray, float]:
 
 def _mel_scores(pixels, rows, train_mask, test_mask, features) -> np.ndarray:
     """The mel-statistics logistic regression (spectro evaluate's baseline), fit on the training rows."""
-    from spectro.evaluation.baselines import MelStatsLogistic, mel_statistics_of_pixels
+    from spectro.evaluation.baselines import MelStatsLogistic
+    from spectro.features.statistics import mel_statistics_of_pixels
 
     x = mel_statistics_of_pixels(pixels, db_min=features.db_min, db_per_step=features.db_per_step)
     y = np.array([r.is_abnormal for r in rows], dtype=int)

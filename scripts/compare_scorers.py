@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from spectro.evaluation.baselines import mel_statistics_of_pixels
 from spectro.features.reader import read_images
+from spectro.features.statistics import mel_statistics_of_pixels
 from spectro.inference.predictors import KerasPredictor
 from spectro.model.references import Gaussian, knn_distance
 from spectro.runs import feature_settings, read_splits

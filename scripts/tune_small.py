@@ -19,11 +19,12 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from spectro.data.manifest import read_manifest
-from spectro.evaluation.baselines import MelStatsLogistic, mel_statistics_of_pixels
+from spectro.evaluation.baselines import MelStatsLogistic
 from spectro.evaluation.metrics import anomaly_auc
 from spectro.features.reader import read_images
 from spectro.features.render import render_folder
 from spectro.features.settings import FeatureSettings
+from spectro.features.statistics import mel_statistics_of_pixels
 from spectro.inference.predictors import load_predictor
 from spectro.model.backbones import ModelSettings
 from spectro.training.loop import TrainSettings, train

@@ -52,6 +52,7 @@ PLOT_NAMES = {"confusion": "confusion_matrix.png", "roc": "roc.png", "histograms
 REPORT_NAME = "report.html"
 REFERENCES_NAME = "references.npz"
 REFERENCES_INFO = "references.json"
+KNOWN_NAME = "known_machines.npz"  # the known-machine check's profiles (spectro.model.known)
 # ``spectro export --quantize MODE`` writes these names, so all three variants live side by side
 TFLITE_NAMES = {"none": "model.tflite", "dynamic": "model_dynamic.tflite", "int8": "model_int8.tflite"}
 # what a run folder given without a file name resolves to, in this order

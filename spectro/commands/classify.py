@@ -61,6 +61,11 @@ def format_text(result: dict[str, Any], *, max_listed: int = 8) -> str:
     if "machine" in result:  # a normal-only run: which machine's normal references the file was scored against
         lines.append(f"  machine {result['machine']} (from {result['reference']}); {result['scorer']} score; "
                      + ", ".join(f"{name} {v:.3f}" for name, v in result["scores"].items()))
+    known = result.get("known_machine")
+    if known is not None and not known["known"]:
+        lines[0] += "  UNKNOWN MACHINE"
+        lines.append(f"  unlike every machine the model knows: nearest {known['nearest']} at {known['distance']:.2f}x "
+                     "the farthest of its own clips; the verdict above says little (enroll or train on this machine)")
     lines.append("  top: " + "  ".join(f"{c} {p:.3f}" for c, p in result["top_k"]))
     windows = result.get("windows")
     if windows:

@@ -41,10 +41,11 @@ import numpy as np
 from spectro.data.manifest import ImageRow, read_manifest
 from spectro.errors import SpectroError, SpectroWarning
 from spectro.evaluation import metrics
-from spectro.evaluation.baselines import MelStatsLogistic, mel_statistics_of_pixels
+from spectro.evaluation.baselines import MelStatsLogistic
 from spectro.evaluation.learning import warning_for
 from spectro.evaluation.metrics import DEFAULT_MAX_FPR, PAUC_MAX_FPR
 from spectro.features.settings import FeatureSettings
+from spectro.features.statistics import mel_statistics_of_pixels
 from spectro.runs import (
     METRICS_NAME,
     PLOT_NAMES,
@@ -261,7 +262,10 @@ def write_predictions(path: Path, rows, predicted, scores, failure, probs, label
                             + ["" if np.isnan(v[i]) else f"{v[i]:.6f}" for v in extra.values()])
 
 
-def write_plots(out: Path, rows, pixels, true, predicted, y_abn, scores, probs, labels, thr: float | None) -> None:
+def write_plots(out: Path, rows, pixels, true, predicted, y_abn, scores, probs, labels,
+                thr: float | np.ndarray | None) -> None:
+    """The evaluation's figures (``thr``: the threshold, or each image's: a normal-only run's, per machine id,
+    whose score histograms are then drawn per machine id, each with its own threshold)."""
     from spectro.evaluation import plots
 
     plots.confusion_matrix(out / PLOT_NAMES["confusion"], true, predicted, labels.task_classes,
@@ -273,7 +277,13 @@ def write_plots(out: Path, rows, pixels, true, predicted, y_abn, scores, probs, 
         curves[m] = (y_abn[sel], scores[sel])
     hist_groups = {"all": (y_abn, scores), **(curves if len(machines) > 1 else {})}
     plots.roc_curves(out / PLOT_NAMES["roc"], {**curves, **({"all": (y_abn, scores)} if len(machines) > 1 else {})})
-    plots.score_histograms(out / PLOT_NAMES["histograms"], hist_groups, threshold=thr)
+    hist_thr = thr
+    if np.ndim(thr):  # one threshold per machine id: one panel per machine id
+        keys = np.array([labels.class_of(r) for r in rows], dtype=object)
+        hist_groups = {k: (y_abn[keys == k], scores[keys == k]) for k in sorted(set(keys.tolist()))}
+        hist_thr = {k: float(np.asarray(thr)[keys == k][0]) for k in hist_groups}
+    plots.score_histograms(out / PLOT_NAMES["histograms"], hist_groups, threshold=hist_thr,
+                           title="Anomaly score (test)" if not np.ndim(thr) else "Anomaly score per machine id (test)")
 
     task_p = labels.task_probs(probs)
     groups = list(labels.task_classes)

@@ -8,7 +8,9 @@ run's ``config.json`` (``training.learning``); ``evaluate``, ``report`` and ``ex
 
 The test against chance is the one-sided Mann–Whitney U test of "abnormal scores above normal ones" (the
 AUC's own test), at :data:`MAX_P_VALUE`; a split too small to ever reach that level is judged by its AUC
-alone. Without both normal and abnormal images the task's balanced accuracy is compared with chance.
+alone. Without both normal and abnormal images the task's balanced accuracy is compared with chance. A
+normal-only run is judged the same way on its default scorer's distances (:func:`check_normal_only`), its
+machine-id classification standing for the task.
 """
 
 from __future__ import annotations
@@ -78,19 +80,38 @@ def check_learning(rows: Sequence, probs: np.ndarray, labels, *, split: str) -> 
     split : str
         The split's name, for the message.
     """
+    probs = np.asarray(probs, dtype=np.float64)
+    true = [labels.group_of(r.fine_class) for r in rows]
+    return _judge(rows, labels.anomaly_score(probs), true, labels.predicted(probs), split=split, spread=MIN_SPREAD,
+                  spread_text=f"less than {MIN_SPREAD}")
+
+
+def check_normal_only(rows: Sequence, scores: np.ndarray, probs: np.ndarray, labels, *, split: str) -> LearningCheck:
+    """Judge a normal-only run by its default scorer's ``scores`` of ``rows`` (distances; NaN for machines without
+    references, left out) and its machine-id probabilities ``probs``: the scores must vary by at least
+    :data:`MIN_SPREAD` of their median, rank abnormal clips above normal ones when the split has both, and the
+    machine ids must be told apart better than chance when it holds more than one."""
+    scores = np.asarray(scores, dtype=np.float64)
+    keep = np.flatnonzero(~np.isnan(scores))
+    rows, scores, probs = [rows[i] for i in keep], scores[keep], np.asarray(probs, dtype=np.float64)[keep]
+    median = float(np.median(np.abs(scores))) if len(scores) else 0.0
+    return _judge(rows, scores, [labels.class_of(r) for r in rows], list(labels.predicted(probs)), split=split,
+                  spread=MIN_SPREAD * max(median, 1e-12), spread_text=f"less than {MIN_SPREAD:.0%} of their median")
+
+
+def _judge(rows: Sequence, scores: np.ndarray, true: list, predicted: list, *, split: str, spread: float,
+           spread_text: str) -> LearningCheck:
     from scipy.stats import mannwhitneyu
     from sklearn.metrics import balanced_accuracy_score
 
     from spectro.evaluation.metrics import anomaly_auc
 
-    probs = np.asarray(probs, dtype=np.float64)
-    scores = labels.anomaly_score(probs)
     y = np.array([r.is_abnormal for r in rows], dtype=bool)
     n_abnormal, n_normal = int(y.sum()), int((~y).sum())
     problems = []
     low, high = (float(scores.min()), float(scores.max())) if len(scores) else (0.0, 0.0)
-    if high - low < MIN_SPREAD:
-        problems.append(f"its anomaly scores hardly vary (from {low:.3f} to {high:.3f}, less than {MIN_SPREAD})")
+    if high - low < spread:
+        problems.append(f"its anomaly scores hardly vary (from {low:.3f} to {high:.3f}, {spread_text})")
     auc = p_value = None
     if n_abnormal and n_normal:
         auc = anomaly_auc(y, scores)
@@ -101,10 +122,9 @@ def check_learning(rows: Sequence, probs: np.ndarray, labels, *, split: str) -> 
         elif p_value > MAX_P_VALUE and _best_p_value(n_abnormal, n_normal) <= MAX_P_VALUE:
             problems.append(f"its anomaly AUC {auc:.3f} is within chance for this many images (one-sided "
                             f"Mann-Whitney p = {p_value:.2f} > {MAX_P_VALUE})")
-    true = [labels.group_of(r.fine_class) for r in rows]
     present = sorted(set(true))
     chance = 1.0 / max(1, len(present))
-    balanced = float(balanced_accuracy_score(true, labels.predicted(probs))) if len(present) > 1 else None
+    balanced = float(balanced_accuracy_score(true, predicted)) if len(present) > 1 else None
     if not (n_abnormal and n_normal) and balanced is not None and balanced <= chance:
         problems.append(f"its balanced accuracy {balanced:.3f} is no better than chance ({chance:.3f})")
     return LearningCheck(learned=not problems, split=split, n_images=len(rows), n_normal=n_normal,

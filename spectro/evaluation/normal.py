@@ -12,13 +12,16 @@ the supervised mel-statistics baseline needs abnormal training clips, which a no
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from spectro.data.manifest import ImageRow
+from spectro.errors import SpectroWarning
 from spectro.evaluation import metrics
+from spectro.evaluation.learning import warning_for
 from spectro.model.references import References
 from spectro.runs import METRICS_NAME, PLOT_NAMES, PREDICTIONS_NAME, feature_settings
 
@@ -70,8 +73,9 @@ def autoencoder_baseline(train_rows: list[ImageRow], rows: list[ImageRow], pixel
                          shape, max_fpr: float, progress: bool) -> tuple[dict[str, Any], np.ndarray | None]:
     """The DCASE autoencoder fit on ``train_rows`` (normal clips) and its scores of ``rows``."""
     from spectro.errors import SpectroError
-    from spectro.evaluation.baselines import DenseAutoencoder, pixels_to_db_batch
+    from spectro.evaluation.baselines import DenseAutoencoder
     from spectro.features.reader import read_images
+    from spectro.features.statistics import pixels_to_db_batch
 
     block: dict[str, Any] = {"name": AUTOENCODER, "features": "5 stacked frames of the dB mel spectrogram",
                              "train": {"n": len(train_rows), "n_normal": len(train_rows), "n_abnormal": 0}}
@@ -117,8 +121,12 @@ def evaluate_normal_only(run: Path, predictor, split_rows: list[ImageRow], test_
     cnn_auc, base_auc = figures.get("overall", {}).get("auc"), baseline.get("overall", {}).get("auc")
     baseline["cnn_beats_baseline"] = None if cnn_auc is None or base_auc is None else bool(cnn_auc > base_auc)
     info = references.to_dict()
+    learning_warning = warning_for(predictor.config)
+    if learning_warning:
+        warnings.warn(learning_warning + "; train it again as the message at its end advised to silence this",
+                      SpectroWarning, stacklevel=2)
     result: dict[str, Any] = {
-        "learning_warning": None, "run": str(run), "evaluated": what, "n_images": len(test_rows),
+        "learning_warning": learning_warning, "run": str(run), "evaluated": what, "n_images": len(test_rows),
         "task": labels.task, "task_classes": list(labels.task_classes), "classes": list(labels.classes),
         "threshold": {"value": None, "method": f"per machine: the {1 - max_fpr:g} quantile of its normal clips' "
                                                 f"{scorer} scores", "max_fpr": max_fpr, "scorer": scorer,
@@ -137,7 +145,7 @@ def evaluate_normal_only(run: Path, predictor, split_rows: list[ImageRow], test_
         sel = np.flatnonzero(known)
         y_abn = np.array([test_rows[i].is_abnormal for i in sel], dtype=int)
         write_plots(out, [test_rows[i] for i in sel], pixels[sel], [true[i] for i in sel],
-                    [predicted[i] for i in sel], y_abn, score[sel], probs[sel], labels, None)
+                    [predicted[i] for i in sel], y_abn, score[sel], probs[sel], labels, np.asarray(thresholds)[sel])
     result["files"] = {"predictions": PREDICTIONS_NAME, **PLOT_NAMES}
     (out / METRICS_NAME).write_text(json.dumps(result, indent=2) + "\n")
     return result

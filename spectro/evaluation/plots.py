@@ -72,20 +72,26 @@ def roc_curves(path: str | Path, curves: dict[str, tuple[np.ndarray, np.ndarray]
 
 
 def score_histograms(path: str | Path, groups: dict[str, tuple[np.ndarray, np.ndarray]], *,
-                     threshold: float | None = None, title: str = "Anomaly score (test)") -> Path:
-    """Histograms of the anomaly score, normal vs abnormal, one panel per group ``{name: (y_abnormal, scores)}``."""
+                     threshold: float | dict[str, float] | None = None, title: str = "Anomaly score (test)") -> Path:
+    """Histograms of the anomaly score, normal vs abnormal, one panel per group ``{name: (y_abnormal, scores)}``.
+
+    ``threshold``: one for every panel, or one per group (a normal-only run's per-machine thresholds). Scores in
+    [0, 1] (probabilities) share 20 bins over [0, 1]; others (distances) get 20 bins over their panel's range."""
     n = max(1, len(groups))
     cols = min(n, 3)
     rows = -(-n // cols)
     fig = _figure(4.2 * cols, 3.2 * rows)
-    bins = np.linspace(0.0, 1.0, 21)
     for i, (name, (y, s)) in enumerate(groups.items()):
         ax = fig.add_subplot(rows, cols, i + 1)
         y, s = np.asarray(y).astype(bool), np.asarray(s, dtype=float)
+        limit = threshold.get(name) if isinstance(threshold, dict) else threshold
+        span = np.append(s, [] if limit is None else [limit])
+        low, high = (0.0, 1.0) if len(s) == 0 or (s.min() >= 0 and s.max() <= 1) else (span.min(), span.max())
+        bins = np.linspace(low, high if high > low else low + 1.0, 21)
         ax.hist(s[~y], bins=bins, alpha=0.6, color=NORMAL_COLOR, label=f"normal ({(~y).sum()})")
         ax.hist(s[y], bins=bins, alpha=0.6, color=ABNORMAL_COLOR, label=f"abnormal ({y.sum()})")
-        if threshold is not None:
-            ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3g}")
+        if limit is not None:
+            ax.axvline(limit, color="black", linestyle="--", linewidth=1, label=f"threshold {limit:.3g}")
         ax.set_title(name)
         ax.set_xlabel("anomaly score")
         ax.set_ylabel("images")

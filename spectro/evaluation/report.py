@@ -36,7 +36,8 @@ from spectro.runs import (
     resolve_run,
 )
 
-SECTIONS = ("Data summary", "Evaluation", "Example spectrograms", "Exploratory views", "Training curves", "Settings")
+SECTIONS = ("Data summary", "Evaluation", "Machines", "Example spectrograms", "Exploratory views", "Training curves",
+            "Settings")
 SPLITS_ORDER = ("train", "val", "test")
 
 CSS = """
@@ -156,6 +157,18 @@ def evaluation(run: Path, metrics: dict | None, reason: str) -> str:
         parts.append(f"<p>Per recording ({c['n']} recordings, score = {_e(c['score'])}): anomaly AUC {_fmt(c['auc'])}"
                      + (f" (baseline {_fmt(bc['auc'])})" if bc else "") + f", pAUC {_fmt(c['pauc'])}"
                      + (f" (baseline {_fmt(bc['pauc'])})" if bc else "") + ".</p>")
+    if metrics.get("scorers"):  # a normal-only run: every scorer, overall and per machine type and id
+        names = list(metrics["scorers"])
+        groups = [("all", lambda f: f["overall"])] + [
+            (f"{grouping.removeprefix('by_').replace('_', ' ')} {key}", lambda f, g=grouping, k=key: f[g].get(k, {}))
+            for grouping in ("by_machine", "by_machine_id") for key in metrics["scorers"][names[0]].get(grouping, {})]
+
+        def cell(figures: dict) -> str:
+            return f"{_fmt(figures.get('auc'))} / {_fmt(figures.get('pauc'))}"
+
+        table = [[label, *(cell(pick(metrics["scorers"][n])) for n in names)] for label, pick in groups]
+        parts.append("<h3>Scorers</h3><p>AUC / pAUC of every normal-only scorer (the run's default: "
+                     f"<b>{_e(t.get('scorer'))}</b>).</p>" + _table(["group", *names], table))
     if "failure_type_accuracy" in o:
         parts.append(f"<p>Failure type right on {_fmt(o['failure_type_accuracy'])} of the abnormal images.</p>")
     report = o.get("report", {})
@@ -169,6 +182,41 @@ def evaluation(run: Path, metrics: dict | None, reason: str) -> str:
     for key, name in PLOT_NAMES.items():
         path = run / name
         parts.append(_img(path, captions[key], captions[key]) if path.is_file() else _note(f"{name} is missing"))
+    return "".join(parts)
+
+
+def machines(run: Path) -> str:
+    """The machines the run knows: its known-machine check's profiles and, for a normal-only run, the normal
+    references each machine is scored against (trained on or enrolled), with their thresholds."""
+    from spectro.model.known import KnownMachines
+    from spectro.model.references import References
+
+    parts = []
+    try:
+        known = KnownMachines.load(run)
+    except SpectroError as exc:
+        known, parts = None, [_note(str(exc))]
+    if known is None and not parts:
+        parts.append(_note("No known-machine profiles: a run trained before the check existed; classify reports "
+                           "no known_machine for it."))
+    elif known is not None:
+        parts.append("<p>The known-machine check: a recording farther than every machine's bound (distance &gt; 1) "
+                     "is reported as an unknown machine.</p>" + _table(
+                         ["machine", "clips", "bound (Mahalanobis)"],
+                         [[key, len(p.features), _fmt(p.bound) if p.bound is not None else "too few clips"]
+                          for key, p in sorted(known.profiles.items())]))
+    try:
+        references = References.load(run)
+    except SpectroError:
+        return "".join(parts)
+    info = references.to_dict()
+    parts.append(f"<h3>Normal references</h3><p>Default scorer <b>{_e(info['default_scorer'])}</b>, thresholds at "
+                 f"the {1 - info['max_fpr']:g} quantile of normal clips' scores.</p>" + _table(
+                     ["machine", "clips", "windows", *[f"{n} threshold" for n in info["scorers"]], "threshold from",
+                      "sources", "enrolled"],
+                     [[key, m["clips"], m["windows"], *[_fmt(m["thresholds"].get(n)) for n in info["scorers"]],
+                       m["threshold_from"], "; ".join(m["sources"]), m["enrolled"]]
+                      for key, m in info["machines"].items()]))
     return "".join(parts)
 
 
@@ -280,6 +328,7 @@ def build_report(run: str | Path, *, evaluate: bool = True, out: str | Path | No
         bodies = {
             "Data summary": data_summary(rows),
             "Evaluation": evaluation(run, metrics, reason),
+            "Machines": machines(run),
             "Example spectrograms": examples(rows, tmp),
             "Exploratory views": exploratory_views(rows, settings, tmp),
             "Training curves": training_curves(run, tmp),

@@ -15,6 +15,10 @@ After conversion each file is verified against the Keras model on the run's test
 agreement of the fine class, anomaly AUC of each, the largest probability difference, file size,
 median single-image latency on one thread); a file that misses :data:`BOUNDS` is not written and the
 export fails with the figures, unless verification is switched off.
+
+A normal-only run's files have two outputs, the embedding and the softmax (its scores compare embeddings with
+the run's normal references), and its anomaly AUC is that of its default scorer on single windows. The files
+the run's classify reads beside its model (normal references, known-machine profiles) are copied to ``--out``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -44,7 +49,10 @@ from spectro.model.labels import LabelSpace
 from spectro.model.windows import cut
 from spectro.runs import (
     DEFAULT_THRESHOLD,
+    KNOWN_NAME,
     MODEL_NAME,
+    REFERENCES_INFO,
+    REFERENCES_NAME,
     SPLITS_NAME,
     TFLITE_NAMES,
     feature_settings,
@@ -235,7 +243,8 @@ def int8_graph(model, calibration: np.ndarray | None = None):
     return keras.models.clone_model(model, clone_function=lambda lay: conv if lay is layer else lay)
 
 
-def convert(model, mode: str, representative: np.ndarray | None = None, *, bias_correction: bool = True) -> bytes:
+def convert(model, mode: str, representative: np.ndarray | None = None, *, bias_correction: bool = True,
+            embeddings: bool = False) -> bytes:
     """Convert a Keras model to a TFLite flatbuffer, builtin ops only.
 
     Parameters
@@ -249,6 +258,9 @@ def convert(model, mode: str, representative: np.ndarray | None = None, *, bias_
     bias_correction : bool
         For ``int8``: correct the biases for the mean shift of weight rounding, measured on the
         calibration images (docs/quantization.md).
+    embeddings : bool
+        Two outputs, the embedding then the softmax (:func:`spectro.model.backbones.with_embeddings`): what a
+        normal-only run's scores need.
 
     Raises
     ------
@@ -262,6 +274,11 @@ def convert(model, mode: str, representative: np.ndarray | None = None, *, bias_
     if mode == "int8":
         if representative is None or len(representative) == 0:
             raise SpectroError("int8 export needs representative images (the run's training split)")
+    if embeddings:
+        from spectro.model.backbones import with_embeddings
+
+        model = with_embeddings(model)
+    if mode == "int8":
         model = int8_graph(model, representative if bias_correction else None)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -333,6 +350,13 @@ def anomaly_auc(labels: LabelSpace, fine_probs: np.ndarray, abnormal: np.ndarray
     return metrics.anomaly_auc(np.asarray(abnormal, dtype=bool), scores)
 
 
+def _auc(scores: np.ndarray, abnormal: np.ndarray) -> float | None:
+    """ROC AUC of scores on the :data:`AUC_RESOLUTION` grid (as :func:`anomaly_auc`); NaN scores left out."""
+    scores, abnormal = np.asarray(scores, dtype=np.float64), np.asarray(abnormal, dtype=bool)
+    keep = ~np.isnan(scores)
+    return metrics.anomaly_auc(abnormal[keep], np.round(scores[keep] / AUC_RESOLUTION) * AUC_RESOLUTION)
+
+
 def median_latency_ms(predictor, images: np.ndarray, runs: int) -> float:
     """Median wall time of ``predictor.predict`` on one image (cycling through ``images``), in ms."""
     for image in images[:3]:  # warm-up
@@ -347,15 +371,24 @@ def median_latency_ms(predictor, images: np.ndarray, runs: int) -> float:
 
 
 def verify(path: Path, run: Path, *, mode: str, split: str, images: np.ndarray, abnormal: np.ndarray,
-           keras_probs: np.ndarray, keras_size: int, latency_runs: int = 50) -> Verification:
-    """Compare the ``.tflite`` at ``path`` with the Keras model's probabilities on ``images``."""
+           keras_probs: np.ndarray, keras_size: int, latency_runs: int = 50, score=None,
+           keras_scores: np.ndarray | None = None) -> Verification:
+    """Compare the ``.tflite`` at ``path`` with the Keras model's probabilities on ``images``.
+
+    A normal-only run's anomaly scores come from embeddings: ``score(embeddings, probs)`` gives the window scores
+    of the file's outputs, ``keras_scores`` the Keras model's."""
     predictor = LiteRTPredictor(path, run, num_threads=1)
-    probs = predictor.predict(images)
     labels = predictor.labels
+    if score is None:
+        probs = predictor.predict(images)
+        keras_auc, tflite_auc = anomaly_auc(labels, keras_probs, abnormal), anomaly_auc(labels, probs, abnormal)
+    else:
+        embeddings, probs = predictor.embed(images)
+        keras_auc, tflite_auc = _auc(keras_scores, abnormal), _auc(score(embeddings, probs), abnormal)
     agreement = float(np.mean(probs.argmax(axis=1) == keras_probs.argmax(axis=1)))
     return Verification(
         mode=mode, split=split, n_images=len(images), agreement=agreement,
-        keras_auc=anomaly_auc(labels, keras_probs, abnormal), tflite_auc=anomaly_auc(labels, probs, abnormal),
+        keras_auc=keras_auc, tflite_auc=tflite_auc,
         max_prob_diff=float(np.abs(probs - keras_probs).max()),
         auc_pairs=int(np.sum(abnormal)) * int(np.sum(~np.asarray(abnormal,
                                                                  dtype=bool))), size_bytes=path.stat().st_size,
@@ -411,9 +444,11 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
         warnings.warn(warning_for(config) + "; its TFLite files answer no better. Train it again to silence this",
                       SpectroWarning, stacklevel=2)
     labels = LabelSpace.load(run)
-    if labels.normal_only:
-        raise SpectroError(f"{run}: a normal-only run; its scores need the embeddings beside the probabilities, which "
-                           "the TFLite export does not write yet: classify and serve it with its model.keras")
+    references = None
+    if labels.normal_only:  # its files give the embedding too, and its references travel with them
+        from spectro.model.references import References
+
+        references = References.load(run)
     input_shape, image_shape = stored_input_shape(config), stored_image_shape(config)
     features = feature_settings(config)
     dest = Path(out).resolve() if out is not None else run
@@ -421,6 +456,9 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
     if dest != run:
         labels.save(dest)
         save_config(dest, _device_config(config, run))
+        for name in (REFERENCES_NAME, REFERENCES_INFO, KNOWN_NAME):  # what classify reads beside the model
+            if (run / name).is_file():
+                shutil.copyfile(run / name, dest / name)
 
     def say(message: str) -> None:
         if progress:
@@ -440,13 +478,28 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
         windows, owners = cut(pixels, input_shape[1], per_image=-(-VERIFY_WINDOWS // len(rows)))
         images = model_input(windows)
         abnormal = np.array([row.is_abnormal for row in rows])[owners]
-        keras_probs = np.asarray(model.predict(images, batch_size=32, verbose=0), dtype=np.float32)
+        score, keras_scores = None, None
+        if references is None:
+            keras_probs = np.asarray(model.predict(images, batch_size=32, verbose=0), dtype=np.float32)
+        else:
+            from spectro.inference.normal import window_scores
+            from spectro.model.backbones import with_embeddings
+
+            keys = np.array([labels.class_of(row) for row in rows], dtype=object)[owners]
+
+            def score(embeddings, probs):
+                return window_scores(references, keys, embeddings, probs)
+
+            keras_embeddings, keras_probs = (np.asarray(a, dtype=np.float32) for a in
+                                             with_embeddings(model).predict(images, batch_size=32, verbose=0))
+            keras_scores = score(keras_embeddings, keras_probs)
 
     results = []
     for mode in settings.quantize:
         final = dest / TFLITE_NAMES[mode]
         say(f"converting {run.name} -> {final.name} ({mode}) ...")
-        flatbuffer = convert(model, mode, representative, bias_correction=settings.bias_correction)
+        flatbuffer = convert(model, mode, representative, bias_correction=settings.bias_correction,
+                             embeddings=references is not None)
         check_builtin_ops(tflite_ops(flatbuffer), mode=mode)
         tmp = final.with_name(f".{final.name}.tmp")
         tmp.write_bytes(flatbuffer)
@@ -455,7 +508,7 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
             if settings.verify:
                 verification = verify(tmp, dest, mode=mode, split=split, images=images, abnormal=abnormal,
                                       keras_probs=keras_probs, keras_size=keras_path.stat().st_size,
-                                      latency_runs=settings.latency_runs)
+                                      latency_runs=settings.latency_runs, score=score, keras_scores=keras_scores)
                 failures = tuple(verification.failures(BOUNDS[mode]))
                 if verification.auc_loss is not None and not verification.auc_enforced(BOUNDS[mode]):
                     warnings.warn(f"{mode}: anomaly AUC bound not enforced: the {split} split has only "

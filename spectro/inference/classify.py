@@ -13,6 +13,10 @@ the path (``…/<machine>/id_XX/…``), else it is the only enrolled machine, el
 output's ``machine`` and ``reference`` say which and how. The ``--json`` objects have the supervised keys
 (``failure_type`` empty, ``predicted`` the most likely machine id) plus ``machine``, ``reference``, ``scorer``
 and ``scores`` (every scorer).
+
+Every result has ``known_machine``: the known-machine check (:mod:`spectro.model.known`), ``{"known", "nearest",
+"distance"}``: ``known`` is false for a recording unlike every machine the run was trained on or enrolled with,
+whose verdict then says little; ``null`` for a run without the check's profiles.
 """
 
 from __future__ import annotations
@@ -54,8 +58,9 @@ def classify_files(files: list[Path], predictor, *, threshold: float | None, top
     all_windows = [load_windows(f, settings, predictor.image_shape, window=window, hop_seconds=hop_seconds)
                    for f in tqdm(files, desc="reading", unit="file", disable=not progress, leave=False)]
     if labels.normal_only:
-        return [_normal_only(w, predictor, references=predictor.references, threshold=threshold, top_k=top_k,
-                             machine=machine) for w in all_windows]
+        return [{**_normal_only(w, predictor, references=predictor.references, threshold=threshold, top_k=top_k,
+                                machine=machine), "known_machine": _known(w, predictor, settings)}
+                for w in all_windows]
     if threshold is None:
         threshold = stored_threshold(predictor.config)
     spans = [span for w in all_windows for span in w.pixels]  # widths may differ between files
@@ -78,6 +83,7 @@ def classify_files(files: list[Path], predictor, *, threshold: float | None, top
             "failure_type": failures[best], "predicted": predicted[best],
             "probabilities": {c: round(float(v), 6) for c, v in zip(labels.classes, p)},
             "top_k": [[labels.classes[i], round(float(p[i]), 6)] for i in order],
+            "known_machine": _known(w, predictor, settings),
         }
         if n > 1:
             result["score"] = "max over windows"
@@ -88,6 +94,15 @@ def classify_files(files: list[Path], predictor, *, threshold: float | None, top
                 for i in range(n)]
         results.append(result)
     return results
+
+
+def _known(w, predictor, settings) -> dict[str, Any] | None:
+    """The known-machine check of one file (:mod:`spectro.model.known`); ``None`` when the run has no profiles."""
+    from spectro.model.known import statistics
+
+    known = predictor.known
+    check = known.check(statistics(w.pixels, settings)) if known is not None else None
+    return check.to_dict() if check is not None else None
 
 
 def _normal_only(w, predictor, *, references, threshold: float | None, top_k: int,

@@ -94,6 +94,21 @@ def embed_and_score(predictor, references: References, keys: Sequence[str | None
     return out, pool(probs, owners, len(keys))
 
 
+def window_scores(references: References, keys: Sequence[str], embeddings: np.ndarray, probs: np.ndarray,
+                  scorer: str | None = None) -> np.ndarray:
+    """The ``scorer`` score (default: the references') of single windows, each as a clip of its own, against
+    the references of its machine ``keys[i]``; NaN for a machine without references."""
+    keys = np.asarray(list(keys), dtype=object)
+    scorer = scorer or references.default_scorer
+    out = np.full(len(keys), np.nan)
+    for key in sorted(set(keys.tolist()) & set(references.machines)):
+        mine = np.flatnonzero(keys == key)
+        scores = references.clip_scores(key, embeddings[mine], probs[mine], np.arange(len(mine)), len(mine))
+        if scorer in scores:
+            out[mine] = scores[scorer]
+    return out
+
+
 def add_references(predictor, references: References, keys: Sequence[str], pixels, *, source: str,
                    class_of: dict[str, int]) -> dict[str, np.ndarray]:
     """Add the normal clips ``pixels`` (machine ``keys[i]``) to ``references``; returns each machine's
@@ -184,6 +199,7 @@ def enroll(run, folder, *, machine: str | None = None, progress: bool = False) -
     from spectro.data.layout import NORMAL_LABEL
     from spectro.inference.predictors import KerasPredictor
     from spectro.inference.windows import expand_inputs, load_windows
+    from spectro.model.known import KnownMachines, statistics
     from spectro.runs import MODEL_NAME, feature_settings, resolve_run
 
     run, folder = resolve_run(run), Path(folder)
@@ -223,5 +239,12 @@ def enroll(run, folder, *, machine: str | None = None, progress: bool = False) -
         m = references.calibrate(key, None, probs=probs[key] if before[key] == 0 else None)
         summary[key] = {"clips": m.n_clips, "added": m.n_clips - before[key], "new": before[key] == 0,
                         "thresholds": dict(m.thresholds), "threshold_from": m.threshold_from}
+    known = KnownMachines.load(run)
+    if known is not None:  # the known-machine check learns the enrolled machines too
+        features, keys = statistics(spans, settings), np.asarray(keys)
+        for key in sorted(set(keys.tolist())):
+            known.add(key, features[keys == key])
     references.save(run)
+    if known is not None:
+        known.save(run)
     return summary

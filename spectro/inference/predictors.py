@@ -59,10 +59,18 @@ class Predictor:
 
         return References.load(self.run)
 
+    @cached_property
+    def known(self):
+        """The run's known-machine profiles (:class:`spectro.model.known.KnownMachines`), read once; ``None`` for a
+        run trained before the check existed."""
+        from spectro.model.known import KnownMachines
+
+        return KnownMachines.load(self.run)
+
     def embed(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
         """Embeddings ``(n, d)`` and class probabilities ``(n, classes)`` of model inputs (windows)."""
-        raise SpectroError(f"{self.path}: this model gives no embeddings; score a normal-only run with its "
-                           ".keras model")
+        raise SpectroError(f"{self.path}: this model gives no embeddings (a file exported before normal-only "
+                           "runs could be); export the run again with 'spectro export'")
 
     def embed_clips(self, pixels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every window of each clip of ``pixels``: embeddings, probabilities and the clip of each window."""
@@ -138,7 +146,18 @@ class LiteRTPredictor(Predictor):
             raise SpectroError(f"{path}: not a loadable TFLite model ({reason})") from None
         self.num_threads = int(num_threads)
         self.input_detail = self.interpreter.get_input_details()[0]
-        self.output_detail = self.interpreter.get_output_details()[0]
+        outputs = self.interpreter.get_output_details()
+        self.embedding_detail = None
+        if len(outputs) == 2:  # a normal-only export: (embedding, probabilities), the Keras outputs' order
+            by_index = {d["index"]: d for d in outputs}
+            named = self.interpreter.get_signature_runner().get_output_details()
+            self.embedding_detail = by_index[named["output_0"]["index"]]
+            self.output_detail = by_index[named["output_1"]["index"]]
+        elif len(outputs) == 1:
+            self.output_detail = outputs[0]
+        else:
+            raise SpectroError(f"{path}: model has {len(outputs)} outputs (expected the class probabilities, and the "
+                               "embedding for a normal-only run)")
         shape = tuple(int(n) for n in self.input_detail["shape"])
         if len(shape) != 4 or shape[1:3] != self.input_shape or shape[3] != 1:
             raise SpectroError(f"{path}: model input {shape} does not fit the run's images "
@@ -165,21 +184,32 @@ class LiteRTPredictor(Predictor):
         q = np.rint(image / scale + zero_point) if scale else np.rint(image)
         return np.clip(q, info.min, info.max).astype(self.input_dtype)[None]
 
-    def _dequantize(self, output: np.ndarray) -> np.ndarray:
-        if self.output_dtype.kind not in "ui":
+    @staticmethod
+    def _dequantize(output: np.ndarray, detail: dict) -> np.ndarray:
+        if np.dtype(detail["dtype"]).kind not in "ui":
             return output.astype(np.float32, copy=False)
-        scale, zero_point = self.output_quantization
+        scale, zero_point = detail["quantization"]
         return ((output.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
+    def _run(self, pixels: np.ndarray, details: list[dict]) -> list[np.ndarray]:
         pixels = self._check(pixels)
-        out = np.zeros((len(pixels), len(self.labels.classes)), dtype=np.float32)
-        index_in, index_out = self.input_detail["index"], self.output_detail["index"]
+        out = [np.zeros((len(pixels), int(d["shape"][-1])), dtype=np.float32) for d in details]
+        index_in = self.input_detail["index"]
         for i, image in enumerate(pixels):
             self.interpreter.set_tensor(index_in, self._quantize(image))
             self.interpreter.invoke()
-            out[i] = self._dequantize(self.interpreter.get_tensor(index_out))[0]
+            for array, detail in zip(out, details):
+                array[i] = self._dequantize(self.interpreter.get_tensor(detail["index"]), detail)[0]
         return out
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        return self._run(pixels, [self.output_detail])[0]
+
+    def embed(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.embedding_detail is None:
+            return super().embed(pixels)
+        embeddings, probs = self._run(pixels, [self.embedding_detail, self.output_detail])
+        return embeddings, probs
 
 
 def load_predictor(model: str | Path | None = None) -> Predictor:

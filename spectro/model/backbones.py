@@ -186,7 +186,7 @@ def with_embeddings(model):
     """``model`` with two outputs: the embedding (the pooled features before the head) and the class softmax."""
     import keras
 
-    return keras.Model(model.inputs, [model.get_layer(EMBEDDING_NAME).output, model.output],
+    return keras.Model(model.input, [model.get_layer(EMBEDDING_NAME).output, model.output],
                        name=f"{model.name}_embeddings")
 
 

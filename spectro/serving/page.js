@@ -157,8 +157,11 @@
 
   function describeResult(r) {
     const abnormal = r.verdict === "ABNORMAL";
+    const unknown = r.known_machine && !r.known_machine.known;
     const head = el("div", { class: "card-head" },
       el("span", { class: `verdict ${abnormal ? "abnormal" : "normal"}` }, r.verdict),
+      unknown ? el("span", { class: "verdict unknown", title: "unlike every machine the model was trained on or " +
+        "enrolled with: the verdict says little" }, "UNKNOWN MACHINE") : null,
       el("span", {}, r.kind === "audio" ? "recording" : "spectrogram image"),
       r.windows ? el("span", { class: "muted" }, `score: maximum over ${r.windows.length} windows`) : null);
     const fill = el("div", { class: `fill${abnormal ? " over" : ""}`, style: { width: `${Math.min(100, 100 * r.anomaly_score)}%` } });
@@ -171,7 +174,12 @@
       el("dd", { class: "failure" }, r.failure_type || "none known to this model",
         abnormal ? "" : el("span", { class: "muted" }, " (the most likely failure, were it abnormal)")),
       el("dt", {}, "predicted"),
-      el("dd", {}, r.predicted));
+      el("dd", {}, r.predicted),
+      r.machine ? el("dt", {}, "scored as") : null,
+      r.machine ? el("dd", {}, `${r.machine} (${r.reference}; ${r.scorer} score)`) : null,
+      r.known_machine ? el("dt", {}, "known machine") : null,
+      r.known_machine ? el("dd", { class: "known" }, r.known_machine.known ? `yes: nearest ${r.known_machine.nearest}` :
+        `no: nearest ${r.known_machine.nearest} at ${fmt(r.known_machine.distance)}x the farthest of its own clips`) : null);
     return [head, facts];
   }
 

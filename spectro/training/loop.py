@@ -29,12 +29,12 @@ import numpy as np
 from spectro.data.manifest import MANIFEST_NAME, ImageRow, read_manifest
 from spectro.errors import SpectroError, SpectroWarning
 from spectro.evaluation import plots
-from spectro.evaluation.learning import check_learning
+from spectro.evaluation.learning import LearningCheck, check_learning, check_normal_only
 from spectro.evaluation.metrics import model_metrics
 from spectro.features.reader import survey_images
 from spectro.features.settings import FeatureSettings
 from spectro.model.backbones import ModelSettings
-from spectro.model.labels import NORMAL_ONLY, TASKS, LabelSpace
+from spectro.model.labels import NORMAL_ONLY, TASKS, LabelSpace, machine_key
 from spectro.model.losses import make_loss, make_task_accuracy, sample_weights
 from spectro.model.windows import pool, window_columns, window_frames
 from spectro.paths import IMAGES_DIR, MODELS_DIR
@@ -374,10 +374,20 @@ def _objective(by_split: dict[str, list[ImageRow]], settings: TrainSettings, fea
                             f"{len(labels.classes) - 1} built-in synthetic machine ids")
 
 
+def _fit_known_machines(run: Path, rows: list[ImageRow], features: FeatureSettings, image_shape, progress: bool):
+    """The known-machine check's profiles from every training clip (:mod:`spectro.model.known`)."""
+    from spectro.features.reader import read_images
+    from spectro.model.known import KnownMachines, statistics
+
+    pixels = read_images(rows, settings=features, shape=image_shape, progress=progress)[0]
+    KnownMachines.fit([machine_key(r.machine, r.machine_id) for r in rows], statistics(pixels, features)).save(run)
+
+
 def _normal_only_metrics(run: Path, labels: LabelSpace, by_split, settings: TrainSettings, features, image_shape,
-                         progress: bool) -> dict:
+                         progress: bool) -> tuple[dict, LearningCheck | None]:
     """Write the run's normal references (training normals; thresholds from validation normals) and return the
-    validation and test figures of every scorer."""
+    validation and test figures of every scorer, and the learning check on the validation split (``None`` when
+    switched off or without validation clips)."""
     from spectro.evaluation.normal import normal_only_figures, normal_only_scores, thresholds_of
     from spectro.features.reader import read_images
     from spectro.inference.normal import fit_references
@@ -402,7 +412,11 @@ def _normal_only_metrics(run: Path, labels: LabelSpace, by_split, settings: Trai
         else:
             scores, probs, thresholds = normal_only_scores(predictor, references, labels, rows, pixels[split])
         metrics[split] = normal_only_figures(rows, scores, probs, thresholds, labels, references.default_scorer)
-    return metrics
+    learning = None
+    if settings.check_learning and by_split["val"]:
+        learning = check_normal_only(by_split["val"], val_scores[references.default_scorer], val_probs, labels,
+                                     split="val")
+    return metrics, learning
 
 
 def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, settings: TrainSettings = TrainSettings(),
@@ -581,9 +595,11 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
 
     if outlier_folder is not None:
         outlier_folder.cleanup()
-    metrics, probs = {}, {}
+    if placement.chief:
+        _fit_known_machines(run, by_split["train"], features, image_shape, progress)
+    metrics, probs, learning = {}, {}, None
     if normal_only:
-        metrics = _normal_only_metrics(run, labels, by_split, settings, features, image_shape, progress)
+        metrics, learning = _normal_only_metrics(run, labels, by_split, settings, features, image_shape, progress)
     for split in ("val", "test") if not normal_only else ():
         if len(examples[split]):
             # the saved model, on this process alone: predictions in the rows' order whatever the strategy
@@ -593,10 +609,10 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
             windows = clean.predict(data.map(lambda x, y, w: x), verbose=0)
             probs[split] = pool(windows, np.repeat(np.arange(len(examples[split])), per_clip), len(examples[split]))
             metrics[split] = model_metrics(by_split[split], probs[split], labels, threshold=DEFAULT_THRESHOLD)
-    learning = None
     checked = next((split for split in ("val", "test") if split in probs), None)
     if settings.check_learning and checked is not None and not normal_only:
         learning = check_learning(by_split[checked], probs[checked], labels, split=checked)
+    if learning is not None:
         config["training"]["learning"] = learning.to_dict()
     config["training"].update({"phases": [p.name for p in plan], "epochs_run": epochs_run, "steps_run": steps_run,
                                "steps_per_epoch": [p.steps_per_epoch for p in plan], "best_" + monitor: best,

@@ -7,15 +7,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from spectro.errors import SpectroError
-from spectro.evaluation.baselines import (
-    AutoencoderSettings,
-    DenseAutoencoder,
-    LevelThreshold,
-    level_db,
-    pixels_to_db_batch,
-    stack_frames,
-)
+from spectro.evaluation.baselines import AutoencoderSettings, DenseAutoencoder, LevelThreshold, stack_frames
 from spectro.features.settings import FeatureSettings
+from spectro.features.statistics import level_db, pixels_to_db_batch
 
 
 @pytest.mark.parametrize("pixel", [0, 100, 255])

@@ -14,13 +14,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from spectro.errors import SpectroError
-from spectro.evaluation.baselines import (
-    MelStatsLogistic,
-    mel_statistics,
-    mel_statistics_of_pixels,
-    pixels_to_db_batch,
-)
+from spectro.evaluation.baselines import MelStatsLogistic
 from spectro.features.settings import FeatureSettings
+from spectro.features.statistics import mel_statistics, mel_statistics_of_pixels, pixels_to_db_batch
 
 N_MELS, FRAMES = 16, 40
 

@@ -138,6 +138,38 @@ def test_run_folder_holds_every_file_and_latest_points_at_it(trained):
 
 
 @pytest.mark.slow
+def test_the_known_machine_check_knows_the_training_machines_and_flags_another(trained, tmp_path, capsys):
+    """Every training clip's machine gets a profile; a clip of the run's own machines is known, a recording unlike
+    them all (a loud 5 kHz whistle over a rising sweep, nothing like the tiny set's 120 Hz hums) is flagged in the
+    JSON and the text output."""
+    from conftest import write_wav
+
+    from spectro.model.known import KnownMachines
+
+    _, run, _ = trained
+    known = KnownMachines.load(run)
+    assert set(known.profiles) == {f"{r.machine}/{r.machine_id}" for r in read_splits(run, "train")}
+    assert sum(len(p.features) for p in known.profiles.values()) == len(read_splits(run, "train"))
+    image = read_splits(run, "test")[0].path
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli_main(["classify", str(image), "--model", str(run), "--json"]) == 0
+    check = json.loads(out.getvalue())["known_machine"]
+    assert check["known"] and check["distance"] <= 1 and check["nearest"] in known.profiles
+    t = np.arange(16000) / 16000
+    whistle = 0.5 * np.sin(2 * np.pi * 5000 * t) + 0.3 * np.sin(2 * np.pi * (200 + 3000 * t) * t)
+    wav = write_wav(tmp_path / "whistle.wav", whistle.astype(np.float32))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli_main(["classify", str(wav), "--model", str(run)]) == 0
+        assert cli_main(["classify", str(wav), "--model", str(run), "--json"]) == 0
+    text = out.getvalue()
+    check = json.loads(text.strip().splitlines()[-1])["known_machine"]
+    assert not check["known"] and check["distance"] > 1
+    assert "UNKNOWN MACHINE" in text and "unlike every machine the model knows" in text
+
+
+@pytest.mark.slow
 def test_config_records_the_images_model_and_features(trained, tiny_images):
     _, run, _ = trained
     config = load_config(run)
