@@ -19,7 +19,8 @@ HELP = ("Classify spectrogram PNGs (written by 'spectro images') or recordings (
         "model's own feature settings), or folders of either (searched recursively). Prints per file the verdict "
         "(normal / ABNORMAL: anomaly score >= threshold), the anomaly score, the most likely failure type and the "
         "top-k classes. A recording longer than the model's input is scored window by window: the score over time "
-        "is shown, windows over the threshold are flagged, and the file's score is the maximum over its windows.")
+        "is shown, windows over the threshold are flagged, and the file's score is the maximum over its windows. A "
+        "recording unlike every machine the run was trained or enrolled on is flagged UNKNOWN MACHINE.")
 
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -64,8 +65,10 @@ def format_text(result: dict[str, Any], *, max_listed: int = 8) -> str:
     known = result.get("known_machine")
     if known is not None and not known["known"]:
         lines[0] += "  UNKNOWN MACHINE"
-        lines.append(f"  unlike every machine the model knows: nearest {known['nearest']} at {known['distance']:.2f}x "
-                     "the farthest of its own clips; the verdict above says little (enroll or train on this machine)")
+        what = ("unlike the normal sound of every machine the model knows (a strong anomaly, or a machine it does "
+                "not know)" if "machine" in result else "unlike every machine the model knows")
+        lines.append(f"  {what}: nearest {known['nearest']} at {known['distance']:.2f}x the farthest of its own "
+                     "clips; if it is another machine, the verdict above says little (enroll or train on it)")
     lines.append("  top: " + "  ".join(f"{c} {p:.3f}" for c, p in result["top_k"]))
     windows = result.get("windows")
     if windows:
