@@ -374,13 +374,21 @@ def _objective(by_split: dict[str, list[ImageRow]], settings: TrainSettings, fea
                             f"{len(labels.classes) - 1} built-in synthetic machine ids")
 
 
+KNOWN_CHUNK = 256  # training images read at a time for the known-machine profiles
+
+
 def _fit_known_machines(run: Path, rows: list[ImageRow], features: FeatureSettings, image_shape, progress: bool):
-    """The known-machine check's profiles from every training clip (:mod:`spectro.model.known`)."""
+    """The known-machine check's profiles from every training clip (:mod:`spectro.model.known`), read a chunk at a
+    time: training streams its images, and so does this."""
+    from tqdm import tqdm
+
     from spectro.features.reader import read_images
     from spectro.model.known import KnownMachines, statistics
 
-    pixels = read_images(rows, settings=features, shape=image_shape, progress=progress)[0]
-    KnownMachines.fit([machine_key(r.machine, r.machine_id) for r in rows], statistics(pixels, features)).save(run)
+    chunks = range(0, len(rows), KNOWN_CHUNK)
+    stats = [statistics(read_images(rows[i:i + KNOWN_CHUNK], settings=features, shape=image_shape)[0], features)
+             for i in tqdm(chunks, desc="known machines", unit="chunk", disable=not progress, leave=False)]
+    KnownMachines.fit([machine_key(r.machine, r.machine_id) for r in rows], np.concatenate(stats)).save(run)
 
 
 def _normal_only_metrics(run: Path, labels: LabelSpace, by_split, settings: TrainSettings, features, image_shape,
