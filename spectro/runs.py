@@ -22,6 +22,9 @@ extended by ``spectro enroll`` (:class:`spectro.model.references.References` rea
                      ``clips`` (its clip number within the machine)
 ``references.json``  scorers, default scorer, ``k``, ``max_fpr``, and per machine its clips, sources,
                      thresholds and where they came from
+
+Every run trained since the known-machine check exists also holds ``known_machines.npz``: per machine key, its
+training (and enrolled) clips' mel statistics and their Gaussian and bound (:mod:`spectro.model.known`).
 """
 
 from __future__ import annotations

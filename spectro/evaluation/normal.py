@@ -140,7 +140,7 @@ def evaluate_normal_only(run: Path, predictor, split_rows: list[ImageRow], test_
     true = [labels.class_of(r) for r in test_rows]
     predicted = labels.predicted(probs)
     write_predictions(out / PREDICTIONS_NAME, test_rows, predicted, score, [""] * len(test_rows), probs, labels,
-                      np.where(known, thresholds, np.inf), true, baseline_scores, extra=scores)
+                      thresholds, true, baseline_scores, extra=scores)
     if known.any():
         sel = np.flatnonzero(known)
         y_abn = np.array([test_rows[i].is_abnormal for i in sel], dtype=int)

@@ -346,12 +346,12 @@ def anomaly_auc(labels: LabelSpace, fine_probs: np.ndarray, abnormal: np.ndarray
     untrained one gives nearly equal scores to every image) would otherwise have its ranking, and so its
     AUC, decided by float rounding noise, and Keras and a float32 TFLite file could differ by 0.3.
     """
-    scores = np.round(labels.anomaly_score(fine_probs) / AUC_RESOLUTION) * AUC_RESOLUTION
-    return metrics.anomaly_auc(np.asarray(abnormal, dtype=bool), scores)
+    return _auc(labels.anomaly_score(fine_probs), abnormal)
 
 
 def _auc(scores: np.ndarray, abnormal: np.ndarray) -> float | None:
-    """ROC AUC of scores on the :data:`AUC_RESOLUTION` grid (as :func:`anomaly_auc`); NaN scores left out."""
+    """ROC AUC of scores on the :data:`AUC_RESOLUTION` grid (see :func:`anomaly_auc`); NaN scores left out (a
+    normal-only run's windows of machines without references)."""
     scores, abnormal = np.asarray(scores, dtype=np.float64), np.asarray(abnormal, dtype=bool)
     keep = ~np.isnan(scores)
     return metrics.anomaly_auc(abnormal[keep], np.round(scores[keep] / AUC_RESOLUTION) * AUC_RESOLUTION)

@@ -108,9 +108,11 @@ def _known(w, predictor, settings) -> dict[str, Any] | None:
 def _normal_only(w, predictor, *, references, threshold: float | None, top_k: int,
                  machine: str | None) -> dict[str, Any]:
     """The result of one file of a normal-only run (module docstring)."""
-    from spectro.inference.normal import embed_and_score, key_from_path, named_path
+    from spectro.inference.normal import key_from_path, named_path, score_embedded
+    from spectro.model.windows import pool
 
     labels = predictor.labels
+    embeddings, window_probs, owners = predictor.embed_clips(w.pixels)  # once, for the machine and its scores
     if machine:
         key, how = machine, "--machine"
     else:
@@ -120,11 +122,11 @@ def _normal_only(w, predictor, *, references, threshold: float | None, top_k: in
         if len(references.machines) == 1:
             key, how = next(iter(references.machines)), "the only enrolled machine"
         else:
-            embeddings = predictor.embed_clips(w.pixels)[0]
             key, _ = references.nearest(embeddings)
             how = "the nearest enrolled machine (the path names no machine id; pass --machine to choose)"
     scorer = references.default_scorer
-    scores, probs = embed_and_score(predictor, references, [key] * len(w.pixels), w.pixels)
+    scores = score_embedded(references, [key] * len(w.pixels), embeddings, window_probs, owners)
+    probs = pool(window_probs, owners, len(w.pixels))
     limit = float(threshold) if threshold is not None else references.threshold(key, scorer)
     main = scores[scorer]
     best = int(np.argmax(main))

@@ -82,8 +82,16 @@ def embed_and_score(predictor, references: References, keys: Sequence[str | None
         ``{scorer: (n,) clip scores}`` (NaN where a scorer does not apply: ``id`` for a machine the model was
         not trained on) and ``(n, classes)`` probabilities.
     """
-    keys = np.asarray(list(keys), dtype=object)
     embeddings, probs, owners = predictor.embed_clips(pixels)
+    return score_embedded(references, keys, embeddings, probs, owners, unknown=unknown), pool(probs, owners, len(keys))
+
+
+def score_embedded(references: References, keys: Sequence[str | None], embeddings: np.ndarray, probs: np.ndarray,
+                   owners: np.ndarray, *, unknown: str = "raise") -> dict[str, np.ndarray]:
+    """Every scorer's score of each clip against its machine's references, from its windows' ``embeddings`` and
+    ``probs`` (``owners``: the clip of each window; ``keys``: the machine of each clip; ``unknown`` as in
+    :func:`embed_and_score`)."""
+    keys = np.asarray(list(keys), dtype=object)
     out = {name: np.full(len(keys), np.nan) for name in SCORERS}
     for key, clips, windows, local in _per_machine(keys, owners):
         if key not in references.machines and unknown == "nan":
@@ -91,22 +99,15 @@ def embed_and_score(predictor, references: References, keys: Sequence[str | None
         for name, value in references.clip_scores(key, embeddings[windows], probs[windows], local,
                                                   len(clips)).items():
             out[name][clips] = value
-    return out, pool(probs, owners, len(keys))
+    return out
 
 
 def window_scores(references: References, keys: Sequence[str], embeddings: np.ndarray, probs: np.ndarray,
                   scorer: str | None = None) -> np.ndarray:
     """The ``scorer`` score (default: the references') of single windows, each as a clip of its own, against
     the references of its machine ``keys[i]``; NaN for a machine without references."""
-    keys = np.asarray(list(keys), dtype=object)
-    scorer = scorer or references.default_scorer
-    out = np.full(len(keys), np.nan)
-    for key in sorted(set(keys.tolist()) & set(references.machines)):
-        mine = np.flatnonzero(keys == key)
-        scores = references.clip_scores(key, embeddings[mine], probs[mine], np.arange(len(mine)), len(mine))
-        if scorer in scores:
-            out[mine] = scores[scorer]
-    return out
+    scores = score_embedded(references, keys, embeddings, probs, np.arange(len(embeddings)), unknown="nan")
+    return scores[scorer or references.default_scorer]
 
 
 def add_references(predictor, references: References, keys: Sequence[str], pixels, *, source: str,

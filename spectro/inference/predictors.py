@@ -67,8 +67,9 @@ class Predictor:
 
         return KnownMachines.load(self.run)
 
-    def embed(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
-        """Embeddings ``(n, d)`` and class probabilities ``(n, classes)`` of model inputs (windows)."""
+    def embed(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings ``(n, d)`` and class probabilities ``(n, classes)`` of model inputs (windows); a model
+        without an embedding output cannot give them."""
         raise SpectroError(f"{self.path}: this model gives no embeddings (a file exported before normal-only "
                            "runs could be); export the run again with 'spectro export'")
 
@@ -167,9 +168,7 @@ class LiteRTPredictor(Predictor):
             raise SpectroError(f"{path}: model has {n_out} outputs but labels.json lists "
                                f"{len(self.labels.classes)} classes")
         self.input_dtype = np.dtype(self.input_detail["dtype"])
-        self.output_dtype = np.dtype(self.output_detail["dtype"])
         self.input_quantization = tuple(self.input_detail["quantization"])  # (scale, zero_point)
-        self.output_quantization = tuple(self.output_detail["quantization"])
 
     @property
     def quantized(self) -> bool:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from spectro.errors import SpectroError
+from spectro.model.references import Gaussian
 from spectro.runs import KNOWN_NAME
 
 FOLDS = 5
@@ -44,13 +45,6 @@ class Check:
 
     def to_dict(self) -> dict:
         return {"known": self.known, "nearest": self.nearest, "distance": round(self.distance, 4)}
-
-
-def _gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.covariance import LedoitWolf
-
-    fit = LedoitWolf().fit(np.asarray(features, dtype=np.float64))
-    return fit.location_, fit.precision_
 
 
 def _distance(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -73,10 +67,10 @@ class Profile:
         if len(features) < MIN_CLIPS:
             return cls(features)
         folds = np.arange(len(features)) % min(FOLDS, len(features))
-        held = np.concatenate([_distance(features[folds == f], *_gaussian(features[folds != f]))
+        held = np.concatenate([Gaussian(features[folds != f]).distance(features[folds == f])
                                for f in np.unique(folds)])
-        mean, precision = _gaussian(features)
-        return cls(features, mean, precision, float(max(held.max(), 1e-12)))
+        fit = Gaussian(features).fit
+        return cls(features, fit.location_, fit.precision_, float(max(held.max(), 1e-12)))
 
     def distance(self, features: np.ndarray) -> np.ndarray:
         return _distance(features, self.mean, self.precision) / self.bound

@@ -98,6 +98,7 @@ def _start_worker(path: str) -> None:
     predictor = load_predictor(path)
     predictor.predict(np.zeros((1, *predictor.input_shape), dtype=np.uint8))
     settings_filters(feature_settings(predictor.config))  # imports librosa once, here rather than in a request
+    predictor.known  # noqa: B018 - reads the known-machine profiles once, here rather than in a request
     _WORKER["predictor"] = predictor
 
 
@@ -168,6 +169,8 @@ class ModelService:
             for p in [predictor, *others]:
                 self._free.put(p)
             predictor.predict(np.zeros((1, *predictor.input_shape), dtype=np.uint8))  # Keras traces its graph
+            for p in [predictor, *others]:
+                p.known  # noqa: B018 - the known-machine profiles, read once here rather than in a request
             self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="spectro-serve")
             from spectro.features.logmel import settings_filters
 

@@ -36,6 +36,7 @@ from spectro.features.settings import FeatureSettings
 from spectro.model.backbones import ModelSettings
 from spectro.model.labels import NORMAL_ONLY, TASKS, LabelSpace, machine_key
 from spectro.model.losses import make_loss, make_task_accuracy, sample_weights
+from spectro.model.references import SCORERS
 from spectro.model.windows import pool, window_columns, window_frames
 from spectro.paths import IMAGES_DIR, MODELS_DIR
 from spectro.runs import (
@@ -149,8 +150,6 @@ class TrainSettings:
             problems.append(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if not 0 < self.max_fpr < 1:
             problems.append(f"max_fpr must be in (0, 1), got {self.max_fpr}")
-        from spectro.model.references import SCORERS
-
         if self.scorer not in SCORERS:
             problems.append(f"scorer must be one of {', '.join(SCORERS)}, got {self.scorer!r}")
         if self.patience < 1:
@@ -377,17 +376,22 @@ def _objective(by_split: dict[str, list[ImageRow]], settings: TrainSettings, fea
 KNOWN_CHUNK = 256  # training images read at a time for the known-machine profiles
 
 
-def _fit_known_machines(run: Path, rows: list[ImageRow], features: FeatureSettings, image_shape, progress: bool):
-    """The known-machine check's profiles from every training clip (:mod:`spectro.model.known`), read a chunk at a
-    time: training streams its images, and so does this."""
+def _fit_known_machines(run: Path, rows: list[ImageRow], features: FeatureSettings, image_shape, progress: bool,
+                        pixels: np.ndarray | None = None):
+    """The known-machine check's profiles from every training clip (:mod:`spectro.model.known`): from ``pixels``
+    when the caller has them in memory already, else read a chunk at a time (training streams its images, and so
+    does this)."""
     from tqdm import tqdm
 
     from spectro.features.reader import read_images
     from spectro.model.known import KnownMachines, statistics
 
-    chunks = range(0, len(rows), KNOWN_CHUNK)
-    stats = [statistics(read_images(rows[i:i + KNOWN_CHUNK], settings=features, shape=image_shape)[0], features)
-             for i in tqdm(chunks, desc="known machines", unit="chunk", disable=not progress, leave=False)]
+    if pixels is not None:
+        stats = [statistics(pixels, features)]
+    else:
+        chunks = range(0, len(rows), KNOWN_CHUNK)
+        stats = [statistics(read_images(rows[i:i + KNOWN_CHUNK], settings=features, shape=image_shape)[0], features)
+                 for i in tqdm(chunks, desc="known machines", unit="chunk", disable=not progress, leave=False)]
     KnownMachines.fit([machine_key(r.machine, r.machine_id) for r in rows], np.concatenate(stats)).save(run)
 
 
@@ -409,6 +413,8 @@ def _normal_only_metrics(run: Path, labels: LabelSpace, by_split, settings: Trai
                                                        by_split["val"], pixels["val"], max_fpr=settings.max_fpr,
                                                        scorer=settings.scorer)
     references.save(run)
+    # a normal-only run trains on its normal clips only: its known-machine profiles come from the same pixels
+    _fit_known_machines(run, train_rows, features, image_shape, progress, pixels=pixels["train"])
     metrics = {}
     for split in ("val", "test"):
         rows = by_split[split]
@@ -603,7 +609,7 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
 
     if outlier_folder is not None:
         outlier_folder.cleanup()
-    if placement.chief:
+    if placement.chief and not normal_only:  # a normal-only run fits them with its references
         _fit_known_machines(run, by_split["train"], features, image_shape, progress)
     metrics, probs, learning = {}, {}, None
     if normal_only:
