@@ -26,8 +26,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, metavar="MB",
                         help="largest request body accepted (MiB); larger uploads get HTTP 413")
     parser.add_argument("--workers", type=int, default=None,
-                        help="inference workers: processes with one LiteRT interpreter each for a .tflite model, "
-                             "threads sharing the model for a .keras one; default: one per CPU core")
+                        help="inference worker processes, each loading the model once (a .keras model: each "
+                             "imports TensorFlow and uses cores/workers threads); default: one per CPU core")
 
 
 def main(args) -> int:

@@ -16,9 +16,9 @@ Routes
 Every error is a one-line JSON ``{"error": "..."}`` with a 4xx status for bad input (5xx for a server
 fault, whose traceback goes to the server's log only). Uploads are streamed into a temporary folder of
 the request's own, under server-chosen names, and the folder is removed when the answer is sent.
-Inference runs in a pool of workers (:class:`~spectro.serving.service.ModelService`: processes for a
-``.tflite`` model, threads for a ``.keras`` one), so requests are answered concurrently on every core; the
-model is loaded once per worker, when the app is made, never per request.
+Inference runs in a pool of worker processes (:class:`~spectro.serving.service.ModelService`), so requests
+are answered concurrently on every core; the model is loaded once per worker, when the app is made, never
+per request.
 """
 
 from __future__ import annotations
@@ -89,10 +89,9 @@ def create_app(model: str | Path | None = None, *, max_upload_mb: float = DEFAUL
     max_upload_mb : float
         Limit on one request's body, in MiB.
     workers : int, optional
-        Inference workers: processes for a ``.tflite`` model, threads for a ``.keras`` one; default one per
-        core (see :class:`~spectro.serving.service.ModelService`).
+        Inference worker processes; default one per core (see :class:`~spectro.serving.service.ModelService`).
     processes : bool, optional
-        ``False`` runs a ``.tflite`` model in threads instead of processes (for comparison).
+        ``False`` runs the model in threads instead of processes (for comparison).
 
     Raises
     ------

@@ -1,12 +1,13 @@
 """The model behind ``spectro serve``: loaded once, run by a pool of workers.
 
-A ``.tflite`` model runs in worker **processes** (:mod:`spectro.serving.workers`), one single-threaded
-LiteRT interpreter each, loaded once when the process starts. Threads would share one interpreter lock (the
-GIL) with the server's event loop: LiteRT and the FFTs release it, but the Python around them (windowing,
-the predictor's loop, the web framework) does not, so threads leave a core idle under concurrent load
-(``make bench`` measures both). A ``.keras`` model runs in worker **threads** sharing one Keras model (TensorFlow
-releases the GIL in its ops and spreads each call over the cores itself; a process each would load
-TensorFlow each time).
+The model runs in worker **processes** (:mod:`spectro.serving.workers`), each loading it once when it starts:
+a single-threaded LiteRT interpreter for a ``.tflite`` file, a Keras model with TensorFlow held to its share
+of the cores (cores / workers threads) for a ``.keras`` one. Threads would share one interpreter lock (the
+GIL) with the server's event loop: LiteRT, TensorFlow and the FFTs release it, but the Python around them
+(windowing, the predictor's loop, Keras' call overhead, the web framework) does not, so threads leave a core
+idle under concurrent load; and a Keras model in threads spreads every call over all cores, so one request
+already takes most of them and more clients add little (``make bench`` measures both ways). The price of a
+``.keras`` server: each worker imports TensorFlow (seconds at start-up, hundreds of MB each).
 
 Every request runs :func:`spectro.inference.classify.classify_files`, the function behind
 ``spectro classify``, so the server answers exactly what the command prints.
@@ -82,24 +83,48 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-# -- the work, done in a worker process (.tflite) or a worker thread (.keras) ------------------------------
+# -- the work, done in a worker process (or a worker thread: processes=False) --------------------------------
 
 _WORKER: dict[str, Any] = {}  # in a worker process: its predictor
 
 
-def _start_worker(path: str) -> None:
-    """A worker process's initializer: load the model (once), warm it up, compute the mel filterbank."""
+def _start_worker(path: str, threads: int = 1) -> None:
+    """A worker process's initializer: load the model (once), warm it up, compute the mel filterbank.
+
+    ``threads``: TensorFlow's threads in this worker (a ``.keras`` model), its share of the cores, set before
+    TensorFlow runs anything (a spawned process imports it afresh, its start-up lines kept off the terminal).
+    """
     from threadpoolctl import threadpool_limits
 
     from spectro.features.logmel import settings_filters
     from spectro.inference.predictors import load_predictor
 
     threadpool_limits(limits=1, user_api="blas")  # one core per worker: the processes are the parallelism
+    if not path.endswith(".tflite"):
+        from spectro import quiet
+
+        quiet.install()
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     predictor = load_predictor(path)
     predictor.predict(np.zeros((1, *predictor.input_shape), dtype=np.uint8))
     settings_filters(feature_settings(predictor.config))  # imports librosa once, here rather than in a request
     predictor.known  # noqa: B018 - reads the known-machine profiles once, here rather than in a request
     _WORKER["predictor"] = predictor
+
+
+def _tensorflow_threads() -> tuple[int, int] | None:
+    """This worker's TensorFlow (intra-op, inter-op) threads; ``None`` where TensorFlow was never imported."""
+    import sys
+
+    if "tensorflow" not in sys.modules:
+        return None
+    import tensorflow as tf
+
+    return (tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads())
 
 
 def _classify(paths: list[str], threshold: float | None, predictor=None) -> list[dict[str, Any]]:
@@ -137,10 +162,10 @@ class ModelService:
     model : path, optional
         A run folder (see :func:`serve_model_path`), a ``.keras`` or a ``.tflite`` file.
     workers : int, optional
-        Worker processes (``.tflite``) or threads (``.keras``); default: one per core.
+        Worker processes; default: one per core.
     processes : bool, optional
-        Run a ``.tflite`` model in worker processes (default) or, with ``False``, in worker threads of this
-        process, one interpreter each (for comparison). A ``.keras`` model always runs in threads.
+        Run the model in worker processes (default) or, with ``False``, in worker threads of this process
+        (one LiteRT interpreter each, or one Keras model shared by all; for comparison).
     """
 
     def __init__(self, model: str | Path | None = None, *, workers: int | None = None,
@@ -159,11 +184,12 @@ class ModelService:
         # a normal-only run: each machine's own threshold (classify_files reads it from the references)
         self.threshold = None if predictor.labels.normal_only else stored_threshold(predictor.config)
         self.lite = isinstance(predictor, LiteRTPredictor)
-        self.processes = self.lite and processes is not False
+        self.processes = processes is not False
         self._free: queue.SimpleQueue = queue.SimpleQueue()  # worker threads' predictors
         if self.processes:  # started now: each loads the model while the server starts answering
+            threads = max(1, usable_cores() // self.workers)  # TensorFlow's share of the cores per worker
             self.pool: WorkerProcesses | ThreadPoolExecutor = WorkerProcesses(self.workers, _start_worker,
-                                                                              (str(self.path),))
+                                                                              (str(self.path), threads))
         else:
             others = [load_predictor(self.path) if self.lite else predictor for _ in range(self.workers - 1)]
             for p in [predictor, *others]:

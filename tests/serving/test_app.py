@@ -28,8 +28,9 @@ pytestmark = pytest.mark.slow
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from spectro.paths import usable_cores  # noqa: E402
 from spectro.serving.app import create_app  # noqa: E402
-from spectro.serving.service import serve_model_path  # noqa: E402
+from spectro.serving.service import _tensorflow_threads, serve_model_path  # noqa: E402
 
 # the tiny images were rendered from tone_signal("bearing", 1.0, seed=1000 + i) for fan/bearing image i
 FAN_BEARING_0 = "fan/bearing/6dB_id_00_00000000.png"
@@ -107,12 +108,18 @@ def test_classify_answers_what_classify_json_prints(lite_client, files, tiny_exp
         _same_as_cli(_post(lite_client, [path]).json(), [want], [path.name])
 
 
-def test_classify_with_the_keras_model(tiny_run, files, capsys):
+def test_classify_with_the_keras_model(tiny_run, files, capfd):
     paths = list(files.values())
-    expected = _cli_json(paths, tiny_run, capsys)
-    with TestClient(create_app(tiny_run, workers=2)) as client:
+    expected = _cli_json(paths, tiny_run, capfd)
+    app = create_app(tiny_run, workers=2)
+    with TestClient(app) as client:
         assert client.get("/api/health").json()["model"]["file"] == "model.keras"
         _same_as_cli(_post(client, paths).json(), expected, list(files))
+        # each worker process holds TensorFlow to its share of the cores (idle workers are taken in turn)
+        pool = app.state.service.pool
+        share = max(1, usable_cores() // 2)
+        assert [client.portal.call(pool.call, _tensorflow_threads) for _ in range(2)] == [(share, 1)] * 2
+    assert "oneDNN" not in capfd.readouterr().err  # the workers' TensorFlow start-up stays quiet
 
 
 def test_the_client_file_name_is_shown_never_used_as_a_path(tiny_exports, files, tmp_path, monkeypatch, capsys):
@@ -377,7 +384,7 @@ def test_concurrent_requests_each_get_their_own_answer(kind, tiny_exports, tiny_
     children = set(multiprocessing.active_children())
     app = create_app(model, workers=2, processes=kind != "tflite in threads")
     service = app.state.service
-    assert service.processes == (kind == "tflite")
+    assert service.processes == (kind != "tflite in threads")
     running, most = [0], [0]
     if not service.processes:  # count the threads working at once
         inner, lock = service._in_thread, threading.Lock()
