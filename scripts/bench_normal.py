@@ -7,7 +7,8 @@ Every normal-only CNN is ``spectro train --task normal-only`` with the defaults 
 1. The built-in synthetic set in the DCASE protocol: train on normal clips only (``split_rows(seed=0)``'s
    training and validation normals); test = its test normals and every abnormal clip. AUC and pAUC per machine
    type and id for each scorer, the DCASE 2020 dense autoencoder (one per machine type, fit on the same training
-   normals) and a level score (distance of the clip's level from the training normals' median level).
+   normals), a level score (distance of the clip's level from the training normals' median level) and the
+   supervised model (the train section's synthetic run, or ``--synthetic-run``) on the test clips it never saw.
 2. The real MIMII fan sample: k-fold over its normal clips (abnormal clips only ever in test), at recorded levels
    and with each test clip at a random level within ±6 dB. ``SPECTRO_BENCH_NORMAL_FOLDS`` (default 5) sets k.
 3. Enrollment: a model trained with the ``id_02`` machines held out; each held-out machine enrolled from N normal
@@ -34,7 +35,7 @@ from bench_train import _auc, _to_db
 
 TITLE = "Normal-only training: failures nobody recorded (issue 19)"
 FOLDS = int(os.environ.get("SPECTRO_BENCH_NORMAL_FOLDS", "5"))
-AE, LEVEL = "DCASE autoencoder", "level distance"
+AE, LEVEL, SUPERVISED = "DCASE autoencoder", "level distance", "supervised"
 ENROLL_NS = (5, 10, 20)
 
 
@@ -97,9 +98,48 @@ def _baselines(data: _Images, versions: list[_Images], train: np.ndarray, test: 
     return out
 
 
+def _finite_auc(truth, score) -> tuple[float, float]:
+    """AUC and pAUC over the clips a method scored (the supervised column leaves the others NaN)."""
+    ok = np.isfinite(score)
+    if len(set(np.asarray(truth)[ok].tolist())) < 2:
+        return float("nan"), float("nan")
+    return _auc(np.asarray(truth)[ok], np.asarray(score)[ok])
+
+
 def _fmt(truth, score) -> str:
-    auc, pauc = _auc(truth, score)
+    auc, pauc = _finite_auc(truth, score)
     return "n/a" if np.isnan(auc) else f"{auc:.3f} / {pauc:.3f}"
+
+
+def _supervised(ctx, data: _Images, test: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """The supervised run's anomaly scores of the test clips that are in its own test split (NaN for the
+    others: it trained on most abnormal clips), and a note on which run and clips."""
+    import csv
+
+    import keras
+
+    from spectro.inference.predictors import load_predictor
+    from spectro.runs import feature_settings
+
+    run = ctx.state.get("synthetic_run")
+    if run is None:
+        return None, "no supervised run to compare (the train section's synthetic run, or `--synthetic-run RUN`)"
+    run = Path(run)
+    with (run / "splits.csv").open(newline="") as handle:
+        split = {row["source"]: row["split"] for row in csv.DictReader(handle)}
+    own_test = np.array([split.get(str(r.source)) == "test" for r in data.rows])
+    predictor = load_predictor(run)
+    if feature_settings(predictor.config) != data.features or not own_test.any():
+        return None, f"supervised run `{run.name}` skipped: not trained on these images"
+    chosen = test & own_test
+    scores = np.full(int(test.sum()), np.nan)
+    scores[own_test[test]] = predictor.labels.anomaly_score(predictor.predict_clips(data.pixels[chosen]))
+    del predictor
+    keras.backend.clear_session()
+    return scores, (f"*supervised*: run `{run.name}` (the train section's, trained on labelled normal and abnormal "
+                    f"clips), scored on the {int(chosen.sum())} test clips in its own test split "
+                    f"({int((chosen & data.abnormal).sum())} abnormal; it trained and validated on the other "
+                    "abnormal clips)")
 
 
 def _synthetic(ctx, seconds: list) -> tuple[list[str], dict, Path, _Images, np.ndarray, dict]:
@@ -112,10 +152,13 @@ def _synthetic(ctx, seconds: list) -> tuple[list[str], dict, Path, _Images, np.n
     test, train = splits == "test", splits == "train"
     run = _train(ctx, data.rows, splits, "synth", seconds)
     scores = {**_scores(run, [data], test)[0], **_baselines(data, [data], train, test, quick=ctx.quick)[0]}
+    supervised, supervised_note = _supervised(ctx, data, test)
+    if supervised is not None:
+        scores[SUPERVISED] = supervised
     truth = data.abnormal[test]
     ids = np.array([f"{r.machine}/{r.machine_id}" for r in data.rows])[test]
     types = data.machines[test]
-    methods = [*SCORERS, AE, LEVEL]
+    methods = [*SCORERS, AE, LEVEL, *([SUPERVISED] if supervised is not None else [])]
     head = ["knn", "mahalanobis", "id"]
     lines = [f"**1. Built-in synthetic set, DCASE protocol** (`{_synthetic_images(ctx)}`): trained on "
              f"{int((train & ~data.abnormal).sum())} normal clips (validation: {int((splits == 'val').sum())} normal "
@@ -123,7 +166,7 @@ def _synthetic(ctx, seconds: list) -> tuple[list[str], dict, Path, _Images, np.n
              f"{int((test & data.abnormal).sum())} abnormal clips. AUC / pAUC (0.1) per machine id and type; the "
              f"normal-only scorers ({', '.join(head)}; default `{DEFAULT_SCORER}`) against the {AE} (one per machine "
              f"type, 30 epochs, fit on the same training normals) and the {LEVEL} (|clip level − median training "
-             "normal level|).", "",
+             f"normal level|); {supervised_note}.", "",
              "| machine | test clips (abn.) | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     per_type = {}
     for group, keys in (("id", ids), ("type", types)):
@@ -132,8 +175,9 @@ def _synthetic(ctx, seconds: list) -> tuple[list[str], dict, Path, _Images, np.n
             lines.append(f"| {key} | {int(sel.sum())} ({int(truth[sel].sum())}) | "
                          + " | ".join(_fmt(truth[sel], scores[m][sel]) for m in methods) + " |")
             if group == "type":
-                per_type[key] = {m: _auc(truth[sel], scores[m][sel])[0] for m in methods}
-    id_aucs = {m: np.mean([_auc(truth[ids == k], scores[m][ids == k])[0] for k in sorted(set(ids))]) for m in methods}
+                per_type[key] = {m: _finite_auc(truth[sel], scores[m][sel])[0] for m in methods}
+    id_aucs = {m: np.nanmean([_finite_auc(truth[ids == k], scores[m][ids == k])[0] for k in sorted(set(ids))])
+               for m in methods}
     lines += ["", "Mean AUC over machine ids: " + ", ".join(f"{m} {v:.3f}" for m, v in id_aucs.items()) + "."]
     return lines, {"per_type": per_type, "mean": id_aucs}, run, data, splits, scores
 

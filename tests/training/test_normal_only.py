@@ -36,12 +36,21 @@ def _cli(args: list[str]) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def failed_run(tiny_images, tmp_path_factory) -> tuple[Path, int, str]:
-    """30 steps leave a network that answers the same whatever the input: the learning check catches it, and
-    ``--keep-failed`` keeps the run, whose references and files the tests below read all the same."""
+    """The tiny images made blank (every pixel of every image the same, settings and sources kept): whatever the
+    network does with them, every clip embeds alike and scores alike, so the learning check must refuse the run;
+    ``--keep-failed`` keeps it, and the tests below read its references and files all the same."""
+    from spectro.data.manifest import read_manifest
+    from spectro.features.png import read_info, read_pixels, write_png
+
+    blank = tmp_path_factory.mktemp("blank_images")
+    shutil.copytree(tiny_images, blank, dirs_exist_ok=True)
+    for row in read_manifest(blank):
+        write_png(row.path, np.full_like(read_pixels(row.path), 128), settings=read_info(row.path).settings,
+                  source=row.source)
     out = tmp_path_factory.mktemp("models")
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        code, _ = _cli(["train", str(tiny_images), "--out", str(out), "--name", "normal", *TINY, "--keep-failed"])
+        code, _ = _cli(["train", str(blank), "--out", str(out), "--name", "normal", *TINY, "--keep-failed"])
     return out / "normal", code, err.getvalue()
 
 
@@ -81,8 +90,8 @@ def test_a_normal_only_model_that_learned_passes_the_check(scored_run):
 
 @pytest.fixture(scope="module")
 def scored_run(tiny_window_run, tmp_path_factory) -> Path:
-    """A normal-only run with a model whose embeddings vary from clip to clip (the few steps of ``normal_run`` leave
-    a network that answers the same whatever the input): ``tiny_window_run``'s model, its four outputs read as the
+    """A normal-only run with a model whose embeddings vary from clip to clip (``normal_run`` trained on blank
+    images): ``tiny_window_run``'s model, its four outputs read as the
     four machine ids, references fit on its training normals as ``spectro train`` fits them."""
     from spectro.features.reader import read_images
     from spectro.inference.normal import fit_references
