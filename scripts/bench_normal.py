@@ -114,20 +114,17 @@ def _fmt(truth, score) -> str:
 def _supervised(ctx, data: _Images, test: np.ndarray) -> tuple[np.ndarray | None, str]:
     """The supervised run's anomaly scores of the test clips that are in its own test split (NaN for the
     others: it trained on most abnormal clips), and a note on which run and clips."""
-    import csv
-
     import keras
 
     from spectro.inference.predictors import load_predictor
-    from spectro.runs import feature_settings
+    from spectro.runs import feature_settings, read_splits
 
     run = ctx.state.get("synthetic_run")
     if run is None:
         return None, "no supervised run to compare (the train section's synthetic run, or `--synthetic-run RUN`)"
     run = Path(run)
-    with (run / "splits.csv").open(newline="") as handle:
-        split = {row["source"]: row["split"] for row in csv.DictReader(handle)}
-    own_test = np.array([split.get(str(r.source)) == "test" for r in data.rows])
+    tested = {r.source for r in read_splits(run, "test")}
+    own_test = np.array([r.source in tested for r in data.rows])
     predictor = load_predictor(run)
     if feature_settings(predictor.config) != data.features or not own_test.any():
         return None, f"supervised run `{run.name}` skipped: not trained on these images"
