@@ -14,7 +14,7 @@ import numpy as np
 from spectro.errors import SpectroError
 from spectro.model.labels import LabelSpace
 from spectro.quiet import quiet_stderr
-from spectro.runs import MODEL_NAME, MODEL_SEARCH_ORDER, image_shape, input_shape, load_config, resolve_run
+from spectro.runs import MODEL_SEARCH_ORDER, image_shape, input_shape, load_config, resolve_run
 
 
 class Predictor:
@@ -211,6 +211,21 @@ class LiteRTPredictor(Predictor):
         return embeddings, probs
 
 
+def _model_file(model: str | Path | None) -> tuple[Path, Path]:
+    """The model file and its run folder for a run folder, a ``.keras`` or a ``.tflite`` file."""
+    path = Path(model) if model is not None else None
+    if path is not None and path.suffix in (".keras", ".tflite"):
+        if not path.is_file():
+            raise SpectroError(f"{path}: no such model file")
+        return path, resolve_run(path.parent)
+    run = resolve_run(path)
+    for name in MODEL_SEARCH_ORDER:
+        if (run / name).is_file():
+            return run / name, run
+    raise SpectroError(f"{run}: no model in the run folder (looked for {', '.join(MODEL_SEARCH_ORDER)}); "
+                       "train one with 'spectro train' or export one with 'spectro export'")
+
+
 def load_predictor(model: str | Path | None = None) -> Predictor:
     """A predictor for a run folder, a ``.keras`` file or a ``.tflite`` file.
 
@@ -222,15 +237,24 @@ def load_predictor(model: str | Path | None = None) -> Predictor:
     SpectroError
         Nothing loadable there.
     """
-    path = Path(model) if model is not None else None
-    if path is not None and path.suffix in (".keras", ".tflite"):
-        if not path.is_file():
-            raise SpectroError(f"{path}: no such model file")
-        run = resolve_run(path.parent)
-        return LiteRTPredictor(path, run) if path.suffix == ".tflite" else KerasPredictor(path, run)
-    run = resolve_run(path)
-    for name in MODEL_SEARCH_ORDER:
-        if (run / name).is_file():
-            return KerasPredictor(run / name, run) if name == MODEL_NAME else LiteRTPredictor(run / name, run)
-    raise SpectroError(f"{run}: no model in the run folder (looked for {', '.join(MODEL_SEARCH_ORDER)}); "
-                       "train one with 'spectro train' or export one with 'spectro export'")
+    path, run = _model_file(model)
+    return KerasPredictor(path, run) if path.suffix == ".keras" else LiteRTPredictor(path, run)
+
+
+class ModelInfo(Predictor):
+    """What a model file's run says of it (config, labels, input and image shapes) without loading the model:
+    for a process that hands the model to others (``spectro serve``'s worker processes) and runs none itself."""
+
+    def __init__(self, path: Path, run: Path):
+        self._setup(path, run)
+
+
+def model_info(model: str | Path | None = None) -> ModelInfo:
+    """:class:`ModelInfo` of the file :func:`load_predictor` would load; no TensorFlow, no LiteRT.
+
+    Raises
+    ------
+    SpectroError
+        No model file there, or its run's config or labels are missing.
+    """
+    return ModelInfo(*_model_file(model))

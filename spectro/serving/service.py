@@ -7,7 +7,9 @@ GIL) with the server's event loop: LiteRT, TensorFlow and the FFTs release it, b
 (windowing, the predictor's loop, Keras' call overhead, the web framework) does not, so threads leave a core
 idle under concurrent load; and a Keras model in threads spreads every call over all cores, so one request
 already takes most of them and more clients add little (``make bench`` measures both ways). The price of a
-``.keras`` server: each worker imports TensorFlow (seconds at start-up, hundreds of MB each).
+``.keras`` server: each worker imports TensorFlow (seconds at start-up, hundreds of MB each); the server process
+itself only reads the run's config and labels (:func:`spectro.inference.predictors.model_info`) and waits for the
+first worker to load the model, so a file Keras cannot load is an error at start-up.
 
 Every request runs :func:`spectro.inference.classify.classify_files`, the function behind
 ``spectro classify``, so the server answers exactly what the command prints.
@@ -46,6 +48,10 @@ from spectro.serving.workers import WorkerDied, WorkerProcesses
 
 # what `spectro serve RUN` serves from a run folder, in this order: a .tflite first (no TensorFlow import)
 SERVE_SEARCH_ORDER = (TFLITE_NAMES["int8"], TFLITE_NAMES["none"], TFLITE_NAMES["dynamic"], MODEL_NAME)
+
+
+# how long a .keras server waits for its first worker process to import TensorFlow and load the model
+WORKER_START_SECONDS = 300.0
 
 
 def default_workers() -> int:
@@ -170,26 +176,32 @@ class ModelService:
 
     def __init__(self, model: str | Path | None = None, *, workers: int | None = None,
                  processes: bool | None = None):
-        from spectro.inference.predictors import LiteRTPredictor, load_predictor
+        from spectro.inference.predictors import LiteRTPredictor, load_predictor, model_info
 
         started = time.perf_counter()
         self.path = serve_model_path(model)
         self.workers = int(workers) if workers else default_workers()
         if self.workers < 1:
             raise SpectroError(f"--workers must be >= 1, got {workers}")
-        predictor = load_predictor(self.path)  # checks the model here, before any worker starts
+        self.processes = processes is not False
+        keras_in_workers = self.processes and self.path.suffix == ".keras"
+        # a .tflite file is checked here, before any worker starts (LiteRT loads it in a fraction of a second);
+        # a .keras one in worker processes is only described here: importing TensorFlow in this process, which
+        # never runs the model, would cost seconds and memory; the first worker's start-up checks it instead
+        predictor = model_info(self.path) if keras_in_workers else load_predictor(self.path)
         self.predictor = predictor
         self.run, self.config, self.labels = predictor.run, predictor.config, predictor.labels
         self.settings = feature_settings(predictor.config)
         # a normal-only run: each machine's own threshold (classify_files reads it from the references)
         self.threshold = None if predictor.labels.normal_only else stored_threshold(predictor.config)
         self.lite = isinstance(predictor, LiteRTPredictor)
-        self.processes = processes is not False
         self._free: queue.SimpleQueue = queue.SimpleQueue()  # worker threads' predictors
-        if self.processes:  # started now: each loads the model while the server starts answering
+        if self.processes:  # started now: each loads the model (a .tflite server answers meanwhile)
             threads = max(1, usable_cores() // self.workers)  # TensorFlow's share of the cores per worker
             self.pool: WorkerProcesses | ThreadPoolExecutor = WorkerProcesses(self.workers, _start_worker,
                                                                               (str(self.path), threads))
+            if keras_in_workers:  # a file Keras cannot load: a one-line error now, not at the first request
+                self.pool.wait_ready(WORKER_START_SECONDS)
         else:
             others = [load_predictor(self.path) if self.lite else predictor for _ in range(self.workers - 1)]
             for p in [predictor, *others]:

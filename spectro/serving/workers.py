@@ -87,6 +87,26 @@ class WorkerProcesses:
         theirs.close()  # the worker holds the only other end: it sees EOF when this process goes away
         return _Worker(process, mine)
 
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until the first worker has run its initializer; raise what it raised (the pool closed then).
+
+        A model that cannot be loaded is then an error at start-up, before the server answers anything.
+        """
+        worker = self.workers[0]
+        try:
+            if not worker.conn.poll(timeout):
+                self.close()
+                raise SpectroError(f"the first worker process did not start within {timeout:.0f} s")
+            status, value = worker.conn.recv()
+        except (EOFError, OSError):
+            self.close()
+            raise SpectroError("a worker process stopped while loading the model "
+                               f"(exit status {worker.process.exitcode})") from None
+        if status == "error":
+            self.close()
+            raise value
+        worker.ready = True
+
     def _idle_queue(self) -> asyncio.Queue:
         loop = asyncio.get_running_loop()
         if self._idle is None or self._loop is not loop:  # first call, or a new event loop (between test clients)

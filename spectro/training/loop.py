@@ -576,6 +576,7 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
             with placement.strategy.scope():
                 fitted.compile(optimizer=keras.optimizers.Adam(phase.learning_rate * placement.replicas),
                                loss=loss, weighted_metrics=[metric])
+                _build_state(fitted, train_data)
             placement.prepare(fitted)
         phase_starts.append(epochs_run)
         callbacks = [keras.callbacks.LearningRateScheduler(_schedule(settings, phase, epochs_run, placement.replicas)),
@@ -647,6 +648,18 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
         raise SpectroError(f"{learning.message()}. The run is kept in {run} for inspection, not linked as latest")
     point_latest(out, run)
     return run
+
+
+def _build_state(model, data) -> None:
+    """Create the optimizer's slots and the loss and metric state of a compiled ``model`` now, from ``data``'s
+    element spec, rather than in fit's first step: variables created while TensorFlow traces the training
+    step make it trace the whole step a second time (seconds for a MobileNet, in every phase). Keras does
+    this itself (``_symbolic_build``) only under a distribution strategy other than the default one."""
+    build = getattr(model, "_symbolic_build", None)
+    if build is not None:
+        build(data_batch=data.element_spec)
+    else:  # pragma: no cover - a Keras without it: the optimizer at least
+        model.optimizer.build(model.trainable_variables)
 
 
 def _schedule(settings: TrainSettings, phase: Phase, start: int, scale: int):

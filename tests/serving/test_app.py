@@ -93,6 +93,27 @@ def test_a_run_is_served_from_its_tflite_file_without_tensorflow(tiny_exports, t
     assert not tensorflow and not keras
 
 
+def test_a_keras_model_is_loaded_by_the_workers_only_and_checked_at_start_up(tiny_run, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_run, broken, ignore=shutil.ignore_patterns("*.keras", "*.tflite"))
+    (broken / "model.keras").write_bytes(b"PK\x03\x04 not really a zip")
+    code = ("import sys, json; from spectro.serving.app import create_app; from spectro.errors import SpectroError\n"
+            "app = create_app(sys.argv[1], workers=1); service = app.state.service\n"
+            "answer = [service.identity['file'], 'tensorflow' in sys.modules, service.pool.workers[0].ready]\n"
+            "service.close()\n"
+            "try:\n    create_app(sys.argv[2], workers=1)\nexcept SpectroError as exc:\n    answer.append(str(exc))\n"
+            "print(json.dumps(answer))")
+    done = subprocess.run([sys.executable, "-c", code, str(tiny_run), str(broken)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    file, tensorflow, ready, error = json.loads(done.stdout.strip().splitlines()[-1])
+    # the server process describes the model from its run and never imports TensorFlow; its first worker has
+    # loaded the model before create_app returns
+    assert file == "model.keras" and not tensorflow and ready
+    # a file Keras cannot load is a one-line error at start-up
+    assert "cannot load Keras model" in error and str(broken / "model.keras") in error and "\n" not in error
+
+
 # -- the answers -----------------------------------------------------------------------------------------------
 
 def test_classify_answers_what_classify_json_prints(lite_client, files, tiny_exports, capsys):
