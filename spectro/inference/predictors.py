@@ -211,18 +211,26 @@ class LiteRTPredictor(Predictor):
         return embeddings, probs
 
 
-def _model_file(model: str | Path | None) -> tuple[Path, Path]:
-    """The model file and its run folder for a run folder, a ``.keras`` or a ``.tflite`` file."""
+def find_model(model: str | Path | None = None,
+               search_order: tuple[str, ...] = MODEL_SEARCH_ORDER) -> tuple[Path, Path]:
+    """The model file and its run folder for ``model``: a ``.keras`` or ``.tflite`` file itself, else the first
+    file of ``search_order`` in the run folder ``model`` (``models/latest`` when ``None``).
+
+    Raises
+    ------
+    SpectroError
+        No such file, not a run folder, or a run folder with none of ``search_order``.
+    """
     path = Path(model) if model is not None else None
     if path is not None and path.suffix in (".keras", ".tflite"):
         if not path.is_file():
             raise SpectroError(f"{path}: no such model file")
         return path, resolve_run(path.parent)
     run = resolve_run(path)
-    for name in MODEL_SEARCH_ORDER:
+    for name in search_order:
         if (run / name).is_file():
             return run / name, run
-    raise SpectroError(f"{run}: no model in the run folder (looked for {', '.join(MODEL_SEARCH_ORDER)}); "
+    raise SpectroError(f"{run}: no model in the run folder (looked for {', '.join(search_order)}); "
                        "train one with 'spectro train' or export one with 'spectro export'")
 
 
@@ -237,7 +245,7 @@ def load_predictor(model: str | Path | None = None) -> Predictor:
     SpectroError
         Nothing loadable there.
     """
-    path, run = _model_file(model)
+    path, run = find_model(model)
     return KerasPredictor(path, run) if path.suffix == ".keras" else LiteRTPredictor(path, run)
 
 
@@ -257,4 +265,4 @@ def model_info(model: str | Path | None = None) -> ModelInfo:
     SpectroError
         No model file there, or its run's config or labels are missing.
     """
-    return ModelInfo(*_model_file(model))
+    return ModelInfo(*find_model(model))

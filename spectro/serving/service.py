@@ -40,7 +40,6 @@ from spectro.runs import (
     TFLITE_NAMES,
     feature_settings,
     load_config,
-    resolve_run,
 )
 from spectro.runs import threshold as stored_threshold
 from spectro.serving.uploads import RequestError, Upload
@@ -68,17 +67,9 @@ def serve_model_path(model: str | Path | None = None) -> Path:
     SpectroError
         No such file, not a run folder, or a run folder with no model.
     """
-    path = Path(model) if model is not None else None
-    if path is not None and path.suffix in (".keras", ".tflite"):
-        if not path.is_file():
-            raise SpectroError(f"{path}: no such model file")
-        return path.resolve()
-    run = resolve_run(path)
-    for name in SERVE_SEARCH_ORDER:
-        if (run / name).is_file():
-            return run / name
-    raise SpectroError(f"{run}: no model in the run folder (looked for {', '.join(SERVE_SEARCH_ORDER)}); train one "
-                       "with 'spectro train' or export one with 'spectro export'")
+    from spectro.inference.predictors import find_model
+
+    return find_model(model, SERVE_SEARCH_ORDER)[0].resolve()
 
 
 def _file_digest(path: Path) -> str:

@@ -95,16 +95,17 @@ class WorkerProcesses:
         worker = self.workers[0]
         try:
             if not worker.conn.poll(timeout):
-                self.close()
                 raise SpectroError(f"the first worker process did not start within {timeout:.0f} s")
-            status, value = worker.conn.recv()
-        except (EOFError, OSError):
+            try:
+                status, value = worker.conn.recv()
+            except (EOFError, OSError):
+                raise SpectroError("a worker process stopped while loading the model "
+                                   f"(exit status {worker.process.exitcode})") from None
+            if status == "error":
+                raise value
+        except BaseException:
             self.close()
-            raise SpectroError("a worker process stopped while loading the model "
-                               f"(exit status {worker.process.exitcode})") from None
-        if status == "error":
-            self.close()
-            raise value
+            raise
         worker.ready = True
 
     def _idle_queue(self) -> asyncio.Queue:

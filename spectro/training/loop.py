@@ -654,12 +654,9 @@ def _build_state(model, data) -> None:
     """Create the optimizer's slots and the loss and metric state of a compiled ``model`` now, from ``data``'s
     element spec, rather than in fit's first step: variables created while TensorFlow traces the training
     step make it trace the whole step a second time (seconds for a MobileNet, in every phase). Keras does
-    this itself (``_symbolic_build``) only under a distribution strategy other than the default one."""
-    build = getattr(model, "_symbolic_build", None)
-    if build is not None:
-        build(data_batch=data.element_spec)
-    else:  # pragma: no cover - a Keras without it: the optimizer at least
-        model.optimizer.build(model.trainable_variables)
+    this itself (``_symbolic_build``, which :mod:`spectro.training.distribute` calls too) only under a
+    distribution strategy other than the default one."""
+    model._symbolic_build(data_batch=data.element_spec)
 
 
 def _schedule(settings: TrainSettings, phase: Phase, start: int, scale: int):
