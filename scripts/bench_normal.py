@@ -6,9 +6,10 @@ Every normal-only CNN is ``spectro train --task normal-only`` with the defaults 
 
 1. The built-in synthetic set in the DCASE protocol: train on normal clips only (``split_rows(seed=0)``'s
    training and validation normals); test = its test normals and every abnormal clip. AUC and pAUC per machine
-   type and id for each scorer, the DCASE 2020 dense autoencoder (one per machine type, fit on the same training
-   normals), a level score (distance of the clip's level from the training normals' median level) and the
-   supervised model (the train section's synthetic run, or ``--synthetic-run``) on the test clips it never saw.
+   type and id for each scorer (and the default scorer with the ``pool`` embedding, same model), the DCASE 2020
+   dense autoencoder (one per machine type, fit on the same training normals), a level score (distance of the
+   clip's level from the training normals' median level) and the supervised model (the train section's
+   synthetic run, or ``--synthetic-run``) on the test clips it never saw.
 2. The real MIMII fan sample: k-fold over its normal clips (abnormal clips only ever in test), at recorded levels
    and with each test clip at a random level within ±6 dB. ``SPECTRO_BENCH_NORMAL_FOLDS`` (default 5) sets k.
 3. Enrollment: a model trained with the ``id_02`` machines held out; each held-out machine enrolled from N normal
@@ -36,13 +37,14 @@ from bench_train import _auc, _to_db
 TITLE = "Normal-only training: failures nobody recorded (issue 19)"
 FOLDS = int(os.environ.get("SPECTRO_BENCH_NORMAL_FOLDS", "5"))
 AE, LEVEL, SUPERVISED = "DCASE autoencoder", "level distance", "supervised"
+POOLED = "mahalanobis, pooled embedding"
 ENROLL_NS = (5, 10, 20)
 
 
 def _settings(ctx):
     from spectro.training.loop import TrainSettings
 
-    quick = dict(steps=20, eval_every=10, qat_steps=0) if ctx.quick else {}
+    quick = dict(steps=20, eval_every=10, qat_steps=0, check_learning=False) if ctx.quick else {}
     return TrainSettings(**{"task": "normal-only", "qat_steps": 0, **quick})
 
 
@@ -76,6 +78,34 @@ def _scores(run: Path, versions: list[_Images], test: np.ndarray) -> list[dict[s
     references = References.load(run)
     keys = [machine_key(r.machine, r.machine_id) for r, t in zip(versions[0].rows, test) if t]
     out = [embed_and_score(predictor, references, keys, v.pixels[test], unknown="nan")[0] for v in versions]
+    del predictor
+    keras.backend.clear_session()
+    return out
+
+
+def _pooled(run: Path, versions: list[_Images], test: np.ndarray) -> list[np.ndarray]:
+    """The default scorer's scores with the embedding spectro used before ``stages`` (``pool``, the pooled features
+    before the head): the same model, its references fit again as training fits them, on the same clips."""
+    import keras
+
+    from spectro.features.reader import read_images
+    from spectro.inference.normal import embed_and_score, fit_references
+    from spectro.inference.predictors import load_predictor
+    from spectro.model.labels import machine_key
+    from spectro.model.references import DEFAULT_SCORER
+    from spectro.runs import feature_settings, read_splits
+
+    predictor = load_predictor(run)
+    predictor.embedding = "pool"
+    features = feature_settings(predictor.config)
+    fit = {split: [r for r in read_splits(run, split) if not r.is_abnormal] for split in ("train", "val")}
+    pixels = {split: read_images(rows, settings=features, shape=predictor.image_shape)[0]
+              for split, rows in fit.items()}
+    references = fit_references(predictor, predictor.labels, fit["train"], pixels["train"], fit["val"], pixels["val"],
+                                max_fpr=0.05, scorer=DEFAULT_SCORER)[0]
+    keys = [machine_key(r.machine, r.machine_id) for r, t in zip(versions[0].rows, test) if t]
+    out = [embed_and_score(predictor, references, keys, v.pixels[test], unknown="nan")[0][DEFAULT_SCORER]
+           for v in versions]
     del predictor
     keras.backend.clear_session()
     return out
@@ -140,6 +170,7 @@ def _supervised(ctx, data: _Images, test: np.ndarray) -> tuple[np.ndarray | None
 
 
 def _synthetic(ctx, seconds: list) -> tuple[list[str], dict, Path, _Images, np.ndarray, dict]:
+    from spectro.model.backbones import ModelSettings
     from spectro.model.references import DEFAULT_SCORER, SCORERS
     from spectro.training.splits import split_rows
 
@@ -148,20 +179,25 @@ def _synthetic(ctx, seconds: list) -> tuple[list[str], dict, Path, _Images, np.n
     splits[data.abnormal] = "test"  # DCASE: every abnormal clip is a test clip
     test, train = splits == "test", splits == "train"
     run = _train(ctx, data.rows, splits, "synth", seconds)
-    scores = {**_scores(run, [data], test)[0], **_baselines(data, [data], train, test, quick=ctx.quick)[0]}
+    scores = {**_scores(run, [data], test)[0], POOLED: _pooled(run, [data], test)[0],
+              **_baselines(data, [data], train, test, quick=ctx.quick)[0]}
     supervised, supervised_note = _supervised(ctx, data, test)
     if supervised is not None:
         scores[SUPERVISED] = supervised
     truth = data.abnormal[test]
     ids = np.array([f"{r.machine}/{r.machine_id}" for r in data.rows])[test]
     types = data.machines[test]
-    methods = [*SCORERS, AE, LEVEL, *([SUPERVISED] if supervised is not None else [])]
+    methods = [*SCORERS, POOLED, AE, LEVEL, *([SUPERVISED] if supervised is not None else [])]
     head = ["knn", "mahalanobis", "id"]
     lines = [f"**1. Built-in synthetic set, DCASE protocol** (`{_synthetic_images(ctx)}`): trained on "
              f"{int((train & ~data.abnormal).sum())} normal clips (validation: {int((splits == 'val').sum())} normal "
              f"clips), tested on {int((test & ~data.abnormal).sum())} held-out normal and "
              f"{int((test & data.abnormal).sum())} abnormal clips. AUC / pAUC (0.1) per machine id and type; the "
-             f"normal-only scorers ({', '.join(head)}; default `{DEFAULT_SCORER}`) against the {AE} (one per machine "
+             f"normal-only scorers ({', '.join(head)}; default `{DEFAULT_SCORER}`; embedding "
+             f"`{ModelSettings().embedding}`), "
+             f"*{POOLED}*: the same model and scorer with the embedding spectro used before (`pool`, the "
+             "pooled features before the head; references fit again on the same training normals), against the "
+             f"{AE} (one per machine "
              f"type, 30 epochs, fit on the same training normals) and the {LEVEL} (|clip level − median training "
              f"normal level|); {supervised_note}.", "",
              "| machine | test clips (abn.) | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
@@ -188,7 +224,7 @@ def _real(ctx, seconds: list) -> tuple[list[str], dict]:
     shifted = data.shifted(LEVEL_SHIFT_DB, seed=0)
     normal = np.flatnonzero(~data.abnormal)
     folds = 2 if ctx.quick else FOLDS
-    methods = [*SCORERS, AE, LEVEL]
+    methods = [*SCORERS, POOLED, AE, LEVEL]
     per_fold = {m: [[], []] for m in methods}
     for k, (fit, _) in enumerate(KFold(folds, shuffle=True, random_state=0).split(normal)):
         splits = np.full(len(data.rows), "test", dtype=object)
@@ -196,7 +232,8 @@ def _real(ctx, seconds: list) -> tuple[list[str], dict]:
         splits[normal[fit][::5]] = "val"
         test, train = splits == "test", splits == "train"
         run = _train(ctx, data.rows, splits, f"mimii-fold{k}", seconds)
-        cnn = _scores(run, [data, shifted], test)
+        cnn = [{**c, POOLED: p} for c, p in zip(_scores(run, [data, shifted], test),
+                                                 _pooled(run, [data, shifted], test))]
         base = _baselines(data, [data, shifted], train, test, quick=ctx.quick)
         truth = data.abnormal[test]
         for v in range(2):
@@ -206,7 +243,8 @@ def _real(ctx, seconds: list) -> tuple[list[str], dict]:
              f"{len(normal)} normal clips (shuffled, random_state 0); each fold trains on the other normal clips "
              "(every 5th of them validating; with one machine id the objective is outlier exposure against the "
              f"built-in synthetic machines) and tests on its held-out normal clips and all {int(data.abnormal.sum())} "
-             f"abnormal clips. Mean over folds of the test AUC; the shifted column moves each clip by a seeded gain "
+             f"abnormal clips ({POOLED}: as in part 1). Mean over folds of the test AUC; the shifted column moves each "
+             "clip by a seeded gain "
              f"uniform in ±{LEVEL_SHIFT_DB:g} dB.", "",
              "| method | AUC, recorded levels (per fold) | AUC, ±6 dB |", "|---|---|---|"]
     for m in methods:

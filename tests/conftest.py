@@ -187,7 +187,8 @@ def tiny_window_run(tiny_images, tmp_path_factory) -> Path:
         "features": features.to_dict(), "input_shape": [images.shape[1], WINDOW],
         "image_shape": list(images.shape[1:3]), "task": labels.task,
         "model": {"backbone": settings.backbone, "alpha": settings.alpha, "image_size": settings.image_size,
-                  "window_seconds": 0.5, "window_frames": WINDOW, "weights_requested": settings.weights,
+                  "window_seconds": 0.5, "window_frames": WINDOW, "embedding": settings.embedding,
+                  "weights_requested": settings.weights,
                   "weights_used": used},
         "seed": 0, "images": str(tiny_images),
     })

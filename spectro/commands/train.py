@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spectro.model.backbones import BACKBONES, RESIZE_METHODS, ModelSettings
+from spectro.model.backbones import BACKBONES, EMBEDDINGS, RESIZE_METHODS, ModelSettings
 from spectro.model.labels import NORMAL_ONLY, TASKS
 from spectro.model.references import SCORERS
 from spectro.paths import IMAGES_DIR, MODELS_DIR
@@ -65,6 +65,9 @@ def add_arguments(parser) -> None:
                              "validation clips")
     parser.add_argument("--scorer", choices=SCORERS, default=d.scorer,
                         help=f"{NORMAL_ONLY}: the default anomaly score (every scorer is reported)")
+    parser.add_argument("--embedding", choices=EMBEDDINGS, default=m.embedding,
+                        help=f"{NORMAL_ONLY}: what the scores compare: the backbone's stride-8 and stride-16 stage "
+                             "maps averaged over time (stages), or its pooled features before the head (pool)")
     parser.add_argument("--backbone", choices=BACKBONES, default=m.backbone, help="Keras application backbone")
     parser.add_argument("--alpha", type=float, default=m.alpha, help="MobileNet width multiplier")
     parser.add_argument("--image-size", type=int, default=m.image_size,
@@ -133,7 +136,7 @@ def main(args) -> int:
         check_learning=not args.no_learning_check, max_fpr=args.max_fpr, scorer=args.scorer)
     model_settings = ModelSettings(backbone=args.backbone, alpha=args.alpha, image_size=args.image_size,
                                    weights=args.weights, resize=args.resize,
-                                   window_seconds=args.window_seconds or None)
+                                   window_seconds=args.window_seconds or None, embedding=args.embedding)
     distribute = DistributeSettings(devices=args.devices, mixed_precision=args.mixed_precision)
     run = train(args.images, args.out, settings=settings, model_settings=model_settings, distribute=distribute,
                 name=args.name, progress=not args.no_progress, keep_failed=args.keep_failed)

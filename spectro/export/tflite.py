@@ -244,7 +244,7 @@ def int8_graph(model, calibration: np.ndarray | None = None):
 
 
 def convert(model, mode: str, representative: np.ndarray | None = None, *, bias_correction: bool = True,
-            embeddings: bool = False) -> bytes:
+            embedding: str | None = None) -> bytes:
     """Convert a Keras model to a TFLite flatbuffer, builtin ops only.
 
     Parameters
@@ -258,9 +258,9 @@ def convert(model, mode: str, representative: np.ndarray | None = None, *, bias_
     bias_correction : bool
         For ``int8``: correct the biases for the mean shift of weight rounding, measured on the
         calibration images (docs/quantization.md).
-    embeddings : bool
-        Two outputs, the embedding then the softmax (:func:`spectro.model.backbones.with_embeddings`): what a
-        normal-only run's scores need.
+    embedding : str, optional
+        Two outputs, this embedding (``config.json``'s ``model.embedding``) then the softmax
+        (:func:`spectro.model.backbones.with_embeddings`): what a normal-only run's scores need.
 
     Raises
     ------
@@ -274,10 +274,10 @@ def convert(model, mode: str, representative: np.ndarray | None = None, *, bias_
     if mode == "int8":
         if representative is None or len(representative) == 0:
             raise SpectroError("int8 export needs representative images (the run's training split)")
-    if embeddings:
+    if embedding is not None:
         from spectro.model.backbones import with_embeddings
 
-        model = with_embeddings(model)
+        model = with_embeddings(model, embedding)
     if mode == "int8":
         model = int8_graph(model, representative if bias_correction else None)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -432,7 +432,7 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
         ops. A model that misses :data:`BOUNDS` does not raise here: its result has ``failures`` and
         ``path=None`` (the file is not written); :func:`main` turns that into an error.
     """
-    from spectro.model.backbones import load_keras_model
+    from spectro.model.backbones import embedding_of, load_keras_model
 
     run = resolve_run(run)
     keras_path = run / MODEL_NAME
@@ -444,11 +444,11 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
         warnings.warn(warning_for(config) + "; its TFLite files answer no better. Train it again to silence this",
                       SpectroWarning, stacklevel=2)
     labels = LabelSpace.load(run)
-    references = None
+    references, embedding = None, None
     if labels.normal_only:  # its files give the embedding too, and its references travel with them
         from spectro.model.references import References
 
-        references = References.load(run)
+        references, embedding = References.load(run), embedding_of(config)
     input_shape, image_shape = stored_input_shape(config), stored_image_shape(config)
     features = feature_settings(config)
     dest = Path(out).resolve() if out is not None else run
@@ -491,7 +491,8 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
                 return window_scores(references, keys, embeddings, probs)
 
             keras_embeddings, keras_probs = (np.asarray(a, dtype=np.float32) for a in
-                                             with_embeddings(model).predict(images, batch_size=32, verbose=0))
+                                             with_embeddings(model, embedding).predict(images, batch_size=32,
+                                                                                       verbose=0))
             keras_scores = score(keras_embeddings, keras_probs)
 
     results = []
@@ -499,7 +500,7 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
         final = dest / TFLITE_NAMES[mode]
         say(f"converting {run.name} -> {final.name} ({mode}) ...")
         flatbuffer = convert(model, mode, representative, bias_correction=settings.bias_correction,
-                             embeddings=references is not None)
+                             embedding=embedding)
         check_builtin_ops(tflite_ops(flatbuffer), mode=mode)
         tmp = final.with_name(f".{final.name}.tmp")
         tmp.write_bytes(flatbuffer)

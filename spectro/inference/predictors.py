@@ -27,10 +27,14 @@ class Predictor:
     config: dict
     input_shape: tuple[int, int]  # the model's input: (n_mels, window frames)
     image_shape: tuple[int, int]  # the training images': a clip, scored by pooling over its windows
+    embedding: str  # what embed gives (spectro.model.backbones.with_embeddings)
 
     def _setup(self, path: Path, run: Path) -> None:
+        from spectro.model.backbones import embedding_of
+
         self.path, self.run = path, run
         self.config = load_config(run)
+        self.embedding = embedding_of(self.config)
         self.labels = LabelSpace.load(path.parent if (path.parent / "labels.json").is_file() else run)
         self.input_shape, self.image_shape = input_shape(self.config), image_shape(self.config)
 
@@ -96,7 +100,7 @@ class KerasPredictor(Predictor):
         self._setup(path, run)
         self.model = load_keras_model(path)
         self.batch_size = batch_size
-        self._embedder = None
+        self._embedders = {}  # by embedding: set .embedding to embed another way (scripts/compare_embeddings.py)
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         pixels = self._check(pixels)
@@ -110,9 +114,10 @@ class KerasPredictor(Predictor):
         from spectro.model.backbones import with_embeddings
 
         pixels = self._check(pixels)
-        if self._embedder is None:
-            self._embedder = with_embeddings(self.model)
-        pairs = [self._embedder.predict_on_batch(pixels[i:i + self.batch_size])
+        if self.embedding not in self._embedders:
+            self._embedders[self.embedding] = with_embeddings(self.model, self.embedding)
+        embedder = self._embedders[self.embedding]
+        pairs = [embedder.predict_on_batch(pixels[i:i + self.batch_size])
                  for i in range(0, len(pixels), self.batch_size)]
         return (np.concatenate([np.asarray(e, dtype=np.float32) for e, _ in pairs]),
                 np.concatenate([np.asarray(p, dtype=np.float32) for _, p in pairs]))

@@ -251,7 +251,7 @@ def test_cli_bias_correction_is_on_unless_switched_off_and_recorded(tiny_exports
 
     asked = []
 
-    def conversion(model, mode, representative=None, *, bias_correction=True, embeddings=False):
+    def conversion(model, mode, representative=None, *, bias_correction=True, embedding=None):
         asked.append(bias_correction)
         return tiny_exports["files"]["int8"].read_bytes()
 

@@ -44,6 +44,7 @@ def test_weights_given_by_path_are_loaded_and_base_frozen(weights_file):
     (dict(backbone="resnet"), "unknown backbone"),
     (dict(image_size=16), "image size"),
     (dict(alpha=0.0), "alpha"),
+    (dict(embedding="final"), "unknown embedding"),
 ])
 def test_bad_model_settings_raise(settings, message):
     with pytest.raises(SpectroError, match=message):
@@ -84,6 +85,49 @@ def test_resize_copies_whole_pixels_by_default_and_interpolates_on_request():
     assert ModelSettings().resize == "nearest"
     with pytest.raises(SpectroError, match="unknown resize method 'bicubic': expected one of nearest, bilinear"):
         ModelSettings(resize="bicubic")
+
+
+def test_the_stage_embedding_is_the_stride_8_and_16_maps_averaged_over_time_in_the_same_pass():
+    import keras
+
+    from spectro.model.backbones import with_embeddings
+
+    keras.utils.set_random_seed(3)
+    model, base, _ = build_model((16, 40), 3, ModelSettings(weights="none", **TINY))
+    x = np.random.default_rng(0).integers(0, 256, size=(5, 16, 40, 1)).astype("float32")
+    embedding, probs = (np.asarray(a) for a in with_embeddings(model, "stages").predict(x, verbose=0))
+    # by hand: MobileNetV2's stage ends at 32 px are block_5_add (4x4 after three stride-2 steps) and block_12_add
+    # (2x2); each averaged over its columns (time), its rows (frequency) kept
+    scaled = keras.Model(model.input, model.get_layer("scale_to_pm1").output)(x, training=False)
+    maps = keras.Model(base.input, [base.get_layer("block_5_add").output, base.get_layer("block_12_add").output])(
+        scaled, training=False)
+    assert [m.shape[1:3] for m in maps] == [(4, 4), (2, 2)]
+    expected = np.concatenate([np.asarray(m).mean(axis=2).reshape(5, -1) for m in maps], axis=1)
+    np.testing.assert_allclose(embedding, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(probs, model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    pooled, same = (np.asarray(a) for a in with_embeddings(model, "pool").predict(x, verbose=0))
+    np.testing.assert_allclose(pooled, keras.Model(model.input, model.get_layer("pool").output)(x, training=False),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(same, probs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"])
+def test_every_backbone_has_stage_ends_at_1_8_and_1_16(backbone):
+    from spectro.model.backbones import stage_ends, with_embeddings
+
+    model, base, _ = build_model((16, 40), 2, ModelSettings(backbone=backbone, weights="none", **TINY))
+    ends = stage_ends(base)
+    assert [base.get_layer(name).output.shape[1] for name in ends] == [4, 2]
+    embedding, _ = with_embeddings(model, "stages").predict(np.zeros((1, 16, 40, 1), "float32"), verbose=0)
+    assert embedding.shape == (1, sum(rows * base.get_layer(name).output.shape[-1]
+                                      for rows, name in zip((4, 2), ends)))
+
+
+def test_runs_from_before_the_embedding_setting_keep_the_pooled_embedding():
+    from spectro.model.backbones import embedding_of
+
+    assert embedding_of({"model": {"backbone": "mobilenet_v2"}}) == "pool"
+    assert embedding_of({"model": {"embedding": "stages"}}) == "stages"
 
 
 def test_mobilenet_v3_gets_no_second_scaling():

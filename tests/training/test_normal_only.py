@@ -179,15 +179,23 @@ def test_predictions_keep_their_columns_and_the_knn_score_is_recomputed_by_hand(
         rows = list(csv.DictReader(handle))
     assert {"anomaly_score", "failure_type", "verdict", "score_knn", "score_mahalanobis", "score_id"} <= set(rows[0])
     assert all(r["failure_type"] == "" and r["anomaly_score"] == r["score_mahalanobis"] for r in rows)
-    # the knn score of one test clip: the model's pooled features of each window, scikit-learn's neighbours
+    # the knn score of one test clip: each window's embedding computed here from the backbone's layers (the ends
+    # of MobileNetV2's stride-8 and stride-16 stages, averaged over time), scikit-learn's neighbours
     model = keras.saving.load_model(scored_run / "model.keras", compile=False)
-    embed = keras.Model(model.inputs, model.get_layer("pool").output)
+    base = model.get_layer("backbone")
+    stages = keras.Model(base.input, [base.get_layer("block_5_add").output, base.get_layer("block_12_add").output])
+    scaled = keras.Model(model.inputs, model.get_layer("scale_to_pm1").output)
+
+    def embed(x):
+        maps = stages(scaled(x, training=False), training=False)
+        return np.concatenate([np.asarray(m).mean(axis=2).reshape(len(x), -1) for m in maps], axis=1)
+
     window = load_config(scored_run)["input_shape"][1]
     data = np.load(scored_run / REFERENCES_NAME)
     row = rows[0]
     key = f"{row['machine']}/{row['machine_id']}"
     windows, _ = cut([read_pixels(row["path"])], window)
-    e = np.asarray(embed.predict(windows[..., None].astype("float32"), verbose=0)).mean(axis=0, keepdims=True)
+    e = embed(windows[..., None].astype("float32")).mean(axis=0, keepdims=True)
     reference = data["embeddings"][data["keys"] == key].astype(np.float32)
     distances = NearestNeighbors(n_neighbors=5, metric="cosine").fit(reference).kneighbors(e)[0]
     assert float(row["score_knn"]) == pytest.approx(distances.mean(), abs=2e-3)  # references are float16
