@@ -39,6 +39,9 @@ FOLDS = int(os.environ.get("SPECTRO_BENCH_NORMAL_FOLDS", "5"))
 AE, LEVEL, SUPERVISED = "DCASE autoencoder", "level distance", "supervised"
 POOLED = "mahalanobis, pooled embedding"
 ENROLL_NS = (5, 10, 20)
+# the targets of part 1 are not independent figures: docs/normal-only.md ("Choosing the embedding")
+CHOSEN_ON_PART_1 = (" (the default embedding, `stages`, was chosen on these test clips; its check on data not used "
+                    "to choose: docs/normal-only.md)")
 
 
 def _settings(ctx):
@@ -399,7 +402,8 @@ def run(ctx) -> str:
                    + ", ".join(f"{t} {v[DEFAULT_SCORER]:.3f} vs {v[AE]:.3f}" for t, v in figures["per_type"].items())
                    + f" → {'met' if all(beats.values()) else 'MISSED'}")
     mean = figures["mean"][DEFAULT_SCORER]
-    targets.append(f"- mean AUC over machine ids ≥ 0.90: {mean:.3f} → {'met' if mean >= 0.9 else 'MISSED'}")
+    targets.append(f"- mean AUC over machine ids ≥ 0.90: {mean:.3f} → {'met' if mean >= 0.9 else 'MISSED'}"
+                   + CHOSEN_ON_PART_1)
     if ctx.mimii_sample is not None:
         real, real_figures = _real(ctx, seconds)
         lines += [*real, ""]
