@@ -68,8 +68,11 @@ def _train(ctx, rows, splits, name: str, seconds: list) -> Path:
     return run
 
 
-def _scores(run: Path, versions: list[_Images], test: np.ndarray) -> list[dict[str, np.ndarray]]:
-    """Every scorer's scores of the test clips of each version of the images, against the run's references."""
+def _scores(run: Path, versions: list[_Images], test: np.ndarray, *,
+            embedding: str | None = None) -> list[dict[str, np.ndarray]]:
+    """Every scorer's scores of the test clips of each version of the images, against the run's references; with
+    ``embedding`` (``pool``, the pooled features before the head, what spectro used before ``stages``), the same
+    model embedding that way, its references fit again as training fits them, on the same training normals."""
     import keras
 
     from spectro.inference.normal import embed_and_score
@@ -78,7 +81,20 @@ def _scores(run: Path, versions: list[_Images], test: np.ndarray) -> list[dict[s
     from spectro.model.references import References
 
     predictor = load_predictor(run)
-    references = References.load(run)
+    if embedding is None:
+        references = References.load(run)
+    else:
+        from spectro.features.reader import read_images
+        from spectro.inference.normal import fit_references
+        from spectro.model.references import DEFAULT_SCORER
+        from spectro.runs import feature_settings, read_splits
+
+        predictor.embedding = embedding
+        fit = {split: [r for r in read_splits(run, split) if not r.is_abnormal] for split in ("train", "val")}
+        pixels = {split: read_images(rows, settings=feature_settings(predictor.config), shape=predictor.image_shape)[0]
+                  for split, rows in fit.items()}
+        references = fit_references(predictor, predictor.labels, fit["train"], pixels["train"], fit["val"],
+                                    pixels["val"], max_fpr=0.05, scorer=DEFAULT_SCORER)[0]
     keys = [machine_key(r.machine, r.machine_id) for r, t in zip(versions[0].rows, test) if t]
     out = [embed_and_score(predictor, references, keys, v.pixels[test], unknown="nan")[0] for v in versions]
     del predictor
@@ -87,31 +103,10 @@ def _scores(run: Path, versions: list[_Images], test: np.ndarray) -> list[dict[s
 
 
 def _pooled(run: Path, versions: list[_Images], test: np.ndarray) -> list[np.ndarray]:
-    """The default scorer's scores with the embedding spectro used before ``stages`` (``pool``, the pooled features
-    before the head): the same model, its references fit again as training fits them, on the same clips."""
-    import keras
-
-    from spectro.features.reader import read_images
-    from spectro.inference.normal import embed_and_score, fit_references
-    from spectro.inference.predictors import load_predictor
-    from spectro.model.labels import machine_key
+    """The default scorer's scores of :func:`_scores` with the ``pool`` embedding."""
     from spectro.model.references import DEFAULT_SCORER
-    from spectro.runs import feature_settings, read_splits
 
-    predictor = load_predictor(run)
-    predictor.embedding = "pool"
-    features = feature_settings(predictor.config)
-    fit = {split: [r for r in read_splits(run, split) if not r.is_abnormal] for split in ("train", "val")}
-    pixels = {split: read_images(rows, settings=features, shape=predictor.image_shape)[0]
-              for split, rows in fit.items()}
-    references = fit_references(predictor, predictor.labels, fit["train"], pixels["train"], fit["val"], pixels["val"],
-                                max_fpr=0.05, scorer=DEFAULT_SCORER)[0]
-    keys = [machine_key(r.machine, r.machine_id) for r, t in zip(versions[0].rows, test) if t]
-    out = [embed_and_score(predictor, references, keys, v.pixels[test], unknown="nan")[0][DEFAULT_SCORER]
-           for v in versions]
-    del predictor
-    keras.backend.clear_session()
-    return out
+    return [scores[DEFAULT_SCORER] for scores in _scores(run, versions, test, embedding="pool")]
 
 
 def _baselines(data: _Images, versions: list[_Images], train: np.ndarray, test: np.ndarray, *,

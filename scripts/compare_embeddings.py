@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 
 from spectro.features.reader import read_images
 from spectro.inference.predictors import KerasPredictor
-from spectro.model.backbones import BASE_NAME, EMBEDDINGS
+from spectro.model.backbones import BASE_NAME, EMBEDDINGS, preprocessed, residual_ends
 from spectro.model.references import Gaussian
 from spectro.model.windows import cut
 from spectro.runs import feature_settings, read_splits
@@ -32,19 +32,14 @@ def _key(row) -> str:
 
 
 def _candidates(model):
-    """``{name: keras.Model}``: pixels in, one feature map per stage end (and the backbone output) out."""
+    """The names of the last residual block at each resolution and of the backbone's output, a model from the
+    preprocessing's output to those maps, and the preprocessing itself."""
     import keras
 
     base = model.get_layer(BASE_NAME)
-    before = model.layers[model.layers.index(base) - 1]
-    ends = {}
-    for layer in base.layers:
-        if type(layer).__name__ == "Add" and len(layer.output.shape) == 4:
-            ends[layer.output.shape[1]] = layer.name  # the last at each resolution wins
-    names = [*ends.values(), base.layers[-1].name]
+    names = [*residual_ends(base).values(), base.layers[-1].name]
     maps = keras.Model(base.input, [base.get_layer(n).output for n in names])
-    pre = keras.Model(model.input, before.output)
-    return names, pre, maps
+    return names, keras.Model(model.input, preprocessed(model)), maps
 
 
 def _embed(predictor, pixels) -> tuple[dict[str, np.ndarray], np.ndarray]:

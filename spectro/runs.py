@@ -130,6 +130,12 @@ def image_shape(config: dict[str, Any]) -> tuple[int, int]:
     return tuple(int(v) for v in config.get("image_shape", config["input_shape"])[:2])
 
 
+def embedding_of(config: dict[str, Any]) -> str:
+    """The embedding a run's model gives (``model.embedding``, :attr:`spectro.model.backbones.ModelSettings.embedding`;
+    runs written before there was a choice used ``pool``)."""
+    return str(config.get("model", {}).get("embedding", "pool"))
+
+
 def threshold(config: dict[str, Any]) -> float:
     """The anomaly-score decision threshold stored by ``evaluate`` (0.5 before evaluation)."""
     return float(config.get("threshold", {}).get("value", DEFAULT_THRESHOLD))

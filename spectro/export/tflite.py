@@ -55,6 +55,7 @@ from spectro.runs import (
     REFERENCES_NAME,
     SPLITS_NAME,
     TFLITE_NAMES,
+    embedding_of,
     feature_settings,
     load_config,
     read_splits,
@@ -432,7 +433,7 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
         ops. A model that misses :data:`BOUNDS` does not raise here: its result has ``failures`` and
         ``path=None`` (the file is not written); :func:`main` turns that into an error.
     """
-    from spectro.model.backbones import embedding_of, load_keras_model
+    from spectro.model.backbones import load_keras_model
 
     run = resolve_run(run)
     keras_path = run / MODEL_NAME

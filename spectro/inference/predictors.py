@@ -14,7 +14,7 @@ import numpy as np
 from spectro.errors import SpectroError
 from spectro.model.labels import LabelSpace
 from spectro.quiet import quiet_stderr
-from spectro.runs import MODEL_SEARCH_ORDER, image_shape, input_shape, load_config, resolve_run
+from spectro.runs import MODEL_SEARCH_ORDER, embedding_of, image_shape, input_shape, load_config, resolve_run
 
 
 class Predictor:
@@ -30,8 +30,6 @@ class Predictor:
     embedding: str  # what embed gives (spectro.model.backbones.with_embeddings)
 
     def _setup(self, path: Path, run: Path) -> None:
-        from spectro.model.backbones import embedding_of
-
         self.path, self.run = path, run
         self.config = load_config(run)
         self.embedding = embedding_of(self.config)

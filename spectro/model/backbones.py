@@ -54,8 +54,7 @@ class ModelSettings:
     embedding: str = "stages"
 
     def __post_init__(self) -> None:
-        if self.embedding not in EMBEDDINGS:
-            raise SpectroError(f"unknown embedding {self.embedding!r}: expected one of {', '.join(EMBEDDINGS)}")
+        check_embedding(self.embedding)
         if self.window_seconds is not None and not self.window_seconds > 0:
             raise SpectroError(f"window must be > 0 seconds (or None for whole images), got {self.window_seconds}")
         if self.backbone not in BACKBONES:
@@ -66,6 +65,11 @@ class ModelSettings:
             raise SpectroError(f"alpha must be > 0, got {self.alpha}")
         if self.resize not in RESIZE_METHODS:
             raise SpectroError(f"unknown resize method {self.resize!r}: expected one of {', '.join(RESIZE_METHODS)}")
+
+
+def check_embedding(name: str) -> None:
+    if name not in EMBEDDINGS:
+        raise SpectroError(f"unknown embedding {name!r}: expected one of {', '.join(EMBEDDINGS)}")
 
 
 def _backbone(settings: ModelSettings, weights):
@@ -193,26 +197,30 @@ def build_model(input_shape: tuple[int, int], n_classes: int, settings: ModelSet
     return model, base, weights_used
 
 
-def embedding_of(config: dict) -> str:
-    """The embedding a run's model gives (``config.json``'s ``model.embedding``; runs written before there was a
-    choice used ``pool``)."""
-    return str(config.get("model", {}).get("embedding", "pool"))
+def residual_ends(base) -> dict[int, str]:
+    """By rows of its output, the name of the backbone's last residual ``Add`` layer at that resolution (the end of
+    a stage: MobileNet and EfficientNet blocks end in such an add)."""
+    return {layer.output.shape[1]: layer.name for layer in base.layers
+            if type(layer).__name__ == "Add" and len(layer.output.shape) == 4}
 
 
 def stage_ends(base) -> list[str]:
     """Names of the last residual ``Add`` layer at 1/8 and at 1/16 of the backbone's input resolution (the end of
-    its stride-8 and stride-16 stages), in that order; MobileNet and EfficientNet blocks end in such an add."""
+    its stride-8 and stride-16 stages), in that order."""
     size = int(base.input.shape[1])
-    ends = []
+    ends = residual_ends(base)
     for stride in STAGE_STRIDES:
-        rows = -(-size // stride)
-        adds = [layer.name for layer in base.layers
-                if type(layer).__name__ == "Add" and len(layer.output.shape) == 4 and layer.output.shape[1] == rows]
-        if not adds:
+        if -(-size // stride) not in ends:
             raise SpectroError(f"backbone {base.name!r} has no residual block at 1/{stride} of its {size}-pixel input "
                                "(use the 'pool' embedding)")
-        ends.append(adds[-1])
-    return ends
+    return [ends[-(-size // stride)] for stride in STAGE_STRIDES]
+
+
+def preprocessed(model):
+    """The symbolic tensor the nested backbone of a model of :func:`build_model` reads: its preprocessing's output
+    (the model is a chain, so the layer before the backbone)."""
+    base = model.get_layer(BASE_NAME)
+    return model.layers[model.layers.index(base) - 1].output
 
 
 def with_embeddings(model, embedding: str):
@@ -224,17 +232,15 @@ def with_embeddings(model, embedding: str):
     """
     import keras
 
-    if embedding not in EMBEDDINGS:
-        raise SpectroError(f"unknown embedding {embedding!r}: expected one of {', '.join(EMBEDDINGS)}")
+    check_embedding(embedding)
     if embedding == "pool":
         return keras.Model(model.input, [model.get_layer(EMBEDDING_NAME).output, model.output],
                            name=f"{model.name}_embeddings")
     base = model.get_layer(BASE_NAME)
-    before = model.layers[model.layers.index(base) - 1]  # the preprocessing's last layer (a linear graph)
     ends = stage_ends(base)
     inner = keras.Model(base.input, [*(base.get_layer(name).output for name in ends), base.output],
                         name=f"{BASE_NAME}_stages")
-    *maps, top = inner(before.output)
+    *maps, top = inner(preprocessed(model))
     rows = [keras.layers.Flatten(name=f"{name}_rows")(
         keras.layers.AveragePooling2D(pool_size=(1, int(m.shape[2])), name=f"{name}_time_mean")(m))
         for name, m in zip(ends, maps)]
