@@ -9,9 +9,12 @@ with ``qat_steps=0`` (float detection: no int8 twin) and ``check_learning=False`
    the pooled out-of-fold clip scores at the recorded levels and with the test clips shifted by ±6 dB; the
    CNN also with the ImageNet weights of ``../shared/weights`` when present and
    ``SPECTRO_BENCH_IMAGENET_FOLDS=1`` (about 10 minutes a fold on 2 cores).
-2. Learning curve: AUC against the training clips per class, CNN against the mel-statistics baseline, on
-   the real sample (2 of the 5 folds) and on the built-in synthetic set (per machine type).
+2. The built-in synthetic set with every training clip (``make train``: every default, the quantisation-aware
+   phase included): AUC per machine type, the CNN against the baseline.
 3. A held-out synthetic family (another seed, SNRs and clip length) that no default was chosen on.
+
+The learning curves (AUC against the training clips per class) are ``bench_curve.py``'s section; parts 1 and 2
+leave their scores in ``ctx.state`` for its "all" column.
 """
 
 from __future__ import annotations
@@ -32,8 +35,6 @@ LEVEL_SHIFT_DB = 6.0
 # the ImageNet-initialised model in the 5-fold runs too (off: the train section measures it on the synthetic set)
 IMAGENET_FOLDS = os.environ.get("SPECTRO_BENCH_IMAGENET_FOLDS") == "1"
 
-CURVE = ("**2. Learning curve**: anomaly AUC against the training clips per class, the CNN (defaults) against the "
-         "mel-statistics baseline, the same test clips for every n.")
 HELD_OUT = dict(seed=1, ids=2, snrs=(3.0, -3.0), clips_per_class=6, seconds=5.0)
 
 
@@ -189,25 +190,11 @@ class _Bench:
                 f"validation and test metrics); {per}.")
 
 
-def _subset(pool: np.ndarray, n: int, rng) -> np.ndarray | None:
-    """``n`` of the indices ``pool``, sorted, or ``None`` when fewer are there."""
-    return None if len(pool) < n else np.sort(rng.choice(pool, n, replace=False))
-
-
 def _met(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
-def _curve_target(curve: dict) -> str:
-    """``CNN >= baseline from 10 clips per class`` over the n of ``curve`` (n -> (CNN AUC, baseline AUC) or None)."""
-    pairs = [(n, v) for n, v in curve.items() if v is not None and (n == "all" or n >= 10)]
-    if not pairs:
-        return "not measured (no n >= 10 available)"
-    text = ", ".join(f"{n}: {c:.3f} vs {b:.3f}" for n, (c, b) in pairs)
-    return f"{text} → {_met(all(c >= b for _, (c, b) in pairs))}"
-
-
-def _real(bench: _Bench, ns: list) -> tuple[list[str], list[str], dict]:
+def _real(bench: _Bench) -> list[str]:
     from sklearn.model_selection import StratifiedKFold
 
     from spectro.model.backbones import ModelSettings
@@ -216,7 +203,7 @@ def _real(bench: _Bench, ns: list) -> tuple[list[str], list[str], dict]:
     data = _Images.read(_render(ctx.mimii_sample, ctx.work / "mimii_images"))
     shifted = data.shifted(LEVEL_SHIFT_DB, seed=0)
     y, n_clips = data.abnormal, len(data.rows)
-    n_folds, curve_folds = (2, 1) if ctx.quick else (5, 2)
+    n_folds = real_folds(ctx)
     folds = list(StratifiedKFold(n_folds, shuffle=True, random_state=0).split(np.zeros(n_clips), y))
     models = {CNN: ModelSettings(weights="none")}
     weights = ctx.weights_dir / PRETRAINED if ctx.weights_dir else None
@@ -231,29 +218,7 @@ def _real(bench: _Bench, ns: list) -> tuple[list[str], list[str], dict]:
             for column, score in zip(oof[method], versions):
                 column[test_idx] = score
 
-    # learning curve: n clips per class from each of the first folds' training clips, the same test clips
-    curve_test = np.sort(np.concatenate([folds[k][1] for k in range(curve_folds)]))
-    available = min(int((y[folds[k][0]] == c).sum()) for k in range(curve_folds) for c in (False, True))
-    curve = {}
-    for n in ns:
-        if n > available:
-            curve[n] = None
-            continue
-        pooled = {CNN: np.full(n_clips, np.nan), MEL: np.full(n_clips, np.nan)}
-        for k in range(curve_folds):
-            train_idx, test_idx = folds[k]
-            splits = np.full(n_clips, "", dtype=object)
-            splits[test_idx] = "test"
-            rng = np.random.default_rng(100 * k + n)
-            for label in (False, True):
-                chosen = _subset(train_idx[y[train_idx] == label], n, rng)
-                splits[chosen] = "train"
-                splits[chosen[::5]] = "val"  # every 5th of them validates: at least one per class
-            scores = bench.scores([data], splits, f"mimii-curve{n}-fold{k}", {CNN: models[CNN]})
-            for method in pooled:
-                pooled[method][test_idx] = scores[method][0]
-        curve[n] = {m: s[curve_test] for m, s in pooled.items()}
-    curve["all"] = {m: oof[m][0][curve_test] for m in (CNN, MEL)}
+    ctx.state["small_real_oof"] = {m: oof[m][0] for m in (CNN, MEL)}  # the curve's "all" column
 
     lines = [f"**1. Real MIMII fan sample** (`{ctx.mimii_sample}`): {n_clips} clips ({int(y.sum())} abnormal), each "
              f"rendered whole with the default feature settings (one {data.pixels.shape[1]}×{data.pixels.shape[2]} "
@@ -274,20 +239,7 @@ def _real(bench: _Bench, ns: list) -> tuple[list[str], list[str], dict]:
                   "depend on loudness.", "",
               f"- Target: CNN (defaults) clip AUC ≥ 0.95 at recorded and shifted levels: {cnn[0]:.3f} and {cnn[1]:.3f}"
               f" → {_met(min(cnn) >= 0.95)}"]
-    truth = y[curve_test]
-    head = [f"{n} per class" for n in ns] + [f"all ({available} per class, the {n_folds}-fold models above)"]
-    curve_lines = [f"Real sample: the {len(curve_test)} test clips of "
-                   + (f"the first {curve_folds} folds" if curve_folds > 1 else "the first fold")
-                   + " (AUC / pAUC (0.1) pooled over them, the same clips for every n); n clips per class drawn "
-                   f"(seeded) from each fold's {2 * available} training clips, every 5th of them validating, the "
-                   "baseline fit on the same n per class; n/a: fewer than n per class available.", "",
-                   "| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
-    for method in (CNN, MEL):
-        cells = [_cell(truth, curve[n][method], method) if curve[n] else f"n/a ({available} available)"
-                 for n in [*ns, "all"]]
-        curve_lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    pairs = {n: (_auc(truth, v[CNN])[0], _auc(truth, v[MEL])[0]) if v else None for n, v in curve.items()}
-    return lines, curve_lines, pairs
+    return lines
 
 
 def _by_machine(data: _Images, test: np.ndarray) -> dict[str, np.ndarray]:
@@ -295,63 +247,57 @@ def _by_machine(data: _Images, test: np.ndarray) -> dict[str, np.ndarray]:
     return {"all": np.ones(len(machines), bool), **{m: machines == m for m in sorted(set(machines))}}
 
 
-def _synthetic(bench: _Bench, ns: list) -> tuple[list[str], dict, bool, str]:
-    from spectro.model.backbones import ModelSettings
+def synthetic_split(data: _Images) -> np.ndarray:
+    """The built-in set's split for this section and the curves: ``split_rows(seed=0)``, 15 % validation and test."""
     from spectro.training.splits import split_rows
+
+    return np.array(split_rows(data.rows, seed=0, val_fraction=0.15, test_fraction=0.15), dtype=object)
+
+
+def real_folds(ctx) -> int:
+    """How many folds part 1 cuts the real sample into (the curves reuse its first ones)."""
+    return 2 if ctx.quick else 5
+
+
+def _synthetic(bench: _Bench) -> tuple[list[str], bool, str]:
+    from spectro.model.backbones import ModelSettings
 
     images = _synthetic_images(bench.ctx)
     data = _Images.read(images)
-    base = np.array(split_rows(data.rows, seed=0, val_fraction=0.15, test_fraction=0.15), dtype=object)
-    test = base == "test"
-    fine = np.array([r.fine_class for r in data.rows])
-    counts = {c: int(((base == "train") & (fine == c)).sum()) for c in sorted(set(fine))}
-    results = {}
-    for n in [*ns, "all"]:
-        splits = base.copy()
-        if n != "all":
-            rng = np.random.default_rng(n)
-            splits[base == "train"] = ""
-            chosen = [_subset(np.flatnonzero((base == "train") & (fine == c)), n, rng) for c in counts]
-            if any(c is None for c in chosen):
-                results[n] = None
-                continue
-            splits[np.concatenate(chosen)] = "train"
-        # the baselines fit on the training clips only: the validation split is the same for every n
-        # "all" is `make train` on the built-in set: every default, the quantisation-aware phase included
-        results[n] = bench.scores([data], splits, f"synth-{n}", {CNN: ModelSettings(weights="none")}, fit=("train",),
-                                  full=n == "all")
+    splits = synthetic_split(data)
+    test = splits == "test"
+    # the baselines fit on the training clips only, as in the curves; this is `make train` on the built-in set:
+    # every default, the quantisation-aware phase included
+    scores = bench.scores([data], splits, "synth-all", {CNN: ModelSettings(weights="none")}, fit=("train",),
+                          full=True)
+    bench.ctx.state["small_synth_all"] = {m: scores[m][0] for m in (CNN, MEL)}  # the curve's "all" column
     truth, groups = data.abnormal[test], _by_machine(data, test)
-    head = [f"{n} per class: CNN / mel" for n in ns] + [f"all ({int((base == 'train').sum())} clips): CNN / mel"]
-    lines = [f"Learning curve on the built-in synthetic set (`{images}`; {len(data.rows)} clips, "
-             f"split by `split_rows(seed=0)`: {int((base == 'train').sum())} train / {int((base == 'val').sum())} "
-             f"val / {int(test.sum())} test): n training clips per fine class (<machine>/<label>, seeded; between "
-             f"{min(counts.values())} and {max(counts.values())} available), validation and test splits unchanged; "
-             "the baseline fits on the same n training clips. AUC on the test split; n/a: fewer than n clips in some "
-             "class.", "", "| machine | test clips (abn.) | " + " | ".join(head) + " |",
-             "|---|---|" + "---|" * len(head)]
+    lines = [f"**2. The built-in synthetic set** (`{images}`; {len(data.rows)} clips, split by `split_rows(seed=0)`: "
+             f"{int((splits == 'train').sum())} train / {int((splits == 'val').sum())} val / {int(test.sum())} test), "
+             "every training clip; the CNN is `make train` (every default, the quantisation-aware phase included, "
+             "scored as float), the baseline fits on the training split. AUC on the test split. Against fewer "
+             "training clips: the learning curves' section.", "",
+             "| machine | test clips (abn.) | CNN (defaults) | mel-statistics baseline |", "|---|---|---|---|"]
     for name, mask in groups.items():
-        cells = [f"{_cell(truth[mask], r[CNN][0][mask], CNN, pauc=False)} / "
-                 f"{_cell(truth[mask], r[MEL][0][mask], MEL, pauc=False)}"
-                 if r else f"n/a (min {min(counts.values())})" for r in results.values()]
-        lines.append(f"| {name} | {int(mask.sum())} ({int(truth[mask].sum())}) | " + " | ".join(cells) + " |")
-    pairs = {n: (_auc(truth, r[CNN][0])[0], _auc(truth, r[MEL][0])[0]) if r else None for n, r in results.items()}
-    every = {m: (_auc(truth[g], results["all"][CNN][0][g])[0], _auc(truth[g], results["all"][MEL][0][g])[0])
+        lines.append(f"| {name} | {int(mask.sum())} ({int(truth[mask].sum())}) | "
+                     f"{_cell(truth[mask], scores[CNN][0][mask], CNN, pauc=False)} | "
+                     f"{_cell(truth[mask], scores[MEL][0][mask], MEL, pauc=False)} |")
+    every = {m: (_auc(truth[g], scores[CNN][0][g])[0], _auc(truth[g], scores[MEL][0][g])[0])
              for m, g in groups.items() if m != "all"}
     text = ", ".join(f"{m} {c:.3f} vs {b:.3f}" for m, (c, b) in every.items())
-    return lines, pairs, all(c > b for c, b in every.values()), text
+    return lines, all(c > b for c, b in every.values()), text
 
 
 def _held_out(bench: _Bench) -> tuple[list[str], str]:
     from spectro.data.synth import generate
     from spectro.model.backbones import ModelSettings
-    from spectro.training.splits import split_rows
 
     ctx = bench.ctx
     sizes = {**HELD_OUT, **(dict(ids=1, clips_per_class=3) if ctx.quick else {})}
     data_dir = ctx.work / ("heldout_seed1_quick" if ctx.quick else "heldout_seed1")
     generate(data_dir, progress=False, force=True, **sizes)
     data = _Images.read(_render(data_dir, data_dir.with_name(data_dir.name + "_images")))
-    splits = np.array(split_rows(data.rows, seed=0, val_fraction=0.15, test_fraction=0.15), dtype=object)
+    splits = synthetic_split(data)
     test = splits == "test"
     scores = bench.scores([data], splits, "heldout", {CNN: ModelSettings(weights="none")}, fit=("train",))
     truth, groups = data.abnormal[test], _by_machine(data, test)
@@ -373,41 +319,36 @@ def _held_out(bench: _Bench) -> tuple[list[str], str]:
     return lines, f"{text} → {_met(all(c >= b for c, b in every.values()))}"
 
 
-def run(ctx) -> str:
+def defaults_line(bench: _Bench) -> str:
+    """What "the defaults" are in this section and the curves' one."""
     from spectro.model.backbones import ModelSettings
 
-    bench = _Bench(ctx)
-    # SPECTRO_BENCH_CURVE_NS="" skips the learning curves (they are most of this section's trainings)
-    ns = [5, 20] if ctx.quick else [int(n) for n in os.environ.get("SPECTRO_BENCH_CURVE_NS", "5,10,20").split(",") if n]
-    no_curve = ("**2. Learning curve: not run in this run** (`SPECTRO_BENCH_CURVE_NS` empty: it takes about an hour "
-                "on 2 cores).")
     model, settings = ModelSettings(weights="none"), bench.settings()
-    lines = [f"The defaults as a user without internet gets them: `ModelSettings(weights=\"none\")` "
-             f"({model.backbone} α={model.alpha} at {model.image_size} px, "
-             + (f"{model.window_seconds:g} s windows, a clip scored by the mean of its windows' probabilities"
-                if model.window_seconds else "whole images")
-             + f") and `TrainSettings()` (task {settings.task}, {settings.steps} steps of batch {settings.batch_size}, "
-             f"validation every {settings.eval_every}, patience {settings.patience}, seed {settings.seed}; with "
-             f"ImageNet weights then {settings.fine_tune_steps} fine-tuning steps) with `qat_steps=0` (this section "
-             "measures float detection: no int8 twin is trained) and `check_learning=False` (every model is scored, "
-             "learned or not; one that did not learn is marked **did not learn**)."
-             + (" **--quick**: tiny sizes and steps, a smoke run whose figures mean nothing." if ctx.quick else ""), ""]
-    targets = []
+    return (f"The defaults as a user without internet gets them: `ModelSettings(weights=\"none\")` "
+            f"({model.backbone} α={model.alpha} at {model.image_size} px, "
+            + (f"{model.window_seconds:g} s windows, a clip scored by the mean of its windows' probabilities"
+               if model.window_seconds else "whole images")
+            + f") and `TrainSettings()` (task {settings.task}, {settings.steps} steps of batch {settings.batch_size}, "
+            f"validation every {settings.eval_every}, patience {settings.patience}, seed {settings.seed}; with "
+            f"ImageNet weights then {settings.fine_tune_steps} fine-tuning steps) with `qat_steps=0` (float "
+            "detection: no int8 twin is trained) and `check_learning=False` (every model is scored, learned or not; "
+            "one that did not learn is marked **did not learn**)."
+            + (" **--quick**: tiny sizes and steps, a smoke run whose figures mean nothing." if bench.ctx.quick
+               else ""))
+
+
+def run(ctx) -> str:
+    bench = _Bench(ctx)
+    lines = [defaults_line(bench), ""]
     if ctx.mimii_sample is not None:
-        real, real_curve_lines, real_curve = _real(bench, ns)
-        lines += [*real, "", *([CURVE, "", *real_curve_lines] if ns else [no_curve]), ""]
-        if ns:
-            targets.append(f"- CNN ≥ baseline from 10 clips per class, real sample (AUC, CNN vs baseline): "
-                           f"{_curve_target(real_curve)}")
+        lines += [*_real(bench), ""]
     else:
-        lines += ["Real MIMII sample absent: parts 1 and 2 on real data are skipped.", "", CURVE, ""]
-    synth, synth_curve, beats, text = _synthetic(bench, ns)
-    lines += [*synth, ""]
-    targets += ([f"- CNN ≥ baseline from 10 clips per class, synthetic set overall: {_curve_target(synth_curve)}"]
-                if ns else [])
-    targets += [f"- CNN > baseline on every machine type with all clips (synthetic set): {text} → {_met(beats)}"]
+        lines += ["Real MIMII sample absent: part 1 is skipped.", ""]
+    synth, beats, text = _synthetic(bench)
     held, held_target = _held_out(bench)
-    lines += [*held, "", "Targets of issue 18 (this section):", "", *targets,
+    lines += [*synth, "", *held, "", "Targets of issue 18 (this section; the learning curves' targets are in their "
+              "own section):", "",
+              f"- CNN > baseline on every machine type with all clips (synthetic set): {text} → {_met(beats)}",
               f"- CNN ≥ baseline on every machine type of the held-out family: {held_target}", ""]
     if bench.notes:
         lines += ["Models that did not learn:", "", *[f"- {note}" for note in bench.notes], ""]

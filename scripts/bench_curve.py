@@ -1,0 +1,178 @@
+"""Learning curves (issue 18): anomaly AUC against the number of training clips per class, the default CNN
+against the mel-statistics baseline, the same test clips for every n; every figure measured here.
+
+The CNNs and their settings are ``bench_small.py``'s (``ModelSettings(weights="none")``, ``TrainSettings()``
+with ``qat_steps=0`` and ``check_learning=False``). ``SPECTRO_BENCH_CURVE_NS`` (default ``5,10,20``) sets the
+n; ``""`` skips the section (about an hour and a half on 2 cores: every n is a full training).
+
+1. The real MIMII fan sample: the test clips of the first 2 of ``bench_small``'s 5 folds; n clips per class
+   drawn (seeded) from each fold's training clips. "all": the small-data section's fold models when it ran in
+   the same ``make bench``, otherwise the same fold models trained here.
+2. The built-in synthetic set, its ``split_rows(seed=0)`` split: n training clips per fine class
+   (``<machine>/<label>``), validation and test splits unchanged, AUC overall and per machine type. "all": the
+   small-data section's ``make train`` run when it ran in the same ``make bench``, otherwise one trained here
+   (without the quantisation-aware phase).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from bench_small import (
+    CNN,
+    MEL,
+    _auc,
+    _Bench,
+    _by_machine,
+    _cell,
+    _Images,
+    _met,
+    _render,
+    _synthetic_images,
+    defaults_line,
+    real_folds,
+    synthetic_split,
+)
+
+TITLE = "Learning curves: the CNN against the mel-statistics baseline (issue 18)"
+CURVE_FOLDS = 2
+
+
+def _subset(pool: np.ndarray, n: int, rng) -> np.ndarray | None:
+    """``n`` of the indices ``pool``, sorted, or ``None`` when fewer are there."""
+    return None if len(pool) < n else np.sort(rng.choice(pool, n, replace=False))
+
+
+def _target(curve: dict) -> str:
+    """``CNN >= baseline from 10 clips per class`` over the n of ``curve`` (n -> (CNN AUC, baseline AUC) or None)."""
+    pairs = [(n, v) for n, v in curve.items() if v is not None and (n == "all" or n >= 10)]
+    if not pairs:
+        return "not measured (no n >= 10 available)"
+    text = ", ".join(f"{n}: {c:.3f} vs {b:.3f}" for n, (c, b) in pairs)
+    return f"{text} → {_met(all(c >= b for _, (c, b) in pairs))}"
+
+
+def _real(bench: _Bench, ns: list) -> tuple[list[str], dict]:
+    from sklearn.model_selection import StratifiedKFold
+
+    from spectro.model.backbones import ModelSettings
+
+    ctx = bench.ctx
+    data = _Images.read(_render(ctx.mimii_sample, ctx.work / "mimii_images"))
+    y, n_clips = data.abnormal, len(data.rows)
+    folds = list(StratifiedKFold(real_folds(ctx), shuffle=True, random_state=0).split(np.zeros(n_clips), y))
+    curve_folds = 1 if ctx.quick else CURVE_FOLDS
+    test = np.sort(np.concatenate([folds[k][1] for k in range(curve_folds)]))
+    available = min(int((y[folds[k][0]] == c).sum()) for k in range(curve_folds) for c in (False, True))
+    reused = "small_real_oof" in ctx.state
+    curve = {}
+    for n in [*ns, "all"]:
+        if n == "all" and reused:
+            curve[n] = {m: s[test] for m, s in ctx.state["small_real_oof"].items()}
+            continue
+        if n != "all" and n > available:
+            curve[n] = None
+            continue
+        pooled = {CNN: np.full(n_clips, np.nan), MEL: np.full(n_clips, np.nan)}
+        for k in range(curve_folds):
+            train_idx, test_idx = folds[k]
+            splits = np.full(n_clips, "", dtype=object)
+            splits[test_idx] = "test"
+            if n == "all":  # as the small-data section's folds: every 5th training clip validates
+                splits[train_idx] = "train"
+                splits[train_idx[::5]] = "val"
+            else:
+                rng = np.random.default_rng(100 * k + n)
+                for label in (False, True):
+                    chosen = _subset(train_idx[y[train_idx] == label], n, rng)
+                    splits[chosen] = "train"
+                    splits[chosen[::5]] = "val"  # every 5th of them validates: at least one per class
+            scores = bench.scores([data], splits, f"mimii-curve{n}-fold{k}", {CNN: ModelSettings(weights="none")})
+            for method in pooled:
+                pooled[method][test_idx] = scores[method][0]
+        curve[n] = {m: s[test] for m, s in pooled.items()}
+    truth = y[test]
+    head = [f"{n} per class" for n in ns] + [
+        f"all ({available} per class, " + ("the small-data section's fold models)" if reused else "trained here)")]
+    lines = [f"**1. Real MIMII fan sample** (`{ctx.mimii_sample}`): the {len(test)} test clips of the first "
+             f"{curve_folds} of the small-data section's {len(folds)} folds (AUC / pAUC (0.1) pooled over them, the "
+             f"same clips for every n); n clips per class drawn (seeded) from each fold's {2 * available} training "
+             "clips, every 5th of them validating, the baseline fit on the same n per class; n/a: fewer than n per "
+             "class available.", "", "| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    for method in (CNN, MEL):
+        cells = [_cell(truth, curve[n][method], method) if curve[n] else f"n/a ({available} available)"
+                 for n in [*ns, "all"]]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines, {n: (_auc(truth, v[CNN])[0], _auc(truth, v[MEL])[0]) if v else None for n, v in curve.items()}
+
+
+def _synthetic(bench: _Bench, ns: list) -> tuple[list[str], dict]:
+    from spectro.model.backbones import ModelSettings
+
+    ctx = bench.ctx
+    images = _synthetic_images(ctx)
+    data = _Images.read(images)
+    base = synthetic_split(data)
+    test = base == "test"
+    fine = np.array([r.fine_class for r in data.rows])
+    counts = {c: int(((base == "train") & (fine == c)).sum()) for c in sorted(set(fine))}
+    reused = "small_synth_all" in ctx.state
+    results = {}
+    for n in [*ns, "all"]:
+        if n == "all" and reused:
+            results[n] = ctx.state["small_synth_all"]
+            continue
+        splits = base.copy()
+        if n != "all":
+            rng = np.random.default_rng(n)
+            splits[base == "train"] = ""
+            chosen = [_subset(np.flatnonzero((base == "train") & (fine == c)), n, rng) for c in counts]
+            if any(c is None for c in chosen):
+                results[n] = None
+                continue
+            splits[np.concatenate(chosen)] = "train"
+        # the baselines fit on the training clips only: the validation split is the same for every n
+        scores = bench.scores([data], splits, f"synth-curve{n}", {CNN: ModelSettings(weights="none")},
+                              fit=("train",))
+        results[n] = {m: scores[m][0] for m in (CNN, MEL)}
+    truth, groups = data.abnormal[test], _by_machine(data, test)
+    every = int((base == "train").sum())
+    head = [f"{n} per class: CNN / mel" for n in ns] + [
+        f"all ({every} clips{', `make train`' if reused else ''}): CNN / mel"]
+    lines = [f"**2. The built-in synthetic set** (`{images}`; {len(data.rows)} clips, split by `split_rows(seed=0)`: "
+             f"{every} train / {int((base == 'val').sum())} val / {int(test.sum())} test): n training clips per fine "
+             f"class (<machine>/<label>, seeded; between {min(counts.values())} and {max(counts.values())} "
+             "available), validation and test splits unchanged; the baseline fits on the same n training clips. AUC "
+             "on the test split; n/a: fewer than n clips in some class.", "",
+             "| machine | test clips (abn.) | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
+    for name, mask in groups.items():
+        cells = [f"{_cell(truth[mask], r[CNN][mask], CNN, pauc=False)} / "
+                 f"{_cell(truth[mask], r[MEL][mask], MEL, pauc=False)}"
+                 if r else f"n/a (min {min(counts.values())})" for r in results.values()]
+        lines.append(f"| {name} | {int(mask.sum())} ({int(truth[mask].sum())}) | " + " | ".join(cells) + " |")
+    return lines, {n: (_auc(truth, r[CNN])[0], _auc(truth, r[MEL])[0]) if r else None for n, r in results.items()}
+
+
+def run(ctx) -> str:
+    ns = [5, 20] if ctx.quick else [int(n) for n in os.environ.get("SPECTRO_BENCH_CURVE_NS", "5,10,20").split(",") if n]
+    if not ns:
+        return ("**Not run in this run** (`SPECTRO_BENCH_CURVE_NS` empty: every n is a full training, about an hour "
+                "and a half on 2 cores).\n")
+    bench = _Bench(ctx)
+    lines = [defaults_line(bench), ""]
+    targets = []
+    if ctx.mimii_sample is not None:
+        real, curve = _real(bench, ns)
+        lines += [*real, ""]
+        targets.append(f"- CNN ≥ baseline from 10 clips per class, real sample (AUC, CNN vs baseline): "
+                       f"{_target(curve)}")
+    else:
+        lines += ["Real MIMII sample absent: part 1 is skipped.", ""]
+    synth, curve = _synthetic(bench, ns)
+    lines += [*synth, "", "Targets of issue 18 (this section):", "", *targets,
+              f"- CNN ≥ baseline from 10 clips per class, synthetic set overall: {_target(curve)}", ""]
+    if bench.notes:
+        lines += ["Models that did not learn:", "", *[f"- {note}" for note in bench.notes], ""]
+    lines.append(bench.cost())
+    return "\n".join(lines) + "\n"
