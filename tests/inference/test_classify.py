@@ -175,7 +175,8 @@ def test_classify_paths_uses_the_stored_threshold_unless_given_one(tiny_run, tin
     assert all(r["threshold"] == 0.25 and r["verdict"] == ("ABNORMAL" if r["anomaly_score"] >= 0.25 else "normal")
                for r in results)
     (given,), _ = classify_paths([folder / "a.png"], run, threshold=0.9)
-    assert given["threshold"] == 0.9 and given["anomaly_score"] == results[0]["anomaly_score"]
+    # the same clip, scored in another batch: equal up to float rounding (oneDNN kernels depend on the batch)
+    assert given["threshold"] == 0.9 and given["anomaly_score"] == pytest.approx(results[0]["anomaly_score"], abs=1e-5)
     assert given["verdict"] == ("ABNORMAL" if given["anomaly_score"] >= 0.9 else "normal")
 
 

@@ -62,9 +62,12 @@ def normal_run(failed_run) -> Path:
 def test_a_normal_only_model_that_learned_nothing_is_refused_in_plain_words(failed_run):
     run, code, err = failed_run
     assert code == 2 and err.startswith("error: the model did not learn: on the 8 val images (2 normal, 6 abnormal)")
-    assert "ranks abnormal images no higher than normal ones" in err and "kept in" in err and "\n" not in err.strip()
+    assert "kept in" in err and "\n" not in err.strip()
     learning = load_config(run)["training"]["learning"]
-    assert learning["learned"] is False and learning["auc"] == pytest.approx(0.5) and learning["split"] == "val"
+    # the blank windows embed alike only up to float rounding, which a Mahalanobis distance to references of no
+    # variance magnifies: the AUC is no better than chance, but not exactly 0.5 on every CPU
+    assert learning["learned"] is False and learning["auc"] <= 0.5 and learning["split"] == "val"
+    assert f"anomaly AUC {learning['auc']:.3f}" in err
     assert not (run.parent / "latest").exists()
 
 
