@@ -32,13 +32,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_small import LEVEL_SHIFT_DB, _Images, _render, _synthetic_images
+from bench_small import IMAGENET_FOLDS, LEVEL_SHIFT_DB, _Images, _render, _synthetic_images
 from bench_train import PRETRAINED, _auc, _to_db
 
 TITLE = "Normal-only training: failures nobody recorded (issue 19)"
 FOLDS = int(os.environ.get("SPECTRO_BENCH_NORMAL_FOLDS", "5"))
-# part 2 also with ImageNet weights (``../shared/weights``): about 8 minutes a fold on 2 cores
-IMAGENET_FOLDS = os.environ.get("SPECTRO_BENCH_IMAGENET_FOLDS") == "1"
 AE, LEVEL, SUPERVISED = "DCASE autoencoder", "level distance", "supervised"
 POOLED = "mahalanobis, pooled embedding"
 ENROLL_NS = (5, 10, 20)
