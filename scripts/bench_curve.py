@@ -31,7 +31,7 @@ from bench_small import (
     _render,
     _synthetic_images,
     defaults_line,
-    real_folds,
+    n_real_folds,
     synthetic_split,
 )
 
@@ -61,7 +61,7 @@ def _real(bench: _Bench, ns: list) -> tuple[list[str], dict]:
     ctx = bench.ctx
     data = _Images.read(_render(ctx.mimii_sample, ctx.work / "mimii_images"))
     y, n_clips = data.abnormal, len(data.rows)
-    folds = list(StratifiedKFold(real_folds(ctx), shuffle=True, random_state=0).split(np.zeros(n_clips), y))
+    folds = list(StratifiedKFold(n_real_folds(ctx), shuffle=True, random_state=0).split(np.zeros(n_clips), y))
     curve_folds = 1 if ctx.quick else CURVE_FOLDS
     test = np.sort(np.concatenate([folds[k][1] for k in range(curve_folds)]))
     available = min(int((y[folds[k][0]] == c).sum()) for k in range(curve_folds) for c in (False, True))

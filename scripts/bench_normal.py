@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_small import IMAGENET_FOLDS, LEVEL_SHIFT_DB, _Images, _render, _synthetic_images
-from bench_train import PRETRAINED, _auc, _to_db
+from bench_train import PRETRAINED, _auc, _to_db, pretrained_settings
 
 TITLE = "Normal-only training: failures nobody recorded (issue 19)"
 FOLDS = int(os.environ.get("SPECTRO_BENCH_NORMAL_FOLDS", "5"))
@@ -215,17 +215,6 @@ def _synthetic(ctx, seconds: list) -> tuple[list[str], dict, Path, _Images, np.n
     return lines, {"per_type": per_type, "mean": id_aucs}, run, data, splits, scores
 
 
-def _imagenet(ctx):
-    """The ImageNet-initialised settings of part 2's optional rows (``SPECTRO_BENCH_IMAGENET_FOLDS=1`` and the
-    weight file in ``../shared/weights``), or ``None``."""
-    from spectro.model.backbones import ModelSettings
-
-    weights = ctx.weights_dir / PRETRAINED if ctx.weights_dir else None
-    if not IMAGENET_FOLDS or weights is None or not weights.is_file():
-        return None
-    return ModelSettings(weights=str(weights), alpha=1.0, image_size=96)
-
-
 def real_folds(ctx, data: _Images, shifted: _Images, seconds: list, *, model_settings=None,
                tag: str = "") -> dict[str, list[list[float]]]:
     """Part 2's k folds over the real sample's normal clips with one kind of model: per method, the test AUC of
@@ -262,7 +251,7 @@ def _real(ctx, seconds: list) -> tuple[list[str], dict]:
     data = _Images.read(_render(ctx.mimii_sample, ctx.work / "mimii_images"))
     shifted = data.shifted(LEVEL_SHIFT_DB, seed=0)
     per_fold = real_folds(ctx, data, shifted, seconds)
-    imagenet = _imagenet(ctx)
+    imagenet = pretrained_settings(ctx) if IMAGENET_FOLDS else None
     if imagenet is not None:
         extra = real_folds(ctx, data, shifted, seconds, model_settings=imagenet, tag="-imagenet")
         per_fold.update({f"{m}, ImageNet weights": v for m, v in extra.items()})

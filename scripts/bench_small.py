@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from bench_train import PRETRAINED, _auc, _to_db
+from bench_train import _auc, _to_db, pretrained_settings
 
 TITLE = "Small data and data the defaults were not tuned on (issue 18)"
 
@@ -203,12 +203,12 @@ def _real(bench: _Bench) -> list[str]:
     data = _Images.read(_render(ctx.mimii_sample, ctx.work / "mimii_images"))
     shifted = data.shifted(LEVEL_SHIFT_DB, seed=0)
     y, n_clips = data.abnormal, len(data.rows)
-    n_folds = real_folds(ctx)
+    n_folds = n_real_folds(ctx)
     folds = list(StratifiedKFold(n_folds, shuffle=True, random_state=0).split(np.zeros(n_clips), y))
     models = {CNN: ModelSettings(weights="none")}
-    weights = ctx.weights_dir / PRETRAINED if ctx.weights_dir else None
-    if IMAGENET_FOLDS and weights is not None and weights.is_file():  # about 10 min a fold on 2 cores
-        models[IMAGENET] = ModelSettings(weights=str(weights), alpha=1.0, image_size=96)
+    imagenet = pretrained_settings(ctx) if IMAGENET_FOLDS else None  # about 10 min a fold on 2 cores
+    if imagenet is not None:
+        models[IMAGENET] = imagenet
     oof = {m: [np.full(n_clips, np.nan), np.full(n_clips, np.nan)] for m in [*models, MEL, RMS]}
     for k, (train_idx, test_idx) in enumerate(folds):
         splits = np.full(n_clips, "test", dtype=object)
@@ -254,7 +254,7 @@ def synthetic_split(data: _Images) -> np.ndarray:
     return np.array(split_rows(data.rows, seed=0, val_fraction=0.15, test_fraction=0.15), dtype=object)
 
 
-def real_folds(ctx) -> int:
+def n_real_folds(ctx) -> int:
     """How many folds part 1 cuts the real sample into (the curves reuse its first ones)."""
     return 2 if ctx.quick else 5
 

@@ -21,6 +21,17 @@ TITLE = "Anomaly detection quality (spectro train)"
 PRETRAINED = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 
 
+def pretrained_settings(ctx):
+    """The ImageNet-initialised model the benchmarks compare (MobileNetV2 α 1.0 at 96 px from ``PRETRAINED`` in
+    ``../shared/weights``), or ``None`` when the file is not there."""
+    from spectro.model.backbones import ModelSettings
+
+    weights = ctx.weights_dir / PRETRAINED if ctx.weights_dir else None
+    if weights is None or not weights.is_file():
+        return None
+    return ModelSettings(weights=str(weights), alpha=1.0, image_size=96)
+
+
 def _auc(truth, score) -> tuple[float, float]:
     """AUC and pAUC(0.1) as spectro.evaluation.metrics computes them; NaN where only one class is present."""
     from spectro.evaluation.metrics import anomaly_auc, anomaly_pauc
@@ -122,13 +133,12 @@ def _synthetic(ctx) -> list[str]:
     runs["CNN (weights none)"] = train(images, models, settings=settings, progress=False, name=f"{stamp}-none",
                                        model_settings=ModelSettings(weights="none"))
     ctx.state["synthetic_run"] = runs["CNN (weights none)"]
-    weights = ctx.weights_dir / PRETRAINED if ctx.weights_dir else None
+    imagenet = pretrained_settings(ctx)
     pretrained = (TrainSettings(steps=20, eval_every=10, fine_tune_steps=10, qat_steps=10, seed=0) if ctx.quick
                   else settings)
-    if weights is not None and weights.is_file():
-        runs["CNN (ImageNet)"] = train(
-            images, models, name=f"{stamp}-imagenet", progress=False, settings=pretrained,
-            model_settings=ModelSettings(weights=str(weights), alpha=1.0, image_size=96))
+    if imagenet is not None:
+        runs["CNN (ImageNet)"] = train(images, models, name=f"{stamp}-imagenet", progress=False, settings=pretrained,
+                                       model_settings=imagenet)
         ctx.state["pretrained_run"] = runs["CNN (ImageNet)"]
 
     first = next(iter(runs.values()))

@@ -132,10 +132,9 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=Path, nargs="*", default=[], help="rendered sets with several machine ids")
     args = parser.parse_args(argv)
     net, names, ends, frames = _network(args.weights, args.alpha, FeatureSettings())
-    columns = {"real sample": None, "real sample ±6 dB": None}
     real = _real(net, names, ends, frames)
-    columns["real sample"] = {k: v[0] for k, v in real.items()}
-    columns["real sample ±6 dB"] = {k: v[1] for k, v in real.items()}
+    columns = {"real sample": {k: v[0] for k, v in real.items()},
+               "real sample ±6 dB": {k: v[1] for k, v in real.items()}}
     for folder in args.images:
         columns[folder.name] = _dataset(net, names, ends, frames, folder)
     print("| stage, pooling | " + " | ".join(columns) + " |")
