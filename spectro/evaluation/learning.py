@@ -10,7 +10,9 @@ The test against chance is the one-sided Mann–Whitney U test of "abnormal scor
 AUC's own test), at :data:`MAX_P_VALUE`; a split too small to ever reach that level is judged by its AUC
 alone. Without both normal and abnormal images the task's balanced accuracy is compared with chance. A
 normal-only run is judged the same way on its default scorer's distances (:func:`check_normal_only`), its
-machine-id classification standing for the task.
+machine-id classification standing for the task, and first by its reference embeddings: when every training
+window embeds alike, the distances of clips to them are float rounding magnified (a Mahalanobis distance to
+references of no variance can spread widely and rank anything), so they are not judged at all.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 
 MIN_SPREAD = 0.01  # anomaly scores must span at least this over the checked images
+MIN_EMBEDDING_SPREAD = 1e-4  # a normal-only run's reference embeddings: spread relative to their size
 MAX_P_VALUE = 0.1  # one-sided Mann–Whitney U p-value of the AUC
 
 ADVICE = ("what to try: more recordings per class, more training steps (--steps), pretrained weights (--weights "
@@ -86,21 +89,43 @@ def check_learning(rows: Sequence, probs: np.ndarray, labels, *, split: str) -> 
                   spread_text=f"less than {MIN_SPREAD}")
 
 
-def check_normal_only(rows: Sequence, scores: np.ndarray, probs: np.ndarray, labels, *, split: str) -> LearningCheck:
+def check_normal_only(rows: Sequence, scores: np.ndarray, probs: np.ndarray, labels, *, split: str,
+                      references: np.ndarray | None = None) -> LearningCheck:
     """Judge a normal-only run by its default scorer's ``scores`` of ``rows`` (distances; NaN for machines without
     references, left out) and its machine-id probabilities ``probs``: the scores must vary by at least
     :data:`MIN_SPREAD` of their median, rank abnormal clips above normal ones when the split has both, and the
-    machine ids must be told apart better than chance when it holds more than one."""
+    machine ids must be told apart better than chance when it holds more than one.
+
+    ``references`` (``(n_windows, d)``, every machine's reference embeddings together) must themselves vary by at
+    least :data:`MIN_EMBEDDING_SPREAD` (:func:`embedding_spread`); when they do not, the distances measure float
+    rounding and the verdict says so instead of judging them."""
     scores = np.asarray(scores, dtype=np.float64)
     keep = np.flatnonzero(~np.isnan(scores))
     rows, scores, probs = [rows[i] for i in keep], scores[keep], np.asarray(probs, dtype=np.float64)[keep]
     median = float(np.median(np.abs(scores))) if len(scores) else 0.0
+    degenerate = None
+    if references is not None and (spread := embedding_spread(references)) < MIN_EMBEDDING_SPREAD:
+        degenerate = (f"its embeddings of the {len(references)} training windows are all alike (spread {spread:.1e} "
+                      f"of their size, less than {MIN_EMBEDDING_SPREAD:g}), so every distance to them is float "
+                      "rounding")
     return _judge(rows, scores, [labels.class_of(r) for r in rows], list(labels.predicted(probs)), split=split,
-                  spread=MIN_SPREAD * max(median, 1e-12), spread_text=f"less than {MIN_SPREAD:.0%} of their median")
+                  spread=MIN_SPREAD * max(median, 1e-12), spread_text=f"less than {MIN_SPREAD:.0%} of their median",
+                  degenerate=degenerate)
+
+
+def embedding_spread(embeddings: np.ndarray) -> float:
+    """How much ``embeddings`` (``(n, d)``) vary, relative to their size: the root mean squared distance to
+    their mean over their root mean squared norm (0 for embeddings all equal, or all zero)."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    if len(x) == 0:
+        return 0.0
+    size = float(np.sqrt(np.mean(np.sum(x * x, axis=1))))
+    deviation = float(np.sqrt(np.mean(np.sum((x - x.mean(axis=0)) ** 2, axis=1))))
+    return deviation / size if size > 0 else 0.0
 
 
 def _judge(rows: Sequence, scores: np.ndarray, true: list, predicted: list, *, split: str, spread: float,
-           spread_text: str) -> LearningCheck:
+           spread_text: str, degenerate: str | None = None) -> LearningCheck:
     from scipy.stats import mannwhitneyu
     from sklearn.metrics import balanced_accuracy_score
 
@@ -108,12 +133,14 @@ def _judge(rows: Sequence, scores: np.ndarray, true: list, predicted: list, *, s
 
     y = np.array([r.is_abnormal for r in rows], dtype=bool)
     n_abnormal, n_normal = int(y.sum()), int((~y).sum())
-    problems = []
+    problems = [degenerate] if degenerate else []
     low, high = (float(scores.min()), float(scores.max())) if len(scores) else (0.0, 0.0)
-    if high - low < spread:
+    if high - low < spread and not degenerate:
         problems.append(f"its anomaly scores hardly vary (from {low:.3f} to {high:.3f}, {spread_text})")
     auc = p_value = None
-    if n_abnormal and n_normal:
+    if n_abnormal and n_normal and degenerate:
+        auc = anomaly_auc(y, scores)  # recorded, not judged: a ranking of float rounding
+    elif n_abnormal and n_normal:
         auc = anomaly_auc(y, scores)
         p_value = float(mannwhitneyu(scores[y], scores[~y], alternative="greater").pvalue)
         if auc <= 0.5:

@@ -13,7 +13,14 @@ from conftest import make_image_tree
 
 from spectro.data.manifest import ImageRow, read_manifest, write_manifest
 from spectro.errors import SpectroError
-from spectro.evaluation.learning import MAX_P_VALUE, check_learning, warning_for
+from spectro.evaluation.learning import (
+    MAX_P_VALUE,
+    MIN_EMBEDDING_SPREAD,
+    check_learning,
+    check_normal_only,
+    embedding_spread,
+    warning_for,
+)
 from spectro.model.labels import LabelSpace
 
 LABELS = LabelSpace.from_pairs([("fan", "normal"), ("fan", "bearing")], task="failure")
@@ -75,6 +82,38 @@ def test_the_stored_check_gives_the_warning_of_a_failed_run():
     passed = check_learning(_rows([False, True]), _probs([0.1, 0.9]), LABELS, split="val")
     assert warning_for({"training": {"learning": passed.to_dict()}}) is None
     assert warning_for({"training": {}}) is None  # runs trained before the check existed
+
+
+def test_embedding_spread_against_a_hand_computed_example():
+    # mean (1, 1); squared distances to it 1 + 1 -> rms 1; squared norms 0 and 4 -> rms sqrt(2)
+    assert embedding_spread(np.array([[0.0, 0.0], [2.0, 2.0]])) == pytest.approx(1 / np.sqrt(2))
+    assert embedding_spread(np.ones((5, 3))) == 0.0
+    assert embedding_spread(np.zeros((5, 3))) == 0.0  # all zero: nothing learned, not a division by zero
+
+
+NORMAL_ONLY = LabelSpace("normal-only", ("fan/id_00", "fan/id_01"))
+
+
+def _normal_only_rows(abnormal: list[bool]) -> list[ImageRow]:
+    return [ImageRow(Path(f"/x/{i}.png"), f"/x/{i}.wav", "fan", f"id_0{i % 2}", "abnormal" if a else "normal", "")
+            for i, a in enumerate(abnormal)]
+
+
+def test_normal_only_references_all_alike_are_refused_whatever_the_distances_rank():
+    """Distances to references of no variance are float rounding magnified: they may spread widely and even rank
+    abnormal clips first; the check must say what is wrong instead of judging them."""
+    rows = _normal_only_rows([False] * 6 + [True] * 6)
+    distances = np.r_[np.linspace(0.0, 0.3, 6), np.linspace(0.4, 0.9, 6)]  # a perfect ranking, by chance
+    probs = np.tile([0.5, 0.5], (12, 1))
+    rng = np.random.default_rng(0)
+    alike = 1.0 + rng.normal(0, 1e-7, (40, 8))  # every window the same, up to float32 rounding
+    check = check_normal_only(rows, distances, probs, NORMAL_ONLY, split="val", references=alike)
+    assert not check.learned and check.auc == 1.0 and check.p_value is None
+    assert "all alike" in check.message() and "40 training windows" in check.message()
+    assert f"less than {MIN_EMBEDDING_SPREAD:g}" in check.message()
+    varied = 1.0 + rng.normal(0, 0.1, (40, 8))
+    check = check_normal_only(rows, distances, probs, NORMAL_ONLY, split="val", references=varied)
+    assert check.learned and check.problems == ()
 
 
 @pytest.fixture(scope="module")

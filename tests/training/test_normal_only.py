@@ -64,10 +64,10 @@ def test_a_normal_only_model_that_learned_nothing_is_refused_in_plain_words(fail
     assert code == 2 and err.startswith("error: the model did not learn: on the 8 val images (2 normal, 6 abnormal)")
     assert "kept in" in err and "\n" not in err.strip()
     learning = load_config(run)["training"]["learning"]
-    # the blank windows embed alike only up to float rounding, which a Mahalanobis distance to references of no
-    # variance magnifies: the AUC is no better than chance, but not exactly 0.5 on every CPU
-    assert learning["learned"] is False and learning["auc"] <= 0.5 and learning["split"] == "val"
-    assert f"anomaly AUC {learning['auc']:.3f}" in err
+    # the blank windows embed alike (up to float rounding, which a Mahalanobis distance to them magnifies): the
+    # check says so, whatever the distances happen to rank
+    assert learning["learned"] is False and learning["split"] == "val"
+    assert "training windows are all alike" in learning["problems"][0] and "all alike" in err
     assert not (run.parent / "latest").exists()
 
 
@@ -83,8 +83,10 @@ def test_a_normal_only_model_that_learned_passes_the_check(scored_run):
     val = read_splits(scored_run, "val")
     pixels = read_images(val, settings=feature_settings(predictor.config), shape=predictor.image_shape)[0]
     keys = [predictor.labels.class_of(r) for r in val]
-    scores, probs = embed_and_score(predictor, References.load(scored_run), keys, pixels, unknown="nan")
-    check = check_normal_only(val, scores["mahalanobis"], probs, predictor.labels, split="val")
+    references = References.load(scored_run)
+    scores, probs = embed_and_score(predictor, references, keys, pixels, unknown="nan")
+    check = check_normal_only(val, scores["mahalanobis"], probs, predictor.labels, split="val",
+                              references=np.concatenate([m.embeddings for m in references.machines.values()]))
     assert check.learned and check.problems == () and check.auc > 0.5 and check.n_abnormal > 0
     assert check.balanced_accuracy > check.chance
     constant = check_normal_only(val, np.full(len(val), 3.0), probs, predictor.labels, split="val")
