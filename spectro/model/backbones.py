@@ -143,16 +143,22 @@ def load_backbone(settings: ModelSettings):
 
 
 def _quietly(fn, *args):
+    """``fn(*args)`` without Keras' notes on input shapes; its other warnings are passed on only when it succeeds
+    (a weights file that does not fit makes Keras warn once per layer before it raises: the error says it once)."""
     logger = logging.getLogger("absl")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             warnings.filterwarnings("ignore", message=".*input_shape.*")
             warnings.filterwarnings("ignore", message=".*is not one of.*")
-            return fn(*args)
+            result = fn(*args)
     finally:
         logger.setLevel(level)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return result
 
 
 def build_model(input_shape: tuple[int, int], n_classes: int, settings: ModelSettings):
