@@ -138,10 +138,9 @@ def _judge(rows: Sequence, scores: np.ndarray, true: list, predicted: list, *, s
     if high - low < spread and not degenerate:
         problems.append(f"its anomaly scores hardly vary (from {low:.3f} to {high:.3f}, {spread_text})")
     auc = p_value = None
-    if n_abnormal and n_normal and degenerate:
-        auc = anomaly_auc(y, scores)  # recorded, not judged: a ranking of float rounding
-    elif n_abnormal and n_normal:
-        auc = anomaly_auc(y, scores)
+    if n_abnormal and n_normal:
+        auc = anomaly_auc(y, scores)  # with degenerate references recorded, not judged: a ranking of float rounding
+    if auc is not None and not degenerate:
         p_value = float(mannwhitneyu(scores[y], scores[~y], alternative="greater").pvalue)
         if auc <= 0.5:
             problems.append(f"it ranks abnormal images no higher than normal ones (anomaly AUC {auc:.3f}; chance "

@@ -264,11 +264,16 @@ class References:
                                    "sources": m.sources, "enrolled": m.enrolled}
                              for key, m in sorted(self.machines.items())}}
 
+    @property
+    def embeddings(self) -> np.ndarray:
+        """Every machine's reference windows together, ``(n_windows, d)``, in the order of the machine keys."""
+        return np.concatenate([self.machines[k].embeddings for k in sorted(self.machines)])
+
     def save(self, folder: str | Path) -> None:
         """Write ``references.npz`` and ``references.json`` into ``folder`` (each atomically)."""
         folder = Path(folder)
         keys = sorted(self.machines)
-        arrays = {"embeddings": np.concatenate([self.machines[k].embeddings for k in keys]).astype(np.float16),
+        arrays = {"embeddings": self.embeddings.astype(np.float16),
                   "keys": np.concatenate([[k] * len(self.machines[k].clips) for k in keys]).astype(str),
                   "clips": np.concatenate([self.machines[k].clips for k in keys]).astype(np.int32)}
         tmp = folder / f".{REFERENCES_NAME}.tmp.npz"

@@ -429,8 +429,7 @@ def _normal_only_metrics(run: Path, labels: LabelSpace, by_split, settings: Trai
     learning = None
     if settings.check_learning and by_split["val"]:
         learning = check_normal_only(by_split["val"], val_scores[references.default_scorer], val_probs, labels,
-                                     split="val", references=np.concatenate(
-                                         [m.embeddings for m in references.machines.values()]))
+                                     split="val", references=references.embeddings)
     return metrics, learning
 
 

@@ -86,7 +86,7 @@ def test_a_normal_only_model_that_learned_passes_the_check(scored_run):
     references = References.load(scored_run)
     scores, probs = embed_and_score(predictor, references, keys, pixels, unknown="nan")
     check = check_normal_only(val, scores["mahalanobis"], probs, predictor.labels, split="val",
-                              references=np.concatenate([m.embeddings for m in references.machines.values()]))
+                              references=references.embeddings)
     assert check.learned and check.problems == () and check.auc > 0.5 and check.n_abnormal > 0
     assert check.balanced_accuracy > check.chance
     constant = check_normal_only(val, np.full(len(val), 3.0), probs, predictor.labels, split="val")
