@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-SECTIONS = ["images", "train", "small", "curve", "normal", "scale", "export", "serve"]
+SECTIONS = ["images", "train", "small", "heldout", "curve", "normal", "scale", "export", "serve"]
 
 
 @dataclass
@@ -133,9 +133,14 @@ def main(argv=None) -> int:
         "",
     ]
     kept = _sections(args.out) if args.only else {}  # --only: the other sections of the file stay
-    if kept:
-        header[5] = (f"- command: `make bench`; the sections {', '.join(args.only)} re-run with `{command}` "
-                     f"at {dt.datetime.now().isoformat(timespec='seconds')}")
+    if kept:  # and so do the date and commit they were measured at; this re-run is added to the command line
+        earlier = {line.split(":", 1)[0]: line for line in args.out.read_text().splitlines()
+                   if line.startswith(("- date:", "- commit:", "- command:"))}
+        header[2] = earlier.get("- date", header[2])
+        header[3] = earlier.get("- commit", header[3])
+        header[5] = (earlier.get("- command", "- command: `make bench`")
+                     + f"; the sections {', '.join(args.only)} re-run with `{command}` "
+                     f"at {dt.datetime.now().isoformat(timespec='seconds')} (commit {commit_info()})")
     parts = list(header)
     failed = []
     for name in SECTIONS:
