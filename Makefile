@@ -28,6 +28,7 @@ MACHINE    ?=
 HOST       ?= 127.0.0.1
 PORT       ?= 8000
 TEST_ARGS  ?=
+TEST_JOBS  ?= 2
 IMAGES_ARGS ?=
 TRAIN_ARGS ?=
 
@@ -90,8 +91,8 @@ serve: $(STAMP) ## serve $(RUN) at http://$(HOST):$(PORT)/ (page + API): make se
 bench: $(STAMP) ## run the benchmarks and write docs/benchmarks.md (scratch work in reports/bench)
 	PYTHONUNBUFFERED=1 $(BIN)/python scripts/bench.py
 
-test: $(STAMP) ## run the test suite
-	$(BIN)/python -m pytest tests $(TEST_ARGS)
+test: $(STAMP) ## run the test suite (TEST_JOBS processes, one test file each at a time)
+	$(BIN)/python -m pytest tests -n $(TEST_JOBS) --dist loadfile $(TEST_ARGS)
 
 lint: $(STAMP) ## check the code with ruff (rules in pyproject.toml)
 	$(BIN)/ruff check spectro tests scripts
