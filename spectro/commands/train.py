@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from spectro.model.backbones import BACKBONES, EMBEDDINGS, RESIZE_METHODS, ModelSettings
@@ -121,7 +122,9 @@ def add_arguments(parser) -> None:
                              "(MultiWorkerMirroredStrategy) and worker 0 writes the run")
     parser.add_argument("--mixed-precision", action="store_true",
                         help="train in mixed_float16 (GPUs only; the softmax head stays float32)")
-    parser.add_argument("--no-progress", action="store_true", help="one line per validation instead of progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="one line per validation instead of progress bars (the default when the output is "
+                             "not a terminal, e.g. a log file)")
 
 
 def main(args) -> int:
@@ -139,7 +142,7 @@ def main(args) -> int:
                                    window_seconds=args.window_seconds or None, embedding=args.embedding)
     distribute = DistributeSettings(devices=args.devices, mixed_precision=args.mixed_precision)
     run = train(args.images, args.out, settings=settings, model_settings=model_settings, distribute=distribute,
-                name=args.name, progress=not args.no_progress, keep_failed=args.keep_failed)
+                name=args.name, progress=not args.no_progress and sys.stdout.isatty(), keep_failed=args.keep_failed)
     if run is None:
         print("this worker's part is done; the chief (worker 0) wrote the run")
         return 0

@@ -122,7 +122,9 @@ def trained(tiny_images, tmp_path_factory):
     out = tmp_path_factory.mktemp("models")
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
-        assert cli_main(["train", str(tiny_images), "--out", str(out), *TINY, "--steps", "9", "--eval-every", "3",
+        # without --no-progress: the output is not a terminal, so no progress bars either
+        assert cli_main(["train", str(tiny_images), "--out", str(out), *[a for a in TINY if a != "--no-progress"],
+                         "--steps", "9", "--eval-every", "3",
                          "--batch-size", "8", "--window-seconds", "0.5", "--seed", "1", "--name", "tiny",
                          "--lr-schedule", "cosine", "--qat-steps", "6",
                          "--resize", "bilinear"]) == 0
@@ -194,6 +196,9 @@ def test_phases_run_in_order_and_the_epoch_counter_continues_across_them(trained
     # Keras prints no counter for the one-epoch warm-up)
     counters = [(int(epoch), int(total)) for epoch, total in re.findall(r"Epoch (\d+)/(\d+)", log)]
     assert counters == [(2, 3), (3, 3), (4, 5), (5, 5)]
+    # output that is not a terminal (here a StringIO; a log file) gets one line per validation, no progress bars
+    assert "━" not in log and "\r" not in log
+    assert len(re.findall(r"^3/3 - .*val_loss", log, flags=re.M)) == 5
 
 
 @pytest.mark.slow
