@@ -157,8 +157,16 @@ def _quietly(fn, *args):
     finally:
         logger.setLevel(level)
     for w in caught:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        key = (str(w.message), w.category, w.filename, w.lineno)
+        if key not in _PASSED_ON:  # once per process: loading the next model must not repeat Keras' notes
+            _PASSED_ON.add(key)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return result
+
+
+# what _quietly passed on (its own record: warnings' registries are cleared whenever filters change, which
+# catch_warnings does on every exit)
+_PASSED_ON: set = set()
 
 
 def build_model(input_shape: tuple[int, int], n_classes: int, settings: ModelSettings):

@@ -63,6 +63,21 @@ def test_weights_file_for_another_backbone_is_a_clear_error(weights_file, tmp_pa
     assert [str(w.message) for w in caught] == []
 
 
+def test_warnings_of_a_load_that_succeeds_are_passed_on_once():
+    import warnings
+
+    from spectro.model.backbones import _quietly
+
+    def noisy():
+        warnings.warn("a note from Keras", UserWarning, stacklevel=1)
+        return 7
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # once even so: loading the next model does not repeat Keras' notes
+        assert _quietly(noisy) == 7 and _quietly(noisy) == 7
+    assert [str(w.message) for w in caught] == ["a note from Keras"]
+
+
 def test_mobilenet_v2_scales_pixels_to_plus_minus_one_in_steps_of_1_128_inside_the_model():
     import keras
 

@@ -192,7 +192,7 @@ def test_predictions_keep_their_columns_and_the_knn_score_is_recomputed_by_hand(
     scaled = keras.Model(model.inputs, model.get_layer("scale_to_pm1").output)
 
     def embed(x):
-        maps = stages(scaled(x, training=False), training=False)
+        maps = stages(scaled([x], training=False), training=False)
         return np.concatenate([np.asarray(m).mean(axis=2).reshape(len(x), -1) for m in maps], axis=1)
 
     window = load_config(scored_run)["input_shape"][1]
