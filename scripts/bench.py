@@ -96,6 +96,9 @@ def _sections(path: Path) -> dict[str, str]:
 
 
 def main(argv=None) -> int:
+    from spectro import quiet
+
+    quiet.install()  # TensorFlow's C++ start-up lines stay out of the log, as they stay off the CLI's terminal
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections (in order)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
