@@ -83,9 +83,9 @@ def envelope_spectrum(audio, sr, top_hz: float = 60.0, bins: int = 60) -> np.nda
 
 def normal_only_auc(features_of, audio, labels, sr, shift_db: float = 0.0) -> float:
     """Mean over 5 folds of the normal clips: Mahalanobis distance to the training normals, AUC on the rest."""
-    gains = 10 ** (np.random.default_rng(0).uniform(-shift_db, shift_db, len(audio)) / 20)
-    shifted = features_of([y * g for y, g in zip(audio, gains)], sr)
     clean = features_of(audio, sr)
+    gains = 10 ** (np.random.default_rng(0).uniform(-shift_db, shift_db, len(audio)) / 20)
+    shifted = features_of([y * g for y, g in zip(audio, gains)], sr) if shift_db else clean
     normal, abnormal = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
     aucs = []
     for train, test in KFold(5, shuffle=True, random_state=0).split(normal):
