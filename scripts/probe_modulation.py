@@ -43,7 +43,7 @@ def _audio(raw: Path, abnormal: str) -> tuple[list[np.ndarray], np.ndarray, int]
     clips += [(f, 1) for f in sorted(raw.glob(f"*fan/fan/*/{abnormal}/*.wav"))]
     if not clips:
         raise SystemExit(f"no fan normal/{abnormal} clips under {raw} (expected <snr>_fan/fan/id_XX/<label>/*.wav)")
-    audio, sr = [], 16000
+    audio = []
     for path, _ in clips:
         y, sr = sf.read(path, dtype="float32", always_2d=True)
         audio.append(y[:, 0])
@@ -67,10 +67,9 @@ def mel_statistics(audio, sr, n_fft, hop_length, n_mels, fmax) -> np.ndarray:
     return np.array(rows)
 
 
-def envelope_spectrum(audio, sr, top_hz: float = 60.0, bins: int = 60) -> np.ndarray:
+def envelope_spectrum(audio, sr, top_hz: float = 60.0, bins: int = 60, hop: int = 64) -> np.ndarray:
     rows = []
     for y in audio:
-        hop = 64
         power = np.abs(librosa.stft(y, n_fft=256, hop_length=hop)) ** 2
         envelope = np.log(power.sum(axis=0) + 1e-10)
         spectrum = np.abs(np.fft.rfft(envelope - envelope.mean()))

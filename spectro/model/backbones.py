@@ -142,9 +142,15 @@ def load_backbone(settings: ModelSettings):
     return base, str(path)
 
 
+# the warnings _quietly passed on, by (message, category, file, line): its own record, because warnings' registries
+# are cleared whenever the filters change, which catch_warnings does on every exit
+_PASSED_ON: set[tuple] = set()
+
+
 def _quietly(fn, *args):
     """``fn(*args)`` without Keras' notes on input shapes; its other warnings are passed on only when it succeeds
-    (a weights file that does not fit makes Keras warn once per layer before it raises: the error says it once)."""
+    (a weights file that does not fit makes Keras warn once per layer before it raises: the error says it once),
+    and each only once per process (loading the next model does not repeat them)."""
     logger = logging.getLogger("absl")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -158,15 +164,10 @@ def _quietly(fn, *args):
         logger.setLevel(level)
     for w in caught:
         key = (str(w.message), w.category, w.filename, w.lineno)
-        if key not in _PASSED_ON:  # once per process: loading the next model must not repeat Keras' notes
+        if key not in _PASSED_ON:
             _PASSED_ON.add(key)
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return result
-
-
-# what _quietly passed on (its own record: warnings' registries are cleared whenever filters change, which
-# catch_warnings does on every exit)
-_PASSED_ON: set = set()
 
 
 def build_model(input_shape: tuple[int, int], n_classes: int, settings: ModelSettings):
