@@ -105,7 +105,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--work", type=Path, default=ROOT / "reports" / "bench")
     parser.add_argument("--synthetic-run", type=Path,
-                        help="with --only export or serve: the run folder the train section made")
+                        help="with --only export, serve or normal: the run folder the train section made "
+                             "(normal: its supervised comparison, a run trained on the built-in set)")
     parser.add_argument("--pretrained-run", type=Path,
                         help="with --only export: the ImageNet-initialised run folder the train section made")
     args = parser.parse_args(argv)

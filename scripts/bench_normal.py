@@ -26,6 +26,7 @@ Every normal-only CNN is ``spectro train --task normal-only`` with the defaults 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -86,29 +87,34 @@ def _scores(run: Path, versions: list[_Images], test: np.ndarray, *,
     if embedding is None:
         references = References.load(run)
     else:
-        from spectro.features.reader import read_images
+        from spectro.features.reader import read_images, read_modulation
         from spectro.inference.normal import fit_references
-        from spectro.model.references import DEFAULT_SCORER
+        from spectro.model.references import EMBEDDING_SCORER
         from spectro.runs import feature_settings, read_splits
 
         predictor.embedding = embedding
+        features = feature_settings(predictor.config)
         fit = {split: [r for r in read_splits(run, split) if not r.is_abnormal] for split in ("train", "val")}
-        pixels = {split: read_images(rows, settings=feature_settings(predictor.config), shape=predictor.image_shape)[0]
+        pixels = {split: read_images(rows, settings=features, shape=predictor.image_shape)[0]
                   for split, rows in fit.items()}
+        spectra = {split: read_modulation(rows, settings=features) for split, rows in fit.items()}
         references = fit_references(predictor, predictor.labels, fit["train"], pixels["train"], fit["val"],
-                                    pixels["val"], max_fpr=0.05, scorer=DEFAULT_SCORER)[0]
+                                    pixels["val"], max_fpr=0.05, scorer=EMBEDDING_SCORER,
+                                    train_modulation=spectra["train"], val_modulation=spectra["val"])[0]
     keys = [machine_key(r.machine, r.machine_id) for r, t in zip(versions[0].rows, test) if t]
-    out = [embed_and_score(predictor, references, keys, v.pixels[test], unknown="nan")[0] for v in versions]
+    out = [embed_and_score(predictor, references, keys, v.pixels[test],
+                           modulation=None if v.modulation is None else v.modulation[test], unknown="nan")[0]
+           for v in versions]
     del predictor
     keras.backend.clear_session()
     return out
 
 
 def _pooled(run: Path, versions: list[_Images], test: np.ndarray) -> list[np.ndarray]:
-    """The default scorer's scores of :func:`_scores` with the ``pool`` embedding."""
-    from spectro.model.references import DEFAULT_SCORER
+    """The mahalanobis scores of :func:`_scores` with the ``pool`` embedding."""
+    from spectro.model.references import EMBEDDING_SCORER
 
-    return [scores[DEFAULT_SCORER] for scores in _scores(run, versions, test, embedding="pool")]
+    return [scores[EMBEDDING_SCORER] for scores in _scores(run, versions, test, embedding="pool")]
 
 
 def _baselines(data: _Images, versions: list[_Images], train: np.ndarray, test: np.ndarray, *,
@@ -153,10 +159,17 @@ def _supervised(ctx, data: _Images, test: np.ndarray) -> tuple[np.ndarray | None
     if run is None:
         return None, "no supervised run to compare (the train section's synthetic run, or `--synthetic-run RUN`)"
     run = Path(run)
-    tested = {r.source for r in read_splits(run, "test")}
-    own_test = np.array([r.source in tested for r in data.rows])
+
+    def clip(source: str) -> tuple[str, ...]:  # <snr>_<machine>/<machine>/id_XX/<label>/<file>: the same generator
+        return Path(source).parts[-5:]       # writes the same clips wherever it writes them
+
+    tested = {clip(r.source) for r in read_splits(run, "test")}
+    own_test = np.array([clip(r.source) in tested for r in data.rows])
     predictor = load_predictor(run)
-    if feature_settings(predictor.config) != data.features or not own_test.any():
+    # the modulation spectra ride beside the pixels: a run rendered without them saw the same images
+    pixels_alike = dataclasses.replace(feature_settings(predictor.config), modulation_hz=None) == \
+        dataclasses.replace(data.features, modulation_hz=None)
+    if not pixels_alike or not own_test.any():
         return None, f"supervised run `{run.name}` skipped: not trained on these images"
     chosen = test & own_test
     scores = np.full(int(test.sum()), np.nan)
@@ -188,13 +201,14 @@ def _synthetic(ctx, seconds: list) -> tuple[list[str], dict, Path, _Images, np.n
     ids = np.array([f"{r.machine}/{r.machine_id}" for r in data.rows])[test]
     types = data.machines[test]
     methods = [*SCORERS, POOLED, AE, LEVEL, *([SUPERVISED] if supervised is not None else [])]
-    head = ["knn", "mahalanobis", "id"]
+    head = list(SCORERS)
     lines = [f"**1. Built-in synthetic set, DCASE protocol** (`{_synthetic_images(ctx)}`): trained on "
              f"{int((train & ~data.abnormal).sum())} normal clips (validation: {int((splits == 'val').sum())} normal "
              f"clips), tested on {int((test & ~data.abnormal).sum())} held-out normal and "
              f"{int((test & data.abnormal).sum())} abnormal clips. AUC / pAUC (0.1) per machine id and type; the "
              f"normal-only scorers ({', '.join(head)}; default `{DEFAULT_SCORER}`; embedding "
-             f"`{ModelSettings().embedding}`), "
+             f"`{ModelSettings().embedding}`; modulation: the clips' modulation spectra, not the model's; combined: "
+             "mahalanobis and modulation as standard scores, added), "
              f"*{POOLED}*: the same model and scorer with the embedding spectro used before (`pool`, the "
              "pooled features before the head; references fit again on the same training normals), against the "
              f"{AE} (one per machine "
@@ -296,10 +310,13 @@ def _enrollment(ctx, seconds: list, data: _Images, splits: np.ndarray, full_scor
                 continue
             chosen = np.sort(rng.choice(pool, n, replace=False))
             references = References.load(run)
-            add_references(predictor, references, [key] * n, data.pixels[chosen], source="bench", class_of={})
+            spectra = data.modulation
+            add_references(predictor, references, [key] * n, data.pixels[chosen], source="bench", class_of={},
+                           modulation=None if spectra is None else spectra[chosen])
             references.calibrate(key)
             test = np.flatnonzero(test_all & (ids == key))
-            scores = embed_and_score(predictor, references, [key] * len(test), data.pixels[test])[0]
+            scores = embed_and_score(predictor, references, [key] * len(test), data.pixels[test],
+                                     modulation=None if spectra is None else spectra[test])[0]
             results[n][key] = _auc(data.abnormal[test], scores[DEFAULT_SCORER])[0]
     del predictor
     keras.backend.clear_session()

@@ -44,6 +44,7 @@ class _Images:
     rows: list
     pixels: np.ndarray
     features: object
+    modulation: np.ndarray | None = None  # each clip's modulation spectrum, when the images carry them
 
     def __post_init__(self):
         from spectro.features.statistics import level_db, mel_statistics_of_pixels
@@ -60,19 +61,20 @@ class _Images:
     @classmethod
     def read(cls, folder: Path) -> _Images:
         from spectro.data.manifest import read_manifest
-        from spectro.features.reader import read_images
+        from spectro.features.reader import read_images, read_modulation
 
         rows = read_manifest(folder)
         pixels, features = read_images(rows)
-        return cls(rows, pixels, features)
+        return cls(rows, pixels, features, read_modulation(rows, settings=features))
 
     def shifted(self, db: float, *, seed: int) -> _Images:
-        """Every clip moved by one seeded gain uniform in ±``db`` dB (whole pixels, as a PNG holds)."""
+        """Every clip moved by one seeded gain uniform in ±``db`` dB (whole pixels, as a PNG holds); the modulation
+        spectra stay: a gain does not change them (tests/features/test_modulation.py)."""
         from spectro.training.augment import apply_gain
 
         gains = np.random.default_rng(seed).uniform(-db, db, size=len(self.rows))
         moved = apply_gain(self.pixels, gains, db_per_step=self.features.db_per_step)
-        return _Images(self.rows, np.rint(moved).astype(self.pixels.dtype), self.features)
+        return _Images(self.rows, np.rint(moved).astype(self.pixels.dtype), self.features, self.modulation)
 
 
 def _render(src: Path, out: Path) -> Path:

@@ -70,6 +70,7 @@ def make_image_tree(root: Path, *, per_class: int = 8, seconds: float = 1.0, set
     from spectro.data.manifest import ImageRow, write_manifest
     from spectro.features.logmel import db_to_pixels, log_mel
     from spectro.features.png import write_png
+    from spectro.features.render import modulation_of
     from spectro.features.settings import FeatureSettings
 
     settings = settings or FeatureSettings(n_mels=32, n_fft=512, hop_length=256)
@@ -85,7 +86,8 @@ def make_image_tree(root: Path, *, per_class: int = 8, seconds: float = 1.0, set
             name = f"6dB_{machine_id}_{i:08d}"
             rel = f"{machine}/{label}/{name}.png"
             source = f"/virtual/6_dB_{machine}/{machine}/{machine_id}/{label}/{i:08d}.wav"
-            write_png(root / rel, db_to_pixels(log_mel(y, settings), settings), settings=settings, source=source)
+            write_png(root / rel, db_to_pixels(log_mel(y, settings), settings), settings=settings, source=source,
+                      modulation=modulation_of(y, settings))
             rows.append(ImageRow(path=root / rel, source=source, machine=machine, machine_id=machine_id, label=label,
                                  snr="6dB", segment=0, settings_hash=settings.hash()))
     write_manifest(root / "manifest.csv", rows)

@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="cut recordings into windows of this length, one image each (None = whole recording)")
     f.add_argument("--segment-hop-seconds", metavar="S", type=float, default=d.segment_hop_seconds,
                    help="hop between windows (None = the window length)")
+    f.add_argument("--modulation-hz", metavar="HZ", type=int, default=d.modulation_hz,
+                   help="also store each image's modulation spectrum (how the loudness wobbles), 0 to HZ Hz in 1 Hz "
+                        "bins; normal-only runs score it (0 = none)")
     parser.add_argument("--jobs", metavar="N", type=int, default=0, help="worker processes (0 = all cores, 1 = no "
                                                                          "workers)")
     parser.add_argument("--strict", action="store_true", help="fail (exit 2) if any file fails or fits no layout")
@@ -58,7 +61,7 @@ def settings_from_args(args: argparse.Namespace) -> FeatureSettings:
     return FeatureSettings(sr=args.sr, channel=str(args.channel), n_fft=args.n_fft, hop_length=args.hop_length,
                            n_mels=args.n_mels, power=args.power, fmin=args.fmin, fmax=args.fmax,
                            db_min=args.db_min, db_max=args.db_max, segment_seconds=args.segment_seconds,
-                           segment_hop_seconds=args.segment_hop_seconds)
+                           segment_hop_seconds=args.segment_hop_seconds, modulation_hz=args.modulation_hz or None)
 
 
 def summary_lines(summary: ConvertSummary, src: Path, max_errors: int = MAX_ERRORS_SHOWN) -> list[str]:

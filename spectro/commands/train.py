@@ -65,7 +65,8 @@ def add_arguments(parser) -> None:
                         help=f"{NORMAL_ONLY}: false-alarm rate each machine's threshold aims at, from its normal "
                              "validation clips")
     parser.add_argument("--scorer", choices=SCORERS, default=d.scorer,
-                        help=f"{NORMAL_ONLY}: the default anomaly score (every scorer is reported)")
+                        help=f"{NORMAL_ONLY}: the default anomaly score (every scorer is reported; combined needs "
+                             "images with modulation spectra, and without them the default is mahalanobis)")
     parser.add_argument("--embedding", choices=EMBEDDINGS, default=m.embedding,
                         help=f"{NORMAL_ONLY}: what the scores compare: the backbone's stride-8 and stride-16 stage "
                              "maps averaged over time (stages), or its pooled features before the head (pool)")

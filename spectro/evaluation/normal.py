@@ -28,30 +28,33 @@ from spectro.runs import METRICS_NAME, PLOT_NAMES, PREDICTIONS_NAME, feature_set
 AUTOENCODER = "DCASE 2020 dense autoencoder (fit on the training normals)"
 
 
-def normal_only_scores(predictor, references: References, labels, rows: list[ImageRow], pixels):
+def normal_only_scores(predictor, references: References, labels, rows: list[ImageRow], pixels,
+                       modulation: np.ndarray | None = None):
     """Every scorer's clip scores (NaN for machines without references), pooled probabilities, and each clip's
-    threshold (NaN likewise)."""
+    threshold (NaN likewise); ``modulation``: the clips' modulation spectra, when the images carry them."""
     from spectro.inference.normal import embed_and_score
 
     keys = [labels.class_of(r) for r in rows]
-    scores, probs = embed_and_score(predictor, references, keys, pixels, unknown="nan")
+    scores, probs = embed_and_score(predictor, references, keys, pixels, modulation=modulation, unknown="nan")
     return scores, probs, thresholds_of(references, keys)
 
 
 def thresholds_of(references: References, keys) -> np.ndarray:
-    """Each clip's threshold: its machine's for the default scorer (NaN for a machine without references)."""
+    """Each clip's threshold: its machine's for the scorer it is judged by (NaN for a machine without
+    references)."""
     return np.array([references.threshold(k) if k in references.machines else np.nan for k in keys])
 
 
 def normal_only_figures(rows: list[ImageRow], scores: dict[str, np.ndarray], probs: np.ndarray,
-                        thresholds: np.ndarray, labels, scorer: str) -> dict[str, Any]:
-    """:func:`~spectro.evaluation.metrics.model_metrics` of the clips of machines with references."""
-    known = ~np.isnan(scores[scorer])
+                        thresholds: np.ndarray, labels, main: np.ndarray) -> dict[str, Any]:
+    """:func:`~spectro.evaluation.metrics.model_metrics` of the clips of machines with references, ``main`` the
+    anomaly score of each clip (:meth:`References.default_scores`)."""
+    known = ~np.isnan(main)
     if not known.any():
         return {"unscored": len(rows)}
     kept = [r for r, k in zip(rows, known) if k]
     figures = metrics.model_metrics(kept, probs[known], labels, threshold=thresholds[known],
-                                    scores=scores[scorer][known],
+                                    scores=main[known],
                                     scorers={name: value[known] for name, value in scores.items()
                                              if not np.isnan(value[known]).any()})
     figures["unscored"] = int((~known).sum())
@@ -59,14 +62,14 @@ def normal_only_figures(rows: list[ImageRow], scores: dict[str, np.ndarray], pro
 
 
 def recalibrate(predictor, references: References, labels, val_rows: list[ImageRow], pixels,
-                max_fpr: float) -> None:
+                max_fpr: float, modulation: np.ndarray | None = None) -> None:
     """Thresholds again at ``max_fpr``: from each machine's validation normals, or its references fold by fold."""
     from spectro.inference.normal import calibrate_all, embed_and_score
 
     references.max_fpr = max_fpr
     keys = [labels.class_of(r) for r in val_rows]
-    calibrate_all(references, keys,
-                  embed_and_score(predictor, references, keys, pixels, unknown="nan")[0] if val_rows else {})
+    calibrate_all(references, keys, embed_and_score(predictor, references, keys, pixels, modulation=modulation,
+                                                    unknown="nan")[0] if val_rows else {})
 
 
 def autoencoder_baseline(train_rows: list[ImageRow], rows: list[ImageRow], pixels: np.ndarray, *, settings,
@@ -101,20 +104,26 @@ def evaluate_normal_only(run: Path, predictor, split_rows: list[ImageRow], test_
                          max_fpr: float, out: Path, progress: bool) -> dict[str, Any]:
     """``spectro evaluate`` of a normal-only run (see :func:`spectro.evaluation.evaluate.evaluate_run`)."""
     from spectro.evaluation.evaluate import write_plots, write_predictions
-    from spectro.features.reader import read_images
+    from spectro.features.reader import read_images, read_modulation
 
     settings, shape, labels = feature_settings(predictor.config), predictor.image_shape, predictor.labels
     references = References.load(run)
     val_rows = [r for r in split_rows if r.split == "val" and not r.is_abnormal
                 and labels.class_of(r) in references.machines]
     pixels = read_images(test_rows + val_rows, settings=settings, shape=shape, progress=progress)[0]
+    modulation = read_modulation(test_rows + val_rows, settings=settings)
+    n = len(test_rows)
     if 0 < max_fpr < 1:
-        recalibrate(predictor, references, labels, val_rows, pixels[len(test_rows):], max_fpr)
+        recalibrate(predictor, references, labels, val_rows, pixels[n:], max_fpr,
+                    None if modulation is None else modulation[n:])
         references.save(run)
-    pixels = pixels[:len(test_rows)]
-    scores, probs, thresholds = normal_only_scores(predictor, references, labels, test_rows, pixels)
+    pixels = pixels[:n]
+    scores, probs, thresholds = normal_only_scores(predictor, references, labels, test_rows, pixels,
+                                                   None if modulation is None else modulation[:n])
     scorer = references.default_scorer
-    figures = normal_only_figures(test_rows, scores, probs, thresholds, labels, scorer)
+    true = [labels.class_of(r) for r in test_rows]
+    score = references.default_scores(true, scores)  # NaN for clips of machines without references
+    figures = normal_only_figures(test_rows, scores, probs, thresholds, labels, score)
     train_rows = [r for r in split_rows if r.split == "train" and not r.is_abnormal]
     baseline, baseline_scores = autoencoder_baseline(train_rows, test_rows, pixels, settings=settings, shape=shape,
                                                      max_fpr=max_fpr, progress=progress)
@@ -135,9 +144,7 @@ def evaluate_normal_only(run: Path, predictor, split_rows: list[ImageRow], test_
                        for k, m in info["machines"].items()},
         **figures, "baseline": baseline,
     }
-    score = scores[scorer]  # NaN for clips of machines without references
     known = ~np.isnan(score)
-    true = [labels.class_of(r) for r in test_rows]
     predicted = labels.predicted(probs)
     write_predictions(out / PREDICTIONS_NAME, test_rows, predicted, score, [""] * len(test_rows), probs, labels,
                       thresholds, true, baseline_scores, extra=scores)

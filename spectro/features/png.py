@@ -8,6 +8,8 @@ Text chunks written (all ``tEXt``, before the image data so reading them does no
 ``spectro:hash``      their short hash (what ``manifest.csv`` stores)
 ``spectro:source``    the recording's path
 ``spectro:segment``   the window index (0 for a whole recording)
+``spectro:modulation`` the image's modulation spectrum (:mod:`spectro.features.modulation`), when its settings
+                      ask for one
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ KEY_SETTINGS = "spectro:settings"
 KEY_HASH = "spectro:hash"
 KEY_SOURCE = "spectro:source"
 KEY_SEGMENT = "spectro:segment"
+KEY_MODULATION = "spectro:modulation"
 
 _TEMP_COUNTER = itertools.count()
 
@@ -43,6 +46,7 @@ class ImageInfo:
     settings_hash: str
     source: str
     segment: int
+    modulation: tuple[float, ...] | None = None  # settings.modulation_hz values, when the settings ask for them
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -82,8 +86,10 @@ def _settings_text(settings: FeatureSettings) -> tuple[str, str]:
 
 
 def write_png(path: str | Path, pixels: np.ndarray, *, settings: FeatureSettings, source: str = "",
-              segment: int = 0, compress_level: int = 1) -> None:
+              segment: int = 0, compress_level: int = 1, modulation: np.ndarray | None = None) -> None:
     """Write ``pixels`` (uint8, 2-D) atomically: a temp file in the same folder, then a rename.
+
+    ``modulation``: the image's modulation spectrum, required when ``settings.modulation_hz`` is set.
 
     An interrupted write leaves no half-written PNG under ``path`` (the temp file is removed; one left
     by a killed process is named ``.<stem>.<pid>.<n>.tmp``).
@@ -92,8 +98,16 @@ def write_png(path: str | Path, pixels: np.ndarray, *, settings: FeatureSettings
     if pixels.dtype != np.uint8 or pixels.ndim != 2 or 0 in pixels.shape:
         raise SpectroError(f"expected a non-empty 2-D uint8 pixel array, got {pixels.dtype} with shape {pixels.shape}")
     settings_json, settings_hash = _settings_text(settings)
-    data = encode_png(pixels, {KEY_SETTINGS: settings_json, KEY_HASH: settings_hash, KEY_SOURCE: str(source),
-                               KEY_SEGMENT: str(int(segment))}, compress_level=compress_level)
+    text = {KEY_SETTINGS: settings_json, KEY_HASH: settings_hash, KEY_SOURCE: str(source),
+            KEY_SEGMENT: str(int(segment))}
+    if settings.modulation_hz is not None:
+        from spectro.features.modulation import encode
+
+        if modulation is None or np.shape(modulation) != (settings.modulation_hz,):
+            raise SpectroError(f"expected a modulation spectrum of {settings.modulation_hz} values, got "
+                               f"{None if modulation is None else np.shape(modulation)}")
+        text[KEY_MODULATION] = encode(modulation)
+    data = encode_png(pixels, text, compress_level=compress_level)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.{next(_TEMP_COUNTER)}.tmp")
     try:
@@ -128,8 +142,17 @@ def _info(image: Image.Image, path: Path) -> ImageInfo:
         raise SpectroError(f"{path}: not a spectro spectrogram (no '{KEY_SETTINGS}' PNG text chunk); "
                            "render it with 'spectro images'")
     settings = FeatureSettings.from_json(text[KEY_SETTINGS])
+    modulation = None
+    if settings.modulation_hz is not None:
+        from spectro.features.modulation import decode
+
+        if KEY_MODULATION not in text:
+            raise SpectroError(f"{path}: its settings ask for a modulation spectrum and it has none (no "
+                               f"'{KEY_MODULATION}' PNG text chunk); render it again with 'spectro images'")
+        modulation = tuple(decode(text[KEY_MODULATION], expected=settings.modulation_hz, where=str(path)).tolist())
     return ImageInfo(settings=settings, settings_hash=text.get(KEY_HASH, settings.hash()),
-                     source=text.get(KEY_SOURCE, ""), segment=int(text.get(KEY_SEGMENT, "0") or 0))
+                     source=text.get(KEY_SOURCE, ""), segment=int(text.get(KEY_SEGMENT, "0") or 0),
+                     modulation=modulation)
 
 
 def _pixels(image: Image.Image, path: Path) -> np.ndarray:

@@ -140,3 +140,25 @@ def survey_images(rows: Sequence[ImageRow], *, progress: bool = False) -> tuple[
             raise SpectroError(f"{row.path}: image is {shape[0]}x{shape[1]} pixels (bands x frames), expected "
                                f"{first[2][0]}x{first[2][1]} like the others (re-render with fixed-length segments)")
     return first[1], first[2]
+
+
+def read_modulation(rows: Sequence[ImageRow], *, settings: FeatureSettings) -> np.ndarray | None:
+    """The modulation spectra ``(n, settings.modulation_hz)`` float32 the rows' PNGs carry (text chunks only: no
+    pixel is decoded), or ``None`` when ``settings`` ask for none.
+
+    Raises
+    ------
+    SpectroError
+        No rows, missing files, images rendered with other settings, or without their modulation spectrum.
+    """
+    from spectro.features.png import read_info
+
+    if settings.modulation_hz is None:
+        return None
+    _check_present(rows)
+    out = np.empty((len(rows), settings.modulation_hz), dtype=np.float32)
+    for i, row in enumerate(rows):
+        info = read_info(row.path)
+        check_image_settings(Path(row.path), info.settings, settings)
+        out[i] = info.modulation
+    return out

@@ -45,6 +45,7 @@ from spectro.data.manifest import ERRORS_NAME, MANIFEST_NAME, ImageRow, write_ma
 from spectro.errors import SpectroError, SpectroWarning
 from spectro.features.audio import read_audio, segment_bounds
 from spectro.features.logmel import db_to_pixels, log_mel, preload_filters, settings_filters
+from spectro.features.modulation import modulation_spectrum
 from spectro.features.png import read_info, write_png
 from spectro.features.settings import FeatureSettings
 from spectro.paths import usable_cores
@@ -62,8 +63,22 @@ def render_db(y: np.ndarray, settings: FeatureSettings) -> list[tuple[int, np.nd
     SpectroError
         The signal (or a window) is shorter than one FFT window.
     """
+    return [(index, db) for index, db, _ in render_segments(y, settings)]
+
+
+def render_segments(y: np.ndarray, settings: FeatureSettings) -> list[tuple[int, np.ndarray, np.ndarray | None]]:
+    """``[(segment index, (n_mels, frames) dB, modulation spectrum or None), ...]`` of a signal: what each image
+    of it holds (the modulation spectrum when ``settings.modulation_hz`` asks for one)."""
     bounds = segment_bounds(len(y), segment=settings.segment_samples, hop=settings.segment_hop_samples)
-    return [(index, log_mel(y[start:stop], settings)) for index, (start, stop) in enumerate(bounds)]
+    return [(index, log_mel(y[start:stop], settings), modulation_of(y[start:stop], settings))
+            for index, (start, stop) in enumerate(bounds)]
+
+
+def modulation_of(y: np.ndarray, settings: FeatureSettings) -> np.ndarray | None:
+    """The modulation spectrum ``settings`` ask for of signal ``y``, or ``None`` when they ask for none."""
+    if settings.modulation_hz is None:
+        return None
+    return modulation_spectrum(y, sr=settings.sr, modulation_hz=settings.modulation_hz)
 
 
 def render_recording(path: str | Path, settings: FeatureSettings) -> list[tuple[int, np.ndarray]]:
@@ -188,10 +203,10 @@ def _process(job: _Job, settings: FeatureSettings | None = None) -> _Result:
             warnings.simplefilter("always", SpectroWarning)
             y = read_audio(job.source, channel=settings.channel, sr=settings.sr)
         result.warnings = [str(w.message) for w in caught if issubclass(w.category, SpectroWarning)]
-        for segment, db in render_db(y, settings):
+        for segment, db, modulation in render_segments(y, settings):
             rel = image_name(job.base, segment, settings)
             write_png(Path(job.out) / rel, db_to_pixels(db, settings), settings=settings, source=job.source,
-                      segment=segment)
+                      segment=segment, modulation=modulation)
             result.images.append((rel, segment, True))
             result.low += int(np.count_nonzero(db < settings.db_min))
             result.high += int(np.count_nonzero(db > settings.db_max))

@@ -124,8 +124,9 @@ def _normal_only(w, predictor, *, references, threshold: float | None, top_k: in
         else:
             key, _ = references.nearest(embeddings)
             how = "the nearest enrolled machine (the path names no machine id; pass --machine to choose)"
-    scorer = references.default_scorer
-    scores = score_embedded(references, [key] * len(w.pixels), embeddings, window_probs, owners)
+    scorer = references.scorer_for(key)
+    scores = score_embedded(references, [key] * len(w.pixels), embeddings, window_probs, owners,
+                            modulation=w.modulation)
     probs = pool(window_probs, owners, len(w.pixels))
     limit = float(threshold) if threshold is not None else references.threshold(key, scorer)
     main = scores[scorer]

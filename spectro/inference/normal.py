@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from spectro.errors import SpectroError
-from spectro.model.references import SCORERS, References
+from spectro.model.references import EMBEDDING_SCORER, MODULATION_SCORERS, SCORERS, References
 from spectro.model.windows import pool
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
@@ -65,6 +65,7 @@ def _per_machine(keys: np.ndarray, owners: np.ndarray):
 
 
 def embed_and_score(predictor, references: References, keys: Sequence[str | None], pixels, *,
+                    modulation: np.ndarray | None = None,
                     unknown: str = "raise") -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every scorer's score of each clip of ``pixels`` against its machine's references, and the clips' pooled
     class probabilities.
@@ -73,6 +74,9 @@ def embed_and_score(predictor, references: References, keys: Sequence[str | None
     ----------
     keys : sequence of str
         The machine key of each clip.
+    modulation : numpy.ndarray, optional
+        The clips' modulation spectra ``(n, bins)`` (:func:`spectro.features.reader.read_modulation`), for the
+        ``modulation`` and ``combined`` scorers.
     unknown : {"raise", "nan"}
         A clip whose machine has no references: an error, or NaN scores.
 
@@ -83,42 +87,49 @@ def embed_and_score(predictor, references: References, keys: Sequence[str | None
         not trained on) and ``(n, classes)`` probabilities.
     """
     embeddings, probs, owners = predictor.embed_clips(pixels)
-    return score_embedded(references, keys, embeddings, probs, owners, unknown=unknown), pool(probs, owners, len(keys))
+    return (score_embedded(references, keys, embeddings, probs, owners, modulation=modulation, unknown=unknown),
+            pool(probs, owners, len(keys)))
 
 
 def score_embedded(references: References, keys: Sequence[str | None], embeddings: np.ndarray, probs: np.ndarray,
-                   owners: np.ndarray, *, unknown: str = "raise") -> dict[str, np.ndarray]:
+                   owners: np.ndarray, *, modulation: np.ndarray | None = None,
+                   unknown: str = "raise") -> dict[str, np.ndarray]:
     """Every scorer's score of each clip against its machine's references, from its windows' ``embeddings`` and
-    ``probs`` (``owners``: the clip of each window; ``keys``: the machine of each clip; ``unknown`` as in
-    :func:`embed_and_score`)."""
+    ``probs`` (``owners``: the clip of each window; ``keys``: the machine of each clip; ``modulation`` and
+    ``unknown`` as in :func:`embed_and_score`)."""
     keys = np.asarray(list(keys), dtype=object)
+    if modulation is not None and len(modulation) != len(keys):
+        raise SpectroError(f"need one modulation spectrum per clip ({len(keys)}), got {len(modulation)}")
     out = {name: np.full(len(keys), np.nan) for name in SCORERS}
     for key, clips, windows, local in _per_machine(keys, owners):
         if key not in references.machines and unknown == "nan":
             continue
-        for name, value in references.clip_scores(key, embeddings[windows], probs[windows], local,
-                                                  len(clips)).items():
+        for name, value in references.clip_scores(key, embeddings[windows], probs[windows], local, len(clips),
+                                                  None if modulation is None else modulation[clips]).items():
             out[name][clips] = value
     return out
 
 
 def window_scores(references: References, keys: Sequence[str], embeddings: np.ndarray, probs: np.ndarray,
                   scorer: str | None = None) -> np.ndarray:
-    """The ``scorer`` score (default: the references') of single windows, each as a clip of its own, against
-    the references of its machine ``keys[i]``; NaN for a machine without references."""
+    """The ``scorer`` score of single windows, each as a clip of its own, against the references of its machine
+    ``keys[i]``; NaN for a machine without references. The default is the references' own, or ``mahalanobis`` when
+    that needs modulation spectra: a window has none (they belong to whole clips and do not depend on the model)."""
     scores = score_embedded(references, keys, embeddings, probs, np.arange(len(embeddings)), unknown="nan")
-    return scores[scorer or references.default_scorer]
+    default = references.default_scorer
+    return scores[scorer or (EMBEDDING_SCORER if default in MODULATION_SCORERS else default)]
 
 
 def add_references(predictor, references: References, keys: Sequence[str], pixels, *, source: str,
-                   class_of: dict[str, int]) -> dict[str, np.ndarray]:
-    """Add the normal clips ``pixels`` (machine ``keys[i]``) to ``references``; returns each machine's
-    probabilities of its new windows (for its id threshold)."""
+                   class_of: dict[str, int], modulation: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Add the normal clips ``pixels`` (machine ``keys[i]``; their modulation spectra, when the images carry them)
+    to ``references``; returns each machine's probabilities of its new windows (for its id threshold)."""
     keys = np.asarray(list(keys), dtype=object)
     embeddings, probs, owners = predictor.embed_clips(pixels)
     added = {}
-    for key, _, windows, local in _per_machine(keys, owners):
-        references.add(key, embeddings[windows], local, class_index=class_of.get(key), source=source)
+    for key, clips, windows, local in _per_machine(keys, owners):
+        references.add(key, embeddings[windows], local, class_index=class_of.get(key), source=source,
+                       modulation=None if modulation is None else modulation[clips])
         added[key] = probs[windows]
     return added
 
@@ -137,22 +148,43 @@ def calibrate_all(references: References, keys: Sequence[str], scores: dict[str,
 
 
 def fit_references(predictor, labels, train_rows, train_pixels, val_rows, val_pixels, *, max_fpr: float,
-                   scorer: str) -> tuple[References, dict[str, np.ndarray], np.ndarray]:
-    """A normal-only run's references: every window of the training normals per machine; thresholds from the
-    validation normals of each machine (from the references themselves, fold by fold, when it has none).
+                   scorer: str, train_modulation: np.ndarray | None = None,
+                   val_modulation: np.ndarray | None = None) -> tuple[References, dict[str, np.ndarray], np.ndarray]:
+    """A normal-only run's references: every window of the training normals per machine (and each clip's
+    modulation spectrum, when the images carry them); thresholds from the validation normals of each machine
+    (from the references themselves, fold by fold, when it has none).
 
     Returns the references and every validation clip's scores (NaN for machines without references) and pooled
-    probabilities, so the validation split is embedded once."""
+    probabilities, so the validation split is embedded once.
+
+    Raises
+    ------
+    SpectroError
+        ``scorer`` needs modulation spectra and the images carry none.
+    """
+    if scorer in MODULATION_SCORERS and train_modulation is None:
+        raise SpectroError(f"the {scorer} scorer needs modulation spectra and these images carry none (rendered "
+                           f"without --modulation-hz); render them again with it or choose --scorer "
+                           f"{EMBEDDING_SCORER}")
     references = References(max_fpr=max_fpr, default_scorer=scorer)
     class_of = {c: i for i, c in enumerate(labels.classes)}
     probs = add_references(predictor, references, [labels.class_of(r) for r in train_rows], train_pixels,
-                           source="training split", class_of=class_of)
+                           source="training split", class_of=class_of, modulation=train_modulation)
     val_keys = np.array([labels.class_of(r) for r in val_rows], dtype=object)
     val_scores, val_probs = ({name: np.zeros(0) for name in SCORERS}, np.zeros((0, len(labels.classes))))
     if len(val_rows):
-        val_scores, val_probs = embed_and_score(predictor, references, val_keys, val_pixels, unknown="nan")
+        embeddings, window_probs, owners = predictor.embed_clips(val_pixels)
+        val_probs = pool(window_probs, owners, len(val_rows))
+
+        def scored():
+            return score_embedded(references, val_keys, embeddings, window_probs, owners, modulation=val_modulation,
+                                  unknown="nan")
+
+        val_scores = scored()
     normal = np.array([not r.is_abnormal for r in val_rows], dtype=bool)
     calibrate_all(references, val_keys[normal], {name: v[normal] for name, v in val_scores.items()}, probs)
+    if len(val_rows) and val_modulation is not None:  # combined needs the scales calibrating has just set
+        val_scores = scored()
     return references, val_scores, val_probs
 
 
@@ -227,14 +259,17 @@ def enroll(run, folder, *, machine: str | None = None, progress: bool = False) -
         raise SpectroError(f"enroll takes normal recordings only: {len(abnormal)} of the {len(files)} files lie in "
                            f"label folders other than '{NORMAL_LABEL}' (first: {abnormal[0]})")
     settings = feature_settings(predictor.config)
-    spans, keys = [], []
+    spans, keys, modulation = [], [], []
     for f, (key, _) in zip(tqdm(files, desc="reading", unit="file", disable=not progress, leave=False), identities):
         w = load_windows(f, settings, predictor.image_shape, window=predictor.input_shape[1])
         spans.extend(w.pixels)
         keys.extend([key] * len(w.pixels))
+        if w.modulation is not None:
+            modulation.extend(w.modulation)
     before = {key: references.machines[key].n_clips if key in references.machines else 0 for key in set(keys)}
     class_of = {c: i for i, c in enumerate(predictor.labels.classes)}
-    probs = add_references(predictor, references, keys, spans, source=str(folder.resolve()), class_of=class_of)
+    probs = add_references(predictor, references, keys, spans, source=str(folder.resolve()), class_of=class_of,
+                           modulation=np.stack(modulation) if modulation else None)
     summary = {}
     for key in sorted(probs):
         m = references.calibrate(key, None, probs=probs[key] if before[key] == 0 else None)

@@ -59,6 +59,9 @@ class Windows:
     pixels: np.ndarray  # (n_spans, n_mels, frames) uint8: at least a model window wide, at most a training clip
     starts: list[float] = field(default_factory=list)  # seconds
     ends: list[float] = field(default_factory=list)
+    # (n_spans, modulation_hz) float32 when the settings ask for modulation spectra (a PNG's own, for each of its
+    # spans; a recording's, of each span), else None
+    modulation: np.ndarray | None = None
 
 
 def png_windows(path: Path, settings: FeatureSettings, span_shape: tuple[int, int], *, window: int | None = None,
@@ -72,8 +75,13 @@ def png_windows(path: Path, settings: FeatureSettings, span_shape: tuple[int, in
     hop = max(1, int(round(hop_seconds * settings.sr / settings.hop_length)) if hop_seconds else frames // 2)
     starts = window_starts(pixels.shape[1], frames, hop)
     step = settings.hop_length / settings.sr
+    modulation = None
+    if settings.modulation_hz is not None:  # an image carries one, of all of it: each span gets it
+        from spectro.features.png import read_info
+
+        modulation = np.tile(np.asarray(read_info(path).modulation, dtype=np.float32), (len(starts), 1))
     return Windows(path, "png", np.stack([pixels[:, s:s + frames] for s in starts]),
-                   [s * step for s in starts], [(s + frames) * step for s in starts])
+                   [s * step for s in starts], [(s + frames) * step for s in starts], modulation)
 
 
 def audio_windows(path: Path, settings: FeatureSettings, span_shape: tuple[int, int], *, window: int | None = None,
@@ -119,8 +127,13 @@ def audio_windows(path: Path, settings: FeatureSettings, span_shape: tuple[int, 
             raise SpectroError(f"{path}: rendered to {pixels.shape[0]}x{pixels.shape[1]} pixels, the model takes "
                                f"{rows}x{frames}; its config.json features do not match its image shape")
         images.append(pixels)
+    modulation = None
+    if settings.modulation_hz is not None:
+        from spectro.features.render import modulation_of
+
+        modulation = np.stack([modulation_of(y[start:stop], settings) for start, stop in bounds])
     return Windows(path, "audio", np.stack(images), [a / settings.sr for a, _ in bounds],
-                   [b / settings.sr for _, b in bounds])
+                   [b / settings.sr for _, b in bounds], modulation)
 
 
 def load_windows(path: Path, settings: FeatureSettings, span_shape: tuple[int, int], *, window: int | None = None,

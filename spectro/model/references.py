@@ -13,6 +13,12 @@ The scores of a clip (higher = more abnormal), from its **embedding**, the mean 
                  covariance, scikit-learn), so a few clips in 1280 dimensions still give an invertible covariance
 ``id``           −log p(machine key) of the model's softmax, the mean over the clip's windows; only for machines
                  the model was trained on
+``modulation``   Mahalanobis distance of the clip's modulation spectrum (:mod:`spectro.features.modulation`, how its
+                 loudness wobbles; not the model's) to a Gaussian of the machine's reference clips' spectra
+``combined``     ``mahalanobis`` and ``modulation`` added as standard scores: each minus the median of the
+                 machine's normal reference clips' scores, divided by their standard deviation (those clips scored
+                 fold by fold against the others, :attr:`Machine.scales`); what the image shows and how the sound
+                 wobbles, one number. The default when the images carry modulation spectra.
 
 Thresholds: per machine and scorer, the ``1 − max_fpr`` quantile of normal clips' scores, from clips that are
 not among the references: the run's validation normals when it has at least :data:`MIN_THRESHOLD_CLIPS` of
@@ -20,8 +26,9 @@ them, otherwise the references themselves scored fold by fold against the others
 :data:`THRESHOLD_FOLDS` folds by clip), which is how an enrolled machine gets its threshold.
 
 Files in the run folder: ``references.npz`` (``embeddings`` float16 ``(n_windows, d)``, ``keys`` and ``clips``
-per window) and ``references.json`` (the scorers, ``k``, ``max_fpr``, the default scorer and per machine its
-clips, sources, thresholds and where they came from).
+per window; ``modulation`` float32 ``(n_clips, bins)`` and ``modulation_keys`` per clip, when the run's images
+carry modulation spectra) and ``references.json`` (the scorers, ``k``, ``max_fpr``, the default scorer and per
+machine its clips, sources, thresholds and where they came from, and the scales of ``combined``).
 """
 
 from __future__ import annotations
@@ -38,9 +45,13 @@ import numpy as np
 from spectro.errors import SpectroError
 from spectro.runs import REFERENCES_INFO, REFERENCES_NAME
 
-SCORERS = ("knn", "mahalanobis", "id")
-# the best of the three on the built-in set's test split (docs/normal-only.md)
-DEFAULT_SCORER = "mahalanobis"
+SCORERS = ("knn", "mahalanobis", "id", "modulation", "combined")
+# need the clips' modulation spectra (images rendered with modulation_hz)
+MODULATION_SCORERS = ("modulation", "combined")
+COMBINED_PARTS = ("mahalanobis", "modulation")
+# combined: chosen on the built-in set (docs/normal-only.md); mahalanobis: runs whose images have no modulation
+DEFAULT_SCORER = "combined"
+EMBEDDING_SCORER = "mahalanobis"
 DEFAULT_K = 5
 MIN_THRESHOLD_CLIPS = 3
 THRESHOLD_FOLDS = 5
@@ -74,7 +85,10 @@ class Gaussian:
 
         if len(reference) < 2:
             raise SpectroError(f"a Gaussian needs at least 2 reference windows, got {len(reference)}")
-        self.fit = LedoitWolf().fit(np.asarray(reference, dtype=np.float64))
+        reference = np.asarray(reference, dtype=np.float64)
+        if not np.ptp(reference, axis=0).any():  # all alike: Ledoit-Wolf's shrinkage divides 0 by 0
+            reference = reference + np.random.default_rng(0).normal(0.0, 1e-9, size=reference.shape)
+        self.fit = LedoitWolf().fit(reference)
 
     def distance(self, queries: np.ndarray) -> np.ndarray:
         return np.sqrt(np.maximum(self.fit.mahalanobis(np.asarray(queries, dtype=np.float64)), 0.0))
@@ -115,7 +129,12 @@ class Machine:
     threshold_from: str = ""
     sources: list[str] = field(default_factory=list)
     enrolled: str = ""
+    # (n_clips, bins): row i the modulation spectrum of the i-th smallest clip number; None without them
+    modulation: np.ndarray | None = None
+    # {scorer of COMBINED_PARTS: [median, standard deviation]} of the normal reference clips' held-out scores
+    scales: dict[str, list[float]] = field(default_factory=dict)
     _gaussian: Gaussian | None = field(default=None, repr=False)
+    _modulation_gaussian: Gaussian | None = field(default=None, repr=False)
 
     @property
     def n_clips(self) -> int:
@@ -123,18 +142,35 @@ class Machine:
 
     @property
     def scorers(self) -> tuple[str, ...]:
-        return SCORERS if self.class_index is not None else tuple(s for s in SCORERS if s != "id")
+        modulation = self.modulation is not None and len(self.modulation) >= MIN_THRESHOLD_CLIPS
+        return tuple(s for s in SCORERS if (s != "id" or self.class_index is not None)
+                     and (s not in MODULATION_SCORERS or modulation))
 
     def gaussian(self) -> Gaussian:
         if self._gaussian is None:
             self._gaussian = Gaussian(self.embeddings)
         return self._gaussian
 
+    def modulation_gaussian(self) -> Gaussian:
+        if self._modulation_gaussian is None:
+            self._modulation_gaussian = Gaussian(self.modulation)
+        return self._modulation_gaussian
+
+    def combine(self, scores: dict[str, np.ndarray]) -> np.ndarray | None:
+        """``combined`` of clips from their ``scores`` of :data:`COMBINED_PARTS`, or ``None`` when a part or a
+        scale is missing."""
+        if not all(p in scores and p in self.scales for p in COMBINED_PARTS):
+            return None
+        return sum((np.asarray(scores[p], dtype=np.float64) - self.scales[p][0]) / self.scales[p][1]
+                   for p in COMBINED_PARTS)
+
     def clip_scores(self, embeddings: np.ndarray, probs: np.ndarray | None, owners: np.ndarray, n: int, *,
-                    k: int) -> dict[str, np.ndarray]:
+                    k: int, modulation: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Every scorer's score of ``n`` clips from their windows' ``embeddings`` and the model's ``probs`` of the
         same windows (``owners``: the clip of each window, ``0 … n-1``): ``knn`` and ``mahalanobis`` of each clip's
-        embedding (the mean of its windows'), ``id`` the mean over its windows."""
+        embedding (the mean of its windows'), ``id`` the mean over its windows; ``modulation`` of the clips'
+        spectra ``(n, bins)`` when both they and the references have them, and ``combined`` once the machine has
+        its scales."""
         owners = np.asarray(owners, dtype=int)
         counts = np.bincount(owners, minlength=n)
         if (counts == 0).any():
@@ -145,6 +181,15 @@ class Machine:
         out = {"knn": knn_distance(clips, self.embeddings, k), "mahalanobis": self.gaussian().distance(clips)}
         if self.class_index is not None and probs is not None:
             out["id"] = clip_mean(id_score(probs, self.class_index), owners, n)
+        if self.modulation is not None and len(self.modulation) >= 2 and modulation is not None:
+            modulation = np.asarray(modulation, dtype=np.float64)
+            if modulation.shape != (n, self.modulation.shape[1]):
+                raise SpectroError(f"{self.key}: expected modulation spectra of shape {(n, self.modulation.shape[1])}"
+                                   f" (one per clip), got {modulation.shape}")
+            out["modulation"] = self.modulation_gaussian().distance(modulation)
+            combined = self.combine(out)
+            if combined is not None:
+                out["combined"] = combined
         return out
 
     def held_out_scores(self, probs: np.ndarray | None, *, k: int) -> dict[str, np.ndarray]:
@@ -155,14 +200,17 @@ class Machine:
             raise SpectroError(f"{self.key}: a threshold from the references needs at least 2 normal clips, got "
                                f"{len(clip_ids)}")
         folds = np.arange(len(clip_ids)) % min(THRESHOLD_FOLDS, len(clip_ids))
-        scores = {s: np.zeros(len(clip_ids)) for s in self.scorers}
+        scores = {s: np.zeros(len(clip_ids)) for s in self.scorers if s != "combined"}
         for f in np.unique(folds):
             held = clip_ids[folds == f]
             inside = np.isin(self.clips, held)
-            rest = Machine(self.key, self.embeddings[~inside], self.clips[~inside], self.class_index)
+            mod = None if self.modulation is None else self.modulation[folds != f]
+            rest = Machine(self.key, self.embeddings[~inside], self.clips[~inside], self.class_index, modulation=mod)
             local = np.searchsorted(held, self.clips[inside])
             for name, value in rest.clip_scores(self.embeddings[inside], None if probs is None else probs[inside],
-                                                local, len(held), k=k).items():
+                                                local, len(held), k=k,
+                                                modulation=None if mod is None else self.modulation[folds == f]
+                                                ).items():
                 scores[name][folds == f] = value
         return {name: value for name, value in scores.items() if name != "id" or probs is not None}
 
@@ -193,26 +241,41 @@ class References:
                                f"recordings with 'spectro enroll RUN DIR --machine {key}'") from None
 
     def add(self, key: str, embeddings: np.ndarray, owners: np.ndarray, *, class_index: int | None,
-            source: str) -> Machine:
-        """Add windows of normal clips (``owners``: clip number of each window, from 0) to machine ``key``, new
-        or known; :meth:`calibrate` then sets its thresholds."""
+            source: str, modulation: np.ndarray | None = None) -> Machine:
+        """Add windows of normal clips (``owners``: clip number of each window, ``0 … n-1``) to machine ``key``,
+        new or known, with the clips' modulation spectra ``(n, bins)`` when the images carry them;
+        :meth:`calibrate` then sets its thresholds."""
         embeddings = np.asarray(embeddings, dtype=np.float32)
         owners = np.asarray(owners, dtype=int)
         if embeddings.ndim != 2 or len(embeddings) != len(owners) or len(owners) == 0:
             raise SpectroError(f"{key}: need one clip number per embedding row, got {embeddings.shape} and "
                                f"{owners.shape}")
+        if not np.array_equal(np.unique(owners), np.arange(owners.max() + 1)):
+            raise SpectroError(f"{key}: clip numbers must run from 0 without gaps")
+        if modulation is not None:
+            modulation = np.asarray(modulation, dtype=np.float32)
+            if modulation.ndim != 2 or len(modulation) != owners.max() + 1:
+                raise SpectroError(f"{key}: need one modulation spectrum per clip ({owners.max() + 1}), got shape "
+                                   f"{modulation.shape}")
         old = self.machines.get(key)
         sources, thresholds = [source], {}
         if old is not None:
             if old.embeddings.shape[1] != embeddings.shape[1]:
                 raise SpectroError(f"{key}: embeddings of {embeddings.shape[1]} values do not match the "
                                    f"{old.embeddings.shape[1]} of its references")
+            if (old.modulation is None) != (modulation is None) or (
+                    modulation is not None and old.modulation.shape[1] != modulation.shape[1]):
+                raise SpectroError(f"{key}: the new clips' modulation spectra "
+                                   f"({'none' if modulation is None else modulation.shape[1]}) do not match its "
+                                   f"references' ({'none' if old.modulation is None else old.modulation.shape[1]})")
             embeddings = np.concatenate([old.embeddings, embeddings])
             owners = np.concatenate([old.clips, owners + int(old.clips.max()) + 1])
+            if modulation is not None:
+                modulation = np.concatenate([old.modulation, modulation])
             sources, thresholds = [*old.sources, source], dict(old.thresholds)
             class_index = old.class_index if class_index is None else class_index
         machine = Machine(key, embeddings, owners, class_index, thresholds=thresholds, sources=sources,
-                          enrolled=dt.datetime.now().isoformat(timespec="seconds"))
+                          enrolled=dt.datetime.now().isoformat(timespec="seconds"), modulation=modulation)
         self.machines[key] = machine
         return machine
 
@@ -224,24 +287,49 @@ class References:
         every reference window, for the id scorer; without them an id threshold set before stays)."""
         machine = self.machine(key)
         n_val = 0 if not validation else min(len(v) for v in validation.values())
+        held = None
+        if "combined" in machine.scorers:  # its scales come from the references, scored fold by fold
+            held = machine.held_out_scores(probs, k=self.k)
+            machine.scales = {p: [float(np.median(held[p])), float(max(np.std(held[p]), 1e-9))]
+                              for p in COMBINED_PARTS}
         if n_val >= MIN_THRESHOLD_CLIPS or (n_val and machine.n_clips < 2):
-            scores, machine.threshold_from = validation, f"{n_val} validation normal clips"
+            scores, machine.threshold_from = dict(validation), f"{n_val} validation normal clips"
         else:
-            scores = machine.held_out_scores(probs, k=self.k)
+            scores = held if held is not None else machine.held_out_scores(probs, k=self.k)
             machine.threshold_from = (f"the {machine.n_clips} reference clips, "
                                       f"{min(THRESHOLD_FOLDS, machine.n_clips)} folds each scored against the rest")
+        combined = machine.combine(scores)
+        if combined is not None:
+            scores["combined"] = combined
         machine.thresholds.update({name: normal_threshold(value, self.max_fpr) for name, value in scores.items()
                                    if name in machine.scorers})
         return machine
 
     def clip_scores(self, key: str, embeddings: np.ndarray, probs: np.ndarray | None, owners: np.ndarray,
-                    n: int) -> dict[str, np.ndarray]:
-        """Every scorer's score of ``n`` clips of machine ``key`` from their windows (``owners``: clip of each)."""
-        return self.machine(key).clip_scores(embeddings, probs, owners, n, k=self.k)
+                    n: int, modulation: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Every scorer's score of ``n`` clips of machine ``key`` from their windows (``owners``: clip of each) and
+        their modulation spectra."""
+        return self.machine(key).clip_scores(embeddings, probs, owners, n, k=self.k, modulation=modulation)
+
+    def scorer_for(self, key: str) -> str:
+        """The scorer a clip of machine ``key`` is judged by: the default, or ``mahalanobis`` for a machine the
+        default does not apply to (``combined`` for a machine whose references have no modulation spectra, or
+        fewer than three clips)."""
+        machine = self.machine(key)
+        return self.default_scorer if self.default_scorer in machine.scorers else EMBEDDING_SCORER
+
+    def default_scores(self, keys, scores: dict[str, np.ndarray]) -> np.ndarray:
+        """Each clip's score by the scorer its machine ``keys[i]`` is judged by (:meth:`scorer_for`), from every
+        scorer's ``scores``; NaN for a machine without references."""
+        out = np.full(len(keys), np.nan)
+        for i, key in enumerate(keys):
+            if key in self.machines:
+                out[i] = scores[self.scorer_for(key)][i]
+        return out
 
     def threshold(self, key: str, scorer: str | None = None) -> float:
         machine = self.machine(key)
-        scorer = scorer or self.default_scorer
+        scorer = scorer or self.scorer_for(key)
         if scorer not in machine.thresholds:
             raise SpectroError(f"{key} has no {scorer} threshold (scorers for it: {', '.join(machine.thresholds)})")
         return machine.thresholds[scorer]
@@ -261,7 +349,7 @@ class References:
         return {"scorers": list(SCORERS), "default_scorer": self.default_scorer, "k": self.k, "max_fpr": self.max_fpr,
                 "machines": {key: {"clips": m.n_clips, "windows": int(len(m.clips)), "class_index": m.class_index,
                                    "thresholds": m.thresholds, "threshold_from": m.threshold_from,
-                                   "sources": m.sources, "enrolled": m.enrolled}
+                                   "sources": m.sources, "enrolled": m.enrolled, "scales": m.scales}
                              for key, m in sorted(self.machines.items())}}
 
     @property
@@ -276,6 +364,11 @@ class References:
         arrays = {"embeddings": self.embeddings.astype(np.float16),
                   "keys": np.concatenate([[k] * len(self.machines[k].clips) for k in keys]).astype(str),
                   "clips": np.concatenate([self.machines[k].clips for k in keys]).astype(np.int32)}
+        with_modulation = [k for k in keys if self.machines[k].modulation is not None]
+        if with_modulation:
+            arrays["modulation"] = np.concatenate([self.machines[k].modulation for k in with_modulation])
+            arrays["modulation_keys"] = np.concatenate(
+                [[k] * len(self.machines[k].modulation) for k in with_modulation]).astype(str)
         tmp = folder / f".{REFERENCES_NAME}.tmp.npz"
         np.savez(tmp, **arrays)
         os.replace(tmp, folder / REFERENCES_NAME)
@@ -294,13 +387,18 @@ class References:
             info = json.loads(info_path.read_text())
             with np.load(arrays_path) as data:
                 embeddings, keys, clips = data["embeddings"].astype(np.float32), data["keys"], data["clips"]
+                modulation = data["modulation"] if "modulation" in data else np.zeros((0, 0), np.float32)
+                modulation_keys = data["modulation_keys"] if "modulation" in data else np.zeros(0, str)
             refs = cls(k=int(info["k"]), max_fpr=float(info["max_fpr"]), default_scorer=info["default_scorer"])
             for key, meta in info["machines"].items():
-                sel = keys == key
+                sel, mine = keys == key, modulation_keys == key
                 refs.machines[key] = Machine(key, embeddings[sel], clips[sel].astype(int), meta["class_index"],
                                              thresholds={k: float(v) for k, v in meta["thresholds"].items()},
                                              threshold_from=meta["threshold_from"], sources=list(meta["sources"]),
-                                             enrolled=meta["enrolled"])
+                                             enrolled=meta["enrolled"],
+                                             modulation=modulation[mine] if mine.any() else None,
+                                             scales={k: [float(a), float(b)]
+                                                     for k, (a, b) in meta.get("scales", {}).items()})
                 if not sel.any():
                     raise KeyError(f"no embeddings for {key}")
         except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:

@@ -135,9 +135,11 @@ def _spectrogram(path: str, settings: dict[str, Any], bands: int) -> str:
     """A PNG of a recording rendered whole with ``settings`` (no segmenting), as ``spectro images`` renders
     it, written beside it; a spectro PNG checked against ``settings``. The PNG's path (the file, not its
     bytes, goes back through the worker's pipe)."""
+    from spectro.features.audio import read_audio
+    from spectro.features.logmel import db_to_pixels
     from spectro.features.png import write_png
     from spectro.features.reader import read_image
-    from spectro.features.render import render_recording
+    from spectro.features.render import render_segments
     from spectro.features.settings import FeatureSettings
 
     source, features = Path(path), FeatureSettings.from_dict(settings)
@@ -145,9 +147,9 @@ def _spectrogram(path: str, settings: dict[str, Any], bands: int) -> str:
         read_image(source, settings=features, bands=bands)
         return str(source)
     whole = dataclasses.replace(features, segment_seconds=None, segment_hop_seconds=None)
-    [(_, pixels)] = render_recording(source, whole)
+    [(_, db, modulation)] = render_segments(read_audio(source, channel=whole.channel, sr=whole.sr), whole)
     out = source.with_name(source.stem + ".spectrogram.png")
-    write_png(out, pixels, settings=features)
+    write_png(out, db_to_pixels(db, whole), settings=features, modulation=modulation)
     return str(out)
 
 

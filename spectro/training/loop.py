@@ -36,7 +36,7 @@ from spectro.features.settings import FeatureSettings
 from spectro.model.backbones import ModelSettings
 from spectro.model.labels import NORMAL_ONLY, TASKS, LabelSpace, machine_key
 from spectro.model.losses import make_loss, make_task_accuracy, sample_weights
-from spectro.model.references import SCORERS
+from spectro.model.references import DEFAULT_SCORER, EMBEDDING_SCORER, MODULATION_SCORERS, SCORERS
 from spectro.model.windows import pool, window_columns, window_frames
 from spectro.paths import IMAGES_DIR, MODELS_DIR
 from spectro.runs import (
@@ -123,8 +123,9 @@ class TrainSettings:
     qat_steps: int = 300
     check_learning: bool = True
     # normal-only runs: the false-alarm rate their per-machine thresholds aim at, and the default scorer
+    # (combined; mahalanobis when the images carry no modulation spectra)
     max_fpr: float = 0.05
-    scorer: str = "mahalanobis"
+    scorer: str = DEFAULT_SCORER
 
     def __post_init__(self) -> None:
         problems = []
@@ -401,7 +402,7 @@ def _normal_only_metrics(run: Path, labels: LabelSpace, by_split, settings: Trai
     validation and test figures of every scorer, and the learning check on the validation split (``None`` when
     switched off or without validation clips)."""
     from spectro.evaluation.normal import normal_only_figures, normal_only_scores, thresholds_of
-    from spectro.features.reader import read_images
+    from spectro.features.reader import read_images, read_modulation
     from spectro.inference.normal import fit_references
     from spectro.inference.predictors import KerasPredictor
 
@@ -409,9 +410,15 @@ def _normal_only_metrics(run: Path, labels: LabelSpace, by_split, settings: Trai
     train_rows = [r for r in by_split["train"] if not r.is_abnormal]
     pixels = {s: read_images(rows, settings=features, shape=image_shape, progress=progress)[0] if rows else None
               for s, rows in (("train", train_rows), ("val", by_split["val"]), ("test", by_split["test"]))}
+    splits = (("train", train_rows), ("val", by_split["val"]), ("test", by_split["test"]))
+    modulation = {s: read_modulation(rows, settings=features) if rows else None for s, rows in splits}
+    scorer = settings.scorer
+    if scorer == DEFAULT_SCORER and modulation["train"] is None:  # images rendered without modulation spectra
+        scorer = EMBEDDING_SCORER
     references, val_scores, val_probs = fit_references(predictor, labels, train_rows, pixels["train"],
                                                        by_split["val"], pixels["val"], max_fpr=settings.max_fpr,
-                                                       scorer=settings.scorer)
+                                                       scorer=scorer, train_modulation=modulation["train"],
+                                                       val_modulation=modulation["val"])
     references.save(run)
     # a normal-only run trains on its normal clips only: its known-machine profiles come from the same pixels
     _fit_known_machines(run, train_rows, features, image_shape, progress, pixels=pixels["train"])
@@ -424,11 +431,15 @@ def _normal_only_metrics(run: Path, labels: LabelSpace, by_split, settings: Trai
             scores, probs = val_scores, val_probs
             thresholds = thresholds_of(references, [labels.class_of(r) for r in rows])
         else:
-            scores, probs, thresholds = normal_only_scores(predictor, references, labels, rows, pixels[split])
-        metrics[split] = normal_only_figures(rows, scores, probs, thresholds, labels, references.default_scorer)
+            scores, probs, thresholds = normal_only_scores(predictor, references, labels, rows, pixels[split],
+                                                           modulation[split])
+        main = references.default_scores([labels.class_of(r) for r in rows], scores)
+        metrics[split] = normal_only_figures(rows, scores, probs, thresholds, labels, main)
     learning = None
     if settings.check_learning and by_split["val"]:
-        learning = check_normal_only(by_split["val"], val_scores[references.default_scorer], val_probs, labels,
+        # the model's own score: modulation spectra do not depend on it, so they cannot show that it learned
+        judged = EMBEDDING_SCORER if references.default_scorer in MODULATION_SCORERS else references.default_scorer
+        learning = check_normal_only(by_split["val"], val_scores[judged], val_probs, labels,
                                      split="val", references=references.embeddings)
     return metrics, learning
 

@@ -12,6 +12,7 @@ from spectro.errors import SpectroError
 from spectro.features.logmel import db_to_pixels, log_mel
 from spectro.features.png import read_pixels, write_png
 from spectro.features.reader import read_image, read_images, settings_differences
+from spectro.features.render import modulation_of
 from spectro.features.settings import FeatureSettings
 
 S = FeatureSettings(n_mels=32, n_fft=512, hop_length=256)  # make_image_tree's default
@@ -56,7 +57,8 @@ def test_refuses_images_of_another_shape(trees, tmp_path):
     with pytest.raises(SpectroError, match="image is 32x63 pixels, the model takes 32x80"):
         read_images(rows, settings=S, shape=(32, 80))
     short = tmp_path / "short.png"
-    write_png(short, db_to_pixels(log_mel(tone_signal("normal", 0.5), S), S), settings=S)
+    y = tone_signal("normal", 0.5)
+    write_png(short, db_to_pixels(log_mel(y, S), S), settings=S, modulation=modulation_of(y, S))
     mixed = rows[:1] + [replace(rows[1], path=short)]
     with pytest.raises(SpectroError, match=r"short.png: image is 32x32 pixels \(bands x frames\), expected 32x63"):
         read_images(mixed)
@@ -73,8 +75,9 @@ def test_refuses_missing_files_before_reading_any(trees, tmp_path):
 
 def test_segmenting_is_not_a_settings_difference_for_a_model(tmp_path):
     segmented = FeatureSettings(n_mels=32, n_fft=512, hop_length=256, segment_seconds=1.0)
-    pixels = db_to_pixels(log_mel(tone_signal("normal", 1.0), segmented), segmented)
-    write_png(tmp_path / "s.png", pixels, settings=segmented)
+    y = tone_signal("normal", 1.0)
+    pixels = db_to_pixels(log_mel(y, segmented), segmented)
+    write_png(tmp_path / "s.png", pixels, settings=segmented, modulation=modulation_of(y, segmented))
     np.testing.assert_array_equal(read_image(tmp_path / "s.png", settings=S), pixels)
     assert settings_differences(segmented, S) == []
     assert settings_differences(segmented, S, segmenting=True) == ["segment_seconds 1.0 (image) vs None (model)"]

@@ -205,6 +205,7 @@ def test_classify_errors(case, match, tiny_run, tiny_images, tmp_path, capsys):
 
     from spectro.features.logmel import db_to_pixels, log_mel
     from spectro.features.png import write_png
+    from spectro.features.render import modulation_of
     from spectro.features.settings import FeatureSettings
 
     target = tiny_images / FAN_BEARING_0
@@ -228,7 +229,9 @@ def test_classify_errors(case, match, tiny_run, tiny_images, tmp_path, capsys):
     elif case == "wrong image shape":
         settings = FeatureSettings(n_mels=32, n_fft=512, hop_length=256)
         target = tmp_path / "half.png"
-        write_png(target, db_to_pixels(log_mel(tone_signal("normal", 0.5), settings), settings), settings=settings)
+        y = tone_signal("normal", 0.5)
+        write_png(target, db_to_pixels(log_mel(y, settings), settings), settings=settings,
+                  modulation=modulation_of(y, settings))
     elif case == "unreadable recording":
         target = _write(tmp_path / "broken.wav", b"RIFF0000WAVEjunk" * 10)
     elif case == "short recording":

@@ -12,6 +12,7 @@ from spectro.errors import SpectroError
 from spectro.features.audio import read_audio
 from spectro.features.logmel import db_to_pixels, log_mel
 from spectro.features.png import write_png
+from spectro.features.render import modulation_of
 from spectro.features.settings import FeatureSettings
 from spectro.inference.windows import audio_windows, expand_inputs, load_windows, png_windows
 
@@ -21,8 +22,9 @@ STEP = S.hop_length / S.sr  # seconds per frame
 
 
 def _png(path: Path, seconds: float, settings: FeatureSettings = S) -> np.ndarray:
-    pixels = db_to_pixels(log_mel(tone_signal("bearing", seconds, seed=3), settings), settings)
-    write_png(path, pixels, settings=settings)
+    y = tone_signal("bearing", seconds, seed=3)
+    pixels = db_to_pixels(log_mel(y, settings), settings)
+    write_png(path, pixels, settings=settings, modulation=modulation_of(y, settings))
     return pixels
 
 

@@ -137,7 +137,9 @@ def test_files_round_trip_and_unknown_machines_are_a_clear_error(tmp_path):
         refs.calibrate(key)
     refs.save(tmp_path)
     info = json.loads((tmp_path / REFERENCES_INFO).read_text())
-    assert sorted(info["machines"]) == ["fan/id_00", "pump"] and info["default_scorer"] == "mahalanobis"
+    assert sorted(info["machines"]) == ["fan/id_00", "pump"] and info["default_scorer"] == "combined"
+    # without modulation spectra a machine is judged by the model's own scorer
+    assert refs.scorer_for("pump") == "mahalanobis" and "combined" not in refs.machines["pump"].thresholds
     back = References.load(tmp_path)
     for key, m in refs.machines.items():
         np.testing.assert_allclose(back.machines[key].embeddings, m.embeddings, rtol=1e-3, atol=1e-3)  # float16
@@ -149,3 +151,58 @@ def test_files_round_trip_and_unknown_machines_are_a_clear_error(tmp_path):
     with pytest.raises(SpectroError, match="no normal references"):
         References.load(tmp_path)
     assert refs.nearest(_cloud(4, seed=12))[0] == "fan/id_00"
+
+
+def _with_spectra(n_clips: int = 12, bins: int = 6, seed: int = 20) -> References:
+    refs = References(k=3)
+    refs.add("fan/id_00", _cloud(4 * n_clips, seed=seed), np.repeat(np.arange(n_clips), 4), class_index=None,
+             source="test", modulation=_cloud(n_clips, d=bins, seed=seed + 1))
+    return refs
+
+
+def test_the_modulation_scorer_is_scipys_mahalanobis_of_the_clips_spectra():
+    refs = _with_spectra()
+    spectra = refs.machines["fan/id_00"].modulation.astype(np.float64)
+    fit = LedoitWolf().fit(spectra)
+    inverse = np.linalg.inv(fit.covariance_)
+    queries = _cloud(3, d=6, shift=1.5, seed=30)
+    expected = [scipy_mahalanobis(q, fit.location_, inverse) for q in queries.astype(np.float64)]
+    scores = refs.clip_scores("fan/id_00", _cloud(6, seed=31), None, np.repeat(np.arange(3), 2), 3, queries)
+    np.testing.assert_allclose(scores["modulation"], expected, rtol=1e-6)
+    assert "combined" not in scores  # no scales before the machine is calibrated
+    with pytest.raises(SpectroError, match=r"expected modulation spectra of shape \(3, 6\)"):
+        refs.clip_scores("fan/id_00", _cloud(6, seed=31), None, np.repeat(np.arange(3), 2), 3, queries[:2])
+
+
+def test_combined_adds_standard_scores_scaled_by_the_references_fold_by_fold():
+    refs = _with_spectra()
+    machine = refs.calibrate("fan/id_00")
+    held = machine.held_out_scores(None, k=3)
+    for part in ("mahalanobis", "modulation"):
+        assert machine.scales[part] == pytest.approx([np.median(held[part]), np.std(held[part])])
+    combined = sum((held[p] - np.median(held[p])) / np.std(held[p]) for p in ("mahalanobis", "modulation"))
+    assert machine.thresholds["combined"] == pytest.approx(np.quantile(combined, 0.95))
+    queries, spectra = _cloud(8, seed=32), _cloud(2, d=6, seed=33) * 3
+    scores = refs.clip_scores("fan/id_00", queries, None, np.repeat([0, 1], 4), 2, spectra)
+    np.testing.assert_allclose(scores["combined"], sum((scores[p] - machine.scales[p][0]) / machine.scales[p][1]
+                                                       for p in ("mahalanobis", "modulation")))
+    assert refs.scorer_for("fan/id_00") == "combined"
+
+
+def test_modulation_spectra_and_scales_round_trip_and_must_match_when_clips_are_added(tmp_path):
+    refs = _with_spectra()
+    refs.calibrate("fan/id_00")
+    refs.add("pump/id_00", _cloud(8, seed=40), np.repeat(np.arange(2), 4), class_index=None, source="test")
+    refs.save(tmp_path)
+    back = References.load(tmp_path)
+    np.testing.assert_array_equal(back.machines["fan/id_00"].modulation, refs.machines["fan/id_00"].modulation)
+    assert back.machines["fan/id_00"].scales == refs.machines["fan/id_00"].scales
+    assert back.machines["pump/id_00"].modulation is None
+    with pytest.raises(SpectroError, match="modulation spectra \\(none\\) do not match its references' \\(6\\)"):
+        back.add("fan/id_00", _cloud(4, seed=41), np.zeros(4, int), class_index=None, source="more")
+    with pytest.raises(SpectroError, match="one modulation spectrum per clip \\(2\\)"):
+        back.add("valve/id_00", _cloud(8, seed=42), np.repeat(np.arange(2), 4), class_index=None, source="x",
+                 modulation=_cloud(3, d=6))
+    back.add("fan/id_00", _cloud(8, seed=43), np.repeat(np.arange(2), 4), class_index=None, source="more",
+             modulation=_cloud(2, d=6, seed=44))
+    assert back.machines["fan/id_00"].modulation.shape == (14, 6) and back.machines["fan/id_00"].n_clips == 14

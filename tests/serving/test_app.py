@@ -293,7 +293,8 @@ def _png_bytes(tiny_images, **changed) -> bytes:
     pixels, info = read_png(tiny_images / FAN_BEARING_0)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "x.png"
-        write_png(path, pixels, settings=dataclasses.replace(info.settings, **changed))
+        write_png(path, pixels, settings=dataclasses.replace(info.settings, **changed),
+                  modulation=np.asarray(info.modulation))
         return path.read_bytes()
 
 

@@ -45,8 +45,9 @@ def failed_run(tiny_images, tmp_path_factory) -> tuple[Path, int, str]:
     blank = tmp_path_factory.mktemp("blank_images")
     shutil.copytree(tiny_images, blank, dirs_exist_ok=True)
     for row in read_manifest(blank):
-        write_png(row.path, np.full_like(read_pixels(row.path), 128), settings=read_info(row.path).settings,
-                  source=row.source)
+        info = read_info(row.path)
+        write_png(row.path, np.full_like(read_pixels(row.path), 128), settings=info.settings, source=row.source,
+                  modulation=np.full(len(info.modulation), -5.0))
     out = tmp_path_factory.mktemp("models")
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
@@ -96,9 +97,10 @@ def test_a_normal_only_model_that_learned_passes_the_check(scored_run):
 @pytest.fixture(scope="module")
 def scored_run(tiny_window_run, tmp_path_factory) -> Path:
     """A normal-only run with a model whose embeddings vary from clip to clip (``normal_run`` trained on blank
-    images): ``tiny_window_run``'s model, its four outputs read as the
-    four machine ids, references fit on its training normals as ``spectro train`` fits them."""
-    from spectro.features.reader import read_images
+    images): ``tiny_window_run``'s model, its four outputs read as the four machine ids, references fit on its
+    training normals as ``spectro train`` fits them, and with its validation normal too, so that each machine has
+    the three reference clips its spectra's scales and thresholds need (splits.csv is left as it is)."""
+    from spectro.features.reader import read_images, read_modulation
     from spectro.inference.normal import fit_references
     from spectro.inference.predictors import KerasPredictor
     from spectro.runs import feature_settings, save_config, write_splits
@@ -112,13 +114,14 @@ def scored_run(tiny_window_run, tmp_path_factory) -> Path:
     rows = [r.with_split("val" if r.split == "train" and r.is_abnormal else r.split) for r in read_splits(run)]
     write_splits(run, rows)
     predictor = KerasPredictor(run / "model.keras", run)
-    train = [r for r in rows if r.split == "train"]
+    train = [r for r in rows if r.split == "train" or (r.split == "val" and not r.is_abnormal)]
     val = [r for r in rows if r.split == "val"]
     settings = feature_settings(config)
     shape = predictor.image_shape
     fit_references(predictor, labels, train, read_images(train, settings=settings, shape=shape)[0], val,
-                   read_images(val, settings=settings, shape=shape)[0], max_fpr=0.05,
-                   scorer="mahalanobis")[0].save(run)
+                   read_images(val, settings=settings, shape=shape)[0], max_fpr=0.05, scorer="combined",
+                   train_modulation=read_modulation(train, settings=settings),
+                   val_modulation=read_modulation(val, settings=settings))[0].save(run)
     from spectro.model.known import KnownMachines, statistics
 
     pixels = read_images(train, settings=settings, shape=shape)[0]  # the known-machine check, as training fits it
@@ -151,9 +154,14 @@ def test_references_hold_every_window_of_the_training_normals_with_thresholds(no
     for key, m in refs.machines.items():
         clips = sum(f"{r.machine}/{r.machine_id}" == key for r in train)
         assert m.n_clips == clips and len(m.embeddings) == clips * windows_per_clip
-        assert set(m.thresholds) == {"knn", "mahalanobis", "id"} and m.class_index is not None
+        assert m.modulation.shape == (clips, 60)  # every clip's spectrum, from its PNG
+        # fewer than three reference clips are too few to scale and threshold the spectra fold by fold: the
+        # model's scorers only
+        spectra = {"modulation", "combined"} if clips >= 3 else set()
+        assert set(m.thresholds) == {"knn", "mahalanobis", "id"} | spectra and m.class_index is not None
+        assert refs.scorer_for(key) == ("combined" if spectra else "mahalanobis")
     info = json.loads((normal_run / REFERENCES_INFO).read_text())
-    assert info["max_fpr"] == 0.05 and info["default_scorer"] == "mahalanobis"
+    assert info["max_fpr"] == 0.05 and info["default_scorer"] == "combined"
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +173,7 @@ def evaluated(scored_run):
 
 def test_evaluate_reports_every_scorer_and_the_autoencoder_beside_them(evaluated, scored_run):
     result, text = evaluated
-    assert set(result["scorers"]) == {"knn", "mahalanobis", "id"}
+    assert set(result["scorers"]) == {"knn", "mahalanobis", "id", "modulation", "combined"}
     for figures in result["scorers"].values():
         assert set(figures) == {"overall", "by_machine", "by_machine_id", "by_snr"}
     assert result["baseline"]["name"].startswith("DCASE 2020 dense autoencoder")
@@ -182,8 +190,9 @@ def test_predictions_keep_their_columns_and_the_knn_score_is_recomputed_by_hand(
 
     with (scored_run / "predictions.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert {"anomaly_score", "failure_type", "verdict", "score_knn", "score_mahalanobis", "score_id"} <= set(rows[0])
-    assert all(r["failure_type"] == "" and r["anomaly_score"] == r["score_mahalanobis"] for r in rows)
+    assert {"anomaly_score", "failure_type", "verdict", "score_knn", "score_mahalanobis", "score_id",
+            "score_modulation", "score_combined"} <= set(rows[0])
+    assert all(r["failure_type"] == "" and r["anomaly_score"] == r["score_combined"] for r in rows)
     # the knn score of one test clip: each window's embedding computed here from the backbone's layers (the ends
     # of MobileNetV2's stride-8 and stride-16 stages, averaged over time), scikit-learn's neighbours
     model = keras.saving.load_model(scored_run / "model.keras", compile=False)
@@ -205,10 +214,34 @@ def test_predictions_keep_their_columns_and_the_knn_score_is_recomputed_by_hand(
     distances = NearestNeighbors(n_neighbors=5, metric="cosine").fit(reference).kneighbors(e)[0]
     assert float(row["score_knn"]) == pytest.approx(distances.mean(), abs=2e-3)  # references are float16
     assert len({r["score_knn"] for r in rows}) > len(rows) // 2  # the scores do depend on the clip
-    thresholds = References.load(scored_run).machines[key].thresholds
-    score = float(row["score_mahalanobis"])
-    if abs(score - thresholds["mahalanobis"]) > 1e-5:  # the file rounds to 6 decimals
-        assert row["verdict"] == ("ABNORMAL" if score >= thresholds["mahalanobis"] else "normal")
+    machine = References.load(scored_run).machines[key]
+    score = float(row["score_combined"])
+    if abs(score - machine.thresholds["combined"]) > 1e-5:  # the file rounds to 6 decimals
+        assert row["verdict"] == ("ABNORMAL" if score >= machine.thresholds["combined"] else "normal")
+
+
+def test_the_modulation_and_combined_scores_are_recomputed_by_hand(evaluated, scored_run):
+    """modulation: scipy's Mahalanobis distance of the clip's spectrum (its PNG's text chunk) to a Ledoit-Wolf
+    Gaussian of the training normals' spectra (their PNGs'); combined: the standard scores of mahalanobis and
+    modulation, scaled by the references' scales, added."""
+    from scipy.spatial.distance import mahalanobis
+    from sklearn.covariance import LedoitWolf
+
+    from spectro.features.png import read_info
+
+    with (scored_run / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    row = rows[0]
+    key = f"{row['machine']}/{row['machine_id']}"
+    train = [r for r in read_splits(scored_run) if f"{r.machine}/{r.machine_id}" == key and not r.is_abnormal
+             and r.split in ("train", "val")]  # the fixture's references: training and validation normals
+    spectra = np.array([read_info(r.path).modulation for r in train], dtype=np.float64)
+    fit = LedoitWolf().fit(spectra)
+    expected = mahalanobis(np.array(read_info(row["path"]).modulation), fit.location_, np.linalg.inv(fit.covariance_))
+    assert float(row["score_modulation"]) == pytest.approx(expected, rel=1e-4)
+    scales = References.load(scored_run).machines[key].scales
+    combined = sum((float(row[f"score_{p}"]) - scales[p][0]) / scales[p][1] for p in ("mahalanobis", "modulation"))
+    assert float(row["score_combined"]) == pytest.approx(combined, abs=1e-4)
 
 
 def test_report_shows_every_scorer_the_references_and_the_known_machines(evaluated, scored_run, tmp_path):
@@ -232,8 +265,9 @@ def test_classify_scores_an_image_against_its_machine(evaluated, scored_run, cap
     result = json.loads(text)
     key = f"{row['machine']}/{row['machine_id']}"
     assert code == 0 and result["machine"] == key and result["reference"] == "the image's source recording"
-    assert result["anomaly_score"] == pytest.approx(float(row["score_mahalanobis"]), abs=1e-5)
-    assert result["failure_type"] == "" and set(result["scores"]) == {"knn", "mahalanobis", "id"}
+    assert result["anomaly_score"] == pytest.approx(float(row["score_combined"]), abs=1e-5)
+    assert result["failure_type"] == "" and result["scorer"] == "combined"
+    assert set(result["scores"]) == {"knn", "mahalanobis", "id", "modulation", "combined"}
     other = next(k for k in References.load(scored_run).machines if k != key)
     code, text = _cli(["classify", row["path"], "--model", str(scored_run), "--json", "--machine", other])
     assert json.loads(text)["machine"] == other and json.loads(text)["reference"] == "--machine"
@@ -262,7 +296,8 @@ def test_enroll_adds_a_machine_without_retraining_and_changes_only_its_reference
         assert after.machines[key].thresholds == pytest.approx(m.thresholds)
         np.testing.assert_array_equal(after.machines[key].embeddings, m.embeddings)
     gear = after.machines["gear/id_05"]
-    assert gear.class_index is None and set(gear.thresholds) == {"knn", "mahalanobis"}
+    assert gear.class_index is None and set(gear.thresholds) == {"knn", "mahalanobis", "modulation", "combined"}
+    assert gear.modulation.shape == (4, 60)
     assert (run / "model.keras").read_bytes() == model
     known_before, known_after = KnownMachines.load(scored_run), KnownMachines.load(run)
     assert set(known_after.profiles) == set(known_before.profiles) | {"gear/id_05"}
@@ -272,7 +307,7 @@ def test_enroll_adds_a_machine_without_retraining_and_changes_only_its_reference
     wav = tmp_path / "new" / "gear" / "id_05" / "normal" / "00000000.wav"
     code, text = _cli(["classify", str(wav), "--model", str(run), "--json"])
     result = json.loads(text)
-    assert result["machine"] == "gear/id_05" and result["threshold"] == pytest.approx(gear.thresholds["mahalanobis"])
+    assert result["machine"] == "gear/id_05" and result["threshold"] == pytest.approx(gear.thresholds["combined"])
     assert result["known_machine"]["known"] and result["known_machine"]["nearest"] == "gear/id_05"
     # more normal clips of a known machine, named with --machine
     _wavs(tmp_path / "more", 2, seed=600)

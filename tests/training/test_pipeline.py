@@ -202,7 +202,7 @@ def test_training_streams_a_folder_larger_than_the_memory_budget(tiny_images, tm
     big = np.random.default_rng(0).integers(0, 256, size=(64, 626), dtype=np.uint8)  # 40 KB decoded
     settings = FeatureSettings(n_mels=64, n_fft=512, hop_length=256)
     template = tmp_path / "template.png"
-    write_png(template, big, settings=settings)
+    write_png(template, big, settings=settings, modulation=np.zeros(settings.modulation_hz))
 
     def folder(n):
         root = tmp_path / f"images_{n}"
