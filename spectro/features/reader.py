@@ -59,13 +59,20 @@ def read_image(path: str | Path, *, settings: FeatureSettings, bands: int | None
                min_frames: int | None = None) -> np.ndarray:
     """One spectro PNG's pixels ``(n_mels, frames)``, refused when rendered with other ``settings``
     (segmenting aside) or when it has not ``bands`` rows and at least ``min_frames`` columns."""
+    return read_image_and_info(path, settings=settings, bands=bands, min_frames=min_frames)[0]
+
+
+def read_image_and_info(path: str | Path, *, settings: FeatureSettings, bands: int | None = None,
+                        min_frames: int | None = None):
+    """:func:`read_image`'s pixels and what the PNG says about itself (its modulation spectrum among it), from one
+    opening of the file."""
     path = Path(path)
     pixels, info = read_png(path)
     check_image_settings(path, info.settings, settings)
     if (bands is not None and pixels.shape[0] != bands) or (min_frames is not None and pixels.shape[1] < min_frames):
         raise SpectroError(f"{path}: image is {pixels.shape[0]}x{pixels.shape[1]} pixels (bands x frames), the model "
                            f"takes {bands}x{min_frames}")
-    return pixels
+    return pixels, info
 
 
 def read_images(rows: Sequence[ImageRow], *, settings: FeatureSettings | None = None,

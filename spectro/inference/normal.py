@@ -116,8 +116,7 @@ def window_scores(references: References, keys: Sequence[str], embeddings: np.nd
     ``keys[i]``; NaN for a machine without references. The default is the references' own, or ``mahalanobis`` when
     that needs modulation spectra: a window has none (they belong to whole clips and do not depend on the model)."""
     scores = score_embedded(references, keys, embeddings, probs, np.arange(len(embeddings)), unknown="nan")
-    default = references.default_scorer
-    return scores[scorer or (EMBEDDING_SCORER if default in MODULATION_SCORERS else default)]
+    return scores[scorer or references.model_scorer]
 
 
 def add_references(predictor, references: References, keys: Sequence[str], pixels, *, source: str,

@@ -15,7 +15,7 @@ import numpy as np
 
 from spectro.data.layout import AUDIO_EXTENSIONS
 from spectro.errors import SpectroError
-from spectro.features.reader import read_image
+from spectro.features.reader import read_image_and_info
 from spectro.features.settings import FeatureSettings
 from spectro.model.windows import window_starts
 
@@ -70,16 +70,14 @@ def png_windows(path: Path, settings: FeatureSettings, span_shape: tuple[int, in
     least ``window`` frames wide (default: a span, for models that take whole images)."""
     rows, frames = span_shape
     window = window or frames
-    pixels = read_image(path, settings=settings, bands=rows, min_frames=window)
+    pixels, info = read_image_and_info(path, settings=settings, bands=rows, min_frames=window)
     frames = min(frames, pixels.shape[1])
     hop = max(1, int(round(hop_seconds * settings.sr / settings.hop_length)) if hop_seconds else frames // 2)
     starts = window_starts(pixels.shape[1], frames, hop)
     step = settings.hop_length / settings.sr
     modulation = None
-    if settings.modulation_hz is not None:  # an image carries one, of all of it: each span gets it
-        from spectro.features.png import read_info
-
-        modulation = np.tile(np.asarray(read_info(path).modulation, dtype=np.float32), (len(starts), 1))
+    if info.modulation is not None:  # an image carries one, of all of it: each span gets it
+        modulation = np.tile(np.asarray(info.modulation, dtype=np.float32), (len(starts), 1))
     return Windows(path, "png", np.stack([pixels[:, s:s + frames] for s in starts]),
                    [s * step for s in starts], [(s + frames) * step for s in starts], modulation)
 

@@ -311,6 +311,12 @@ class References:
         their modulation spectra."""
         return self.machine(key).clip_scores(embeddings, probs, owners, n, k=self.k, modulation=modulation)
 
+    @property
+    def model_scorer(self) -> str:
+        """The default scorer's part that depends on the model: the default itself, or ``mahalanobis`` when the
+        default needs modulation spectra (a window has none, and they do not show whether the model learned)."""
+        return EMBEDDING_SCORER if self.default_scorer in MODULATION_SCORERS else self.default_scorer
+
     def scorer_for(self, key: str) -> str:
         """The scorer a clip of machine ``key`` is judged by: the default, or ``mahalanobis`` for a machine the
         default does not apply to (``combined`` for a machine whose references have no modulation spectra, or

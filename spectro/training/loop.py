@@ -36,7 +36,7 @@ from spectro.features.settings import FeatureSettings
 from spectro.model.backbones import ModelSettings
 from spectro.model.labels import NORMAL_ONLY, TASKS, LabelSpace, machine_key
 from spectro.model.losses import make_loss, make_task_accuracy, sample_weights
-from spectro.model.references import DEFAULT_SCORER, EMBEDDING_SCORER, MODULATION_SCORERS, SCORERS
+from spectro.model.references import DEFAULT_SCORER, EMBEDDING_SCORER, SCORERS
 from spectro.model.windows import pool, window_columns, window_frames
 from spectro.paths import IMAGES_DIR, MODELS_DIR
 from spectro.runs import (
@@ -438,8 +438,7 @@ def _normal_only_metrics(run: Path, labels: LabelSpace, by_split, settings: Trai
     learning = None
     if settings.check_learning and by_split["val"]:
         # the model's own score: modulation spectra do not depend on it, so they cannot show that it learned
-        judged = EMBEDDING_SCORER if references.default_scorer in MODULATION_SCORERS else references.default_scorer
-        learning = check_normal_only(by_split["val"], val_scores[judged], val_probs, labels,
+        learning = check_normal_only(by_split["val"], val_scores[references.model_scorer], val_probs, labels,
                                      split="val", references=references.embeddings)
     return metrics, learning
 
