@@ -12,6 +12,8 @@ fold's training clips.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from bench_small import CNN, MEL, RMS, _auc, _Bench, _by_machine, _cell, _Images, _met, _render, defaults_line
 
@@ -21,18 +23,27 @@ HELD_OUT = dict(seed=1, ids=2, snrs=(3.0, -3.0), clips_per_class=6, seconds=5.0)
 FOLDS = 5
 
 
+def held_out_images(ctx) -> tuple[Path, dict]:
+    """The family's images (made once per benchmark run) and the generator's arguments."""
+    from spectro.data.synth import generate
+
+    sizes = {**HELD_OUT, **(dict(ids=1, clips_per_class=3) if ctx.quick else {})}
+    if "held_out_images" not in ctx.state:
+        data_dir = ctx.work / ("heldout_seed1_quick" if ctx.quick else "heldout_seed1")
+        generate(data_dir, progress=False, force=True, **sizes)
+        ctx.state["held_out_images"] = _render(data_dir, data_dir.with_name(data_dir.name + "_images"))
+    return Path(ctx.state["held_out_images"]), sizes
+
+
 def run(ctx) -> str:
     from sklearn.model_selection import StratifiedKFold
 
-    from spectro.data.synth import generate
     from spectro.model.backbones import ModelSettings
 
     bench = _Bench(ctx)
-    sizes = {**HELD_OUT, **(dict(ids=1, clips_per_class=3) if ctx.quick else {})}
     n_folds = 2 if ctx.quick else FOLDS
-    data_dir = ctx.work / ("heldout_seed1_quick" if ctx.quick else "heldout_seed1")
-    generate(data_dir, progress=False, force=True, **sizes)
-    data = _Images.read(_render(data_dir, data_dir.with_name(data_dir.name + "_images")))
+    images, sizes = held_out_images(ctx)
+    data = _Images.read(images)
     n_clips = len(data.rows)
     strata = np.array([f"{r.machine}/{r.machine_id}/{r.label}" for r in data.rows])
     folds = list(StratifiedKFold(n_folds, shuffle=True, random_state=0).split(np.zeros(n_clips), strata))

@@ -15,10 +15,14 @@ The scores of a clip (higher = more abnormal), from its **embedding**, the mean 
                  the model was trained on
 ``modulation``   Mahalanobis distance of the clip's modulation spectrum (:mod:`spectro.features.modulation`, how its
                  loudness wobbles; not the model's) to a Gaussian of the machine's reference clips' spectra
-``combined``     ``mahalanobis`` and ``modulation`` added as standard scores: each minus the median of the
-                 machine's normal reference clips' scores, divided by their standard deviation (those clips scored
-                 fold by fold against the others, :attr:`Machine.scales`); what the image shows and how the sound
-                 wobbles, one number. The default when the images carry modulation spectra.
+``combined``     the larger of ``mahalanobis`` and ``modulation``, each as a robust standard score of its log:
+                 the log of the clip's score minus the median of the log scores of the machine's normal reference
+                 clips, divided by 1.4826 × their median absolute deviation (those clips scored fold by fold
+                 against the others, :attr:`Machine.scales`). What the image shows and how the sound wobbles,
+                 one number: a clip far out in either view is far out. Distances are skewed, so their logs are
+                 compared; a handful of reference clips may hold one outlier, so median and MAD rather than mean
+                 and standard deviation; the larger rather than the sum, so a view that does not see a failure
+                 does not dilute the one that does. The default when the images carry modulation spectra.
 
 Thresholds: per machine and scorer, the ``1 − max_fpr`` quantile of normal clips' scores, from clips that are
 not among the references: the run's validation normals when it has at least :data:`MIN_THRESHOLD_CLIPS` of
@@ -28,7 +32,9 @@ them, otherwise the references themselves scored fold by fold against the others
 Files in the run folder: ``references.npz`` (``embeddings`` float16 ``(n_windows, d)``, ``keys`` and ``clips``
 per window; ``modulation`` float32 ``(n_clips, bins)`` and ``modulation_keys`` per clip, when the run's images
 carry modulation spectra) and ``references.json`` (the scorers, ``k``, ``max_fpr``, the default scorer and per
-machine its clips, sources, thresholds and where they came from, and the scales of ``combined``).
+machine its clips, sources, thresholds and where they came from, and the scales of ``combined``, ``log_scales``;
+runs written before ``combined`` took this form have ``scales`` instead, which are not read: their machines are
+judged by ``mahalanobis``).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -53,6 +60,8 @@ COMBINED_PARTS = ("mahalanobis", "modulation")
 DEFAULT_SCORER = "combined"
 EMBEDDING_SCORER = "mahalanobis"
 DEFAULT_K = 5
+# the median absolute deviation of normal data times this (1.4826…) estimates its standard deviation
+MAD_TO_STD = 1.0 / NormalDist().inv_cdf(0.75)
 MIN_THRESHOLD_CLIPS = 3
 THRESHOLD_FOLDS = 5
 _CHUNK = 2048  # query windows compared with the references at a time
@@ -94,6 +103,18 @@ class Gaussian:
         return np.sqrt(np.maximum(self.fit.mahalanobis(np.asarray(queries, dtype=np.float64)), 0.0))
 
 
+def _log(scores) -> np.ndarray:
+    return np.log(np.maximum(np.asarray(scores, dtype=np.float64), 1e-12))
+
+
+def log_scales(held_out: np.ndarray) -> list[float]:
+    """``[median, 1.4826 × median absolute deviation]`` of the logs of normal clips' ``held_out`` scores, the
+    scale ``combined`` measures a part in (a robust standard deviation; 1e-9 at least)."""
+    logs = _log(held_out)
+    median = float(np.median(logs))
+    return [median, float(max(MAD_TO_STD * np.median(np.abs(logs - median)), 1e-9))]
+
+
 def id_score(probs: np.ndarray, index: int) -> np.ndarray:
     """−log p of class ``index`` for each row of softmax ``probs``."""
     return -np.log(np.clip(np.asarray(probs, dtype=np.float64)[:, index], 1e-12, 1.0))
@@ -131,7 +152,8 @@ class Machine:
     enrolled: str = ""
     # (n_clips, bins): row i the modulation spectrum of the i-th smallest clip number; None without them
     modulation: np.ndarray | None = None
-    # {scorer of COMBINED_PARTS: [median, standard deviation]} of the normal reference clips' held-out scores
+    # {scorer of COMBINED_PARTS: [median, 1.4826 × median absolute deviation]} of the logs of the normal reference
+    # clips' held-out scores (:func:`log_scales`)
     scales: dict[str, list[float]] = field(default_factory=dict)
     _gaussian: Gaussian | None = field(default=None, repr=False)
     _modulation_gaussian: Gaussian | None = field(default=None, repr=False)
@@ -141,10 +163,15 @@ class Machine:
         return int(len(np.unique(self.clips)))
 
     @property
+    def has_modulation(self) -> bool:
+        """Whether the references hold enough clips' modulation spectra for the scorers that need them."""
+        return self.modulation is not None and len(self.modulation) >= MIN_THRESHOLD_CLIPS
+
+    @property
     def scorers(self) -> tuple[str, ...]:
-        modulation = self.modulation is not None and len(self.modulation) >= MIN_THRESHOLD_CLIPS
+        combined = self.has_modulation and all(p in self.scales for p in COMBINED_PARTS)
         return tuple(s for s in SCORERS if (s != "id" or self.class_index is not None)
-                     and (s not in MODULATION_SCORERS or modulation))
+                     and (s != "modulation" or self.has_modulation) and (s != "combined" or combined))
 
     def gaussian(self) -> Gaussian:
         if self._gaussian is None:
@@ -161,8 +188,7 @@ class Machine:
         scale is missing."""
         if not all(p in scores and p in self.scales for p in COMBINED_PARTS):
             return None
-        return sum((np.asarray(scores[p], dtype=np.float64) - self.scales[p][0]) / self.scales[p][1]
-                   for p in COMBINED_PARTS)
+        return np.max([(_log(scores[p]) - self.scales[p][0]) / self.scales[p][1] for p in COMBINED_PARTS], axis=0)
 
     def clip_scores(self, embeddings: np.ndarray, probs: np.ndarray | None, owners: np.ndarray, n: int, *,
                     k: int, modulation: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -288,10 +314,9 @@ class References:
         machine = self.machine(key)
         n_val = 0 if not validation else min(len(v) for v in validation.values())
         held = None
-        if "combined" in machine.scorers:  # its scales come from the references, scored fold by fold
+        if machine.has_modulation:  # combined's scales come from the references, scored fold by fold
             held = machine.held_out_scores(probs, k=self.k)
-            machine.scales = {p: [float(np.median(held[p])), float(max(np.std(held[p]), 1e-9))]
-                              for p in COMBINED_PARTS}
+            machine.scales = {p: log_scales(held[p]) for p in COMBINED_PARTS}
         if n_val >= MIN_THRESHOLD_CLIPS or (n_val and machine.n_clips < 2):
             scores, machine.threshold_from = dict(validation), f"{n_val} validation normal clips"
         else:
@@ -355,7 +380,7 @@ class References:
         return {"scorers": list(SCORERS), "default_scorer": self.default_scorer, "k": self.k, "max_fpr": self.max_fpr,
                 "machines": {key: {"clips": m.n_clips, "windows": int(len(m.clips)), "class_index": m.class_index,
                                    "thresholds": m.thresholds, "threshold_from": m.threshold_from,
-                                   "sources": m.sources, "enrolled": m.enrolled, "scales": m.scales}
+                                   "sources": m.sources, "enrolled": m.enrolled, "log_scales": m.scales}
                              for key, m in sorted(self.machines.items())}}
 
     @property
@@ -403,8 +428,8 @@ class References:
                                              threshold_from=meta["threshold_from"], sources=list(meta["sources"]),
                                              enrolled=meta["enrolled"],
                                              modulation=modulation[mine] if mine.any() else None,
-                                             scales={k: [float(a), float(b)]
-                                                     for k, (a, b) in meta.get("scales", {}).items()})
+                                             scales={k: [float(a), float(b)]  # not the older "scales"
+                                                     for k, (a, b) in meta.get("log_scales", {}).items()})
                 if not sel.any():
                     raise KeyError(f"no embeddings for {key}")
         except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
+from scipy.stats import median_abs_deviation
 from sklearn.covariance import LedoitWolf
 from sklearn.neighbors import NearestNeighbors
 
@@ -174,19 +175,41 @@ def test_the_modulation_scorer_is_scipys_mahalanobis_of_the_clips_spectra():
         refs.clip_scores("fan/id_00", _cloud(6, seed=31), None, np.repeat(np.arange(3), 2), 3, queries[:2])
 
 
-def test_combined_adds_standard_scores_scaled_by_the_references_fold_by_fold():
+def _robust_z(scores, held):
+    """Independent of spectro: scipy's normal-consistent MAD of the logs."""
+    logs = np.log(held)
+    return (np.log(scores) - np.median(logs)) / median_abs_deviation(logs, scale="normal")
+
+
+def test_combined_is_the_larger_robust_standard_score_of_the_parts_logs_scaled_by_the_references_fold_by_fold():
     refs = _with_spectra()
     machine = refs.calibrate("fan/id_00")
     held = machine.held_out_scores(None, k=3)
     for part in ("mahalanobis", "modulation"):
-        assert machine.scales[part] == pytest.approx([np.median(held[part]), np.std(held[part])])
-    combined = sum((held[p] - np.median(held[p])) / np.std(held[p]) for p in ("mahalanobis", "modulation"))
+        logs = np.log(held[part])
+        assert machine.scales[part] == pytest.approx([np.median(logs), median_abs_deviation(logs, scale="normal")])
+    combined = np.maximum(*(_robust_z(held[p], held[p]) for p in ("mahalanobis", "modulation")))
     assert machine.thresholds["combined"] == pytest.approx(np.quantile(combined, 0.95))
     queries, spectra = _cloud(8, seed=32), _cloud(2, d=6, seed=33) * 3
     scores = refs.clip_scores("fan/id_00", queries, None, np.repeat([0, 1], 4), 2, spectra)
-    np.testing.assert_allclose(scores["combined"], sum((scores[p] - machine.scales[p][0]) / machine.scales[p][1]
-                                                       for p in ("mahalanobis", "modulation")))
+    parts = [_robust_z(scores[p], held[p]) for p in ("mahalanobis", "modulation")]
+    np.testing.assert_allclose(scores["combined"], np.maximum(*parts))
+    assert (parts[1] > parts[0]).all()  # spectra far out, embeddings not: the spectra's score, undiluted
     assert refs.scorer_for("fan/id_00") == "combined"
+
+
+def test_references_saved_with_the_older_combined_scales_fall_back_to_mahalanobis(tmp_path):
+    refs = _with_spectra()
+    refs.calibrate("fan/id_00")
+    refs.save(tmp_path)
+    info = json.loads((tmp_path / REFERENCES_INFO).read_text())
+    meta = info["machines"]["fan/id_00"]
+    meta["scales"] = meta.pop("log_scales")  # as the sum of standard scores wrote them
+    (tmp_path / REFERENCES_INFO).write_text(json.dumps(info))
+    back = References.load(tmp_path)
+    assert "combined" not in back.machines["fan/id_00"].scorers and back.scorer_for("fan/id_00") == "mahalanobis"
+    scores = back.clip_scores("fan/id_00", _cloud(4, seed=34), None, np.zeros(4, int), 1, _cloud(1, d=6, seed=35))
+    assert "combined" not in scores and "modulation" in scores
 
 
 def test_modulation_spectra_and_scales_round_trip_and_must_match_when_clips_are_added(tmp_path):

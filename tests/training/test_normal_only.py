@@ -222,8 +222,8 @@ def test_predictions_keep_their_columns_and_the_knn_score_is_recomputed_by_hand(
 
 def test_the_modulation_and_combined_scores_are_recomputed_by_hand(evaluated, scored_run):
     """modulation: scipy's Mahalanobis distance of the clip's spectrum (its PNG's text chunk) to a Ledoit-Wolf
-    Gaussian of the training normals' spectra (their PNGs'); combined: the standard scores of mahalanobis and
-    modulation, scaled by the references' scales, added."""
+    Gaussian of the training normals' spectra (their PNGs'); combined: the larger of mahalanobis' and
+    modulation's logs as robust standard scores, by the references' scales."""
     from scipy.spatial.distance import mahalanobis
     from sklearn.covariance import LedoitWolf
 
@@ -240,7 +240,8 @@ def test_the_modulation_and_combined_scores_are_recomputed_by_hand(evaluated, sc
     expected = mahalanobis(np.array(read_info(row["path"]).modulation), fit.location_, np.linalg.inv(fit.covariance_))
     assert float(row["score_modulation"]) == pytest.approx(expected, rel=1e-4)
     scales = References.load(scored_run).machines[key].scales
-    combined = sum((float(row[f"score_{p}"]) - scales[p][0]) / scales[p][1] for p in ("mahalanobis", "modulation"))
+    combined = max((np.log(float(row[f"score_{p}"])) - scales[p][0]) / scales[p][1]
+                   for p in ("mahalanobis", "modulation"))
     assert float(row["score_combined"]) == pytest.approx(combined, abs=1e-4)
 
 
