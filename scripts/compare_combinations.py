@@ -24,11 +24,14 @@ from spectro.features.reader import read_images, read_modulation
 from spectro.inference.normal import embed_and_score
 from spectro.inference.predictors import load_predictor
 from spectro.model.labels import machine_key
-from spectro.model.references import COMBINED_PARTS, MAD_TO_STD, References
+from spectro.model.references import COMBINED_PARTS, MAD_TO_STD, References, log_scales
 from spectro.runs import feature_settings, read_splits
 
 
 def _standard(scores, held, how):
+    if how == "logmad":  # what spectro's combined measures each part in
+        centre, spread = log_scales(held)
+        return (np.log(scores) - centre) / spread
     if how.startswith("log"):
         scores, held = np.log(scores), np.log(held)
         how = how[3:] or "std"

@@ -344,8 +344,8 @@ class References:
 
     def scorer_for(self, key: str) -> str:
         """The scorer a clip of machine ``key`` is judged by: the default, or ``mahalanobis`` for a machine the
-        default does not apply to (``combined`` for a machine whose references have no modulation spectra, or
-        fewer than three clips)."""
+        default does not apply to (``combined`` for a machine whose references have no modulation spectra, fewer
+        than three clips, or no ``log_scales``: references written while ``combined`` was a sum)."""
         machine = self.machine(key)
         return self.default_scorer if self.default_scorer in machine.scorers else EMBEDDING_SCORER
 
