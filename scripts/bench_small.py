@@ -33,6 +33,11 @@ from bench_train import _auc, _to_db, pretrained_settings
 TITLE = "Small data and data the defaults were not tuned on (issue 18)"
 
 CNN, IMAGENET, MEL, RMS = "CNN (defaults)", "CNN (ImageNet)", "mel-statistics baseline", "RMS threshold"
+
+
+def alone(method: str) -> str:
+    """The name of a CNN method's probability alone, beside its run's fused score (spectro.model.fusion)."""
+    return f"{method} alone, without the spectrum"
 LEVEL_SHIFT_DB = 6.0
 # the ImageNet-initialised model in the 5-fold runs too (off: the train section measures it on the synthetic set)
 IMAGENET_FOLDS = os.environ.get("SPECTRO_BENCH_IMAGENET_FOLDS") == "1"
@@ -163,7 +168,12 @@ class _Bench:
         for method, model_settings in models.items():
             predictor = load_predictor(self.train(data.rows, splits, name, method, model_settings, full=full))
             probs = predictor.predict_clips(np.concatenate([v.pixels[test] for v in versions]))
-            out[method] = np.split(predictor.labels.anomaly_score(probs), len(versions))
+            # the run's anomaly score (fused with the clips' modulation spectra when the run is), and its CNN alone
+            parts = predictor.anomaly_parts(probs, np.concatenate([v.modulation[test] for v in versions])
+                                            if predictor.fusion is not None else None)
+            out[method] = np.split(parts["score"], len(versions))
+            if predictor.fusion is not None:
+                out[alone(method)] = np.split(parts["cnn"], len(versions))
             del predictor
             keras.backend.clear_session()  # some twenty models in one process: keep Keras' state small
             if _flag(data.abnormal[test], out[method][0]):
@@ -302,7 +312,10 @@ def defaults_line(bench: _Bench) -> str:
             f"validation every {settings.eval_every}, patience {settings.patience}, seed {settings.seed}; with "
             f"ImageNet weights then {settings.fine_tune_steps} fine-tuning steps) with `qat_steps=0` (float "
             "detection: no int8 twin is trained) and `check_learning=False` (every model is scored, learned or not; "
-            "one that did not learn is marked **did not learn**)."
+            "one that did not learn is marked **did not learn**). A CNN's figures are its run's anomaly score: with "
+            "images that carry modulation spectra (the default), the larger of the CNN's and the spectrum's robust "
+            "standard scores per machine type (`spectro.model.fusion`); where a table shows the CNN's probability "
+            "alone, it is marked *alone, without the spectrum*."
             + (" **--quick**: tiny sizes and steps, a smoke run whose figures mean nothing." if bench.ctx.quick
                else ""))
 

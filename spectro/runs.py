@@ -33,6 +33,7 @@ import csv
 import json
 import os
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 from spectro.data.manifest import ImageRow, read_csv_rows
@@ -56,12 +57,15 @@ REPORT_NAME = "report.html"
 REFERENCES_NAME = "references.npz"
 REFERENCES_INFO = "references.json"
 KNOWN_NAME = "known_machines.npz"  # the known-machine check's profiles (spectro.model.known)
+FUSION_NAME = "fusion.npz"  # a supervised run's fused anomaly score (spectro.model.fusion)
 # ``spectro export --quantize MODE`` writes these names, so all three variants live side by side
 TFLITE_NAMES = {"none": "model.tflite", "dynamic": "model_dynamic.tflite", "int8": "model_int8.tflite"}
 # what a run folder given without a file name resolves to, in this order
 MODEL_SEARCH_ORDER = (MODEL_NAME, TFLITE_NAMES["none"], TFLITE_NAMES["int8"], TFLITE_NAMES["dynamic"])
 LATEST = "latest"
 DEFAULT_THRESHOLD = 0.5
+# a fused score (spectro.model.fusion): the 95th percentile of the larger of two independent standard normal scores
+DEFAULT_FUSED_THRESHOLD = NormalDist().inv_cdf(0.95 ** 0.5)
 
 
 def resolve_run(path: str | Path | None = None) -> Path:
@@ -136,9 +140,17 @@ def embedding_of(config: dict[str, Any]) -> str:
     return str(config.get("model", {}).get("embedding", "pool"))
 
 
+def fused(config: dict[str, Any]) -> bool:
+    """Whether the run's anomaly score is fused (:mod:`spectro.model.fusion`): a standard score, not a
+    probability."""
+    return (config.get("anomaly_score") or {}).get("kind") == "fused"
+
+
 def threshold(config: dict[str, Any]) -> float:
-    """The anomaly-score decision threshold stored by ``evaluate`` (0.5 before evaluation)."""
-    return float(config.get("threshold", {}).get("value", DEFAULT_THRESHOLD))
+    """The anomaly-score decision threshold stored by ``evaluate``; before evaluation 0.5, or for a fused score
+    :data:`DEFAULT_FUSED_THRESHOLD`."""
+    default = DEFAULT_FUSED_THRESHOLD if fused(config) else DEFAULT_THRESHOLD
+    return float((config.get("threshold") or {}).get("value", default))
 
 
 SPLITS = ("train", "val", "test")

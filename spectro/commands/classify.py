@@ -33,7 +33,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--top-k", type=int, default=3, help="how many classes to list per file")
     parser.add_argument("--threshold", type=float, default=None,
                         help="anomaly-score threshold; when not given, the one 'spectro evaluate' stored in the run's "
-                             "config.json (0.5 before evaluation)")
+                             "config.json (before evaluation 0.5 for a probability, 1.95 for a run's fused score)")
     parser.add_argument("--window-hop", type=float, default=None, metavar="SECONDS",
                         help="hop between windows of a long recording; when not given, the model's segment hop "
                              "if it was trained on segments with one, else half a window")
@@ -73,8 +73,9 @@ def format_text(result: dict[str, Any], *, max_listed: int = 8) -> str:
     windows = result.get("windows")
     if windows:
         flagged = [w for w in windows if w["over_threshold"]]
-        # normal-only scores are distances: the sparkline puts the threshold half-way up
-        scale = 1.0 if "machine" not in result else 0.5 / max(result["threshold"], 1e-12)
+        # scores that are not probabilities (normal-only distances, fused standard scores; both come with their
+        # parts in "scores"): the sparkline puts the threshold half-way up
+        scale = 1.0 if "scores" not in result else 0.5 / max(result["threshold"], 1e-12)
         lines[0] += f"  [max over {len(windows)} windows]"
         lines.append(f"  score over time {windows[0]['start_s']:.1f}-{windows[-1]['end_s']:.1f} s: "
                      f"{sparkline([w['anomaly_score'] * scale for w in windows])}")

@@ -78,7 +78,7 @@ def format_summary(result: dict[str, Any]) -> str:
     if result.get("unscored"):
         lines.append(f"  {result['unscored']} clip(s) of machines without normal references not scored (enroll "
                      "their normal recordings with 'spectro enroll')")
-    for scorer, figures in result.get("scorers", {}).items():  # a normal-only run: every scorer
+    for scorer, figures in result.get("scorers", {}).items():  # every scorer (normal-only) or part (fused)
         lines.append(f"  scorer {scorer:<12} AUC {f(figures['overall']['auc'])}  pAUC(0.1) "
                      f"{f(figures['overall']['pauc'])}   by machine id: "
                      + ", ".join(f"{key} {f(g['auc'])}/{f(g['pauc'])}" for key, g in figures["by_machine_id"].items()))

@@ -35,7 +35,8 @@ HELP = ("Fine-tune a Keras image backbone (MobileNet by default) on the spectrog
 def format_metrics(name: str, metrics: dict) -> str:
     """One line of a split's figures (``config.json`` ``metrics.<split>``)."""
     o = metrics["overall"]
-    if "scorers" in metrics:  # a normal-only run: machine-id accuracy, then every scorer
+    scorers = metrics.get("scorers", {})
+    if scorers and "fused" not in scorers:  # a normal-only run: machine-id accuracy, then every scorer
         line = [f"{name} ({o['n']} clips): machine id accuracy {o['accuracy']:.3f}"]
         for scorer, figures in metrics["scorers"].items():
             f = figures["overall"]
@@ -46,6 +47,9 @@ def format_metrics(name: str, metrics: dict) -> str:
              f"balanced accuracy {o['balanced_accuracy']:.3f}"]
     if o.get("auc") is not None:
         parts.append(f"anomaly ROC AUC {o['auc']:.3f}, pAUC(0.1) {o['pauc']:.3f}")
+        cnn = scorers.get("cnn", {}).get("overall", {}).get("auc")
+        if "fused" in scorers and cnn is not None:  # the fused score's parts: the CNN's probability alone
+            parts[-1] += f" (fused with the modulation spectrum; the CNN alone {cnn:.3f})"
     if "failure_type_accuracy" in o:
         parts.append(f"failure type accuracy {o['failure_type_accuracy']:.3f}")
     return ", ".join(parts)

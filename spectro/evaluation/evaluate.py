@@ -4,6 +4,11 @@ Predictions are made on the run's **test** split (``splits.csv``) or on any imag
 given with ``--images``. The anomaly-score threshold is always chosen on the run's **validation**
 split and stored in ``config.json`` (``threshold``), where ``spectro classify`` reads it.
 
+A run whose anomaly score is fused (:mod:`spectro.model.fusion`: the CNN's and the clips' modulation spectra,
+per machine type) is scored by it: ``anomaly_score`` of ``metrics.json`` says ``fused`` (else ``cnn``), its
+``scorers`` hold the figures of each part (``cnn``: the CNN's probability alone; ``modulation``; ``fused``), and
+``predictions.csv`` has their scores in ``score_cnn`` and ``score_modulation``.
+
 Every evaluation also scores a classical baseline on the same images, so a reader sees at once whether
 the CNN beats it: :class:`spectro.evaluation.baselines.MelStatsLogistic`, a logistic regression on
 level-normalised per-band mel statistics, fit on the run's **training** split. ``metrics.json`` holds it
@@ -171,7 +176,7 @@ def evaluate_run(run: str | Path, *, images: str | Path | None = None, max_fpr: 
     out : path, optional
         Output folder (default: the run folder).
     """
-    from spectro.features.reader import read_images
+    from spectro.features.reader import read_images, read_modulation
     from spectro.inference.predictors import KerasPredictor, load_predictor
 
     if not 0 <= max_fpr <= 1:
@@ -205,8 +210,13 @@ def evaluate_run(run: str | Path, *, images: str | Path | None = None, max_fpr: 
                                     progress=progress)
     pixels, _ = read_images(test_rows + val_rows, settings=settings, shape=shape, progress=progress)
     probs = predictor.predict_clips(pixels)  # each image scored as training scored it: pooled over its windows
-    scores = labels.anomaly_score(probs)
+    parts = predictor.anomaly_parts(probs, read_modulation(test_rows + val_rows, settings=settings)
+                                    if predictor.fusion is not None else None)
+    scores = parts["score"]
     test_probs, test_scores = probs[:len(test_rows)], scores[:len(test_rows)]
+    # a fused run: each part's figures beside the fused score's (the CNN's alone among them)
+    extra = {k: v[:len(test_rows)] for k, v in parts.items() if k != "score"} if predictor.fusion else None
+    scorers = {**extra, "fused": test_scores} if extra else None
 
     chosen = pick_threshold(val_rows, scores[len(test_rows):], max_fpr=max_fpr, youden=youden)
     if chosen is not None:
@@ -223,7 +233,8 @@ def evaluate_run(run: str | Path, *, images: str | Path | None = None, max_fpr: 
         "learning_warning": learning_warning,
         "run": str(run), "evaluated": what, "n_images": len(test_rows), "task": labels.task,
         "task_classes": list(labels.task_classes), "classes": list(labels.classes), "threshold": threshold_block,
-        **metrics.model_metrics(test_rows, test_probs, labels, threshold=thr),
+        "anomaly_score": "fused" if scorers else "cnn",
+        **metrics.model_metrics(test_rows, test_probs, labels, threshold=thr, scores=test_scores, scorers=scorers),
     }
     train_rows = [r for r in split_rows if r.split == "train"]
     result["baseline"], baseline_scores = mel_baseline(
@@ -234,7 +245,7 @@ def evaluate_run(run: str | Path, *, images: str | Path | None = None, max_fpr: 
     failure = labels.failure_type(test_probs)
     y_abn = np.array([r.is_abnormal for r in test_rows], dtype=int)
     write_predictions(out / PREDICTIONS_NAME, test_rows, predicted, test_scores, failure, test_probs, labels, thr,
-                       true, baseline_scores)
+                       true, baseline_scores, extra=extra)
     write_plots(out, test_rows, pixels[:len(test_rows)], true, predicted, y_abn, test_scores, test_probs, labels, thr)
     result["files"] = {"predictions": PREDICTIONS_NAME, **PLOT_NAMES}
     (out / METRICS_NAME).write_text(json.dumps(result, indent=2) + "\n")

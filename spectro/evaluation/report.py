@@ -157,7 +157,7 @@ def evaluation(run: Path, metrics: dict | None, reason: str) -> str:
         parts.append(f"<p>Per recording ({c['n']} recordings, score = {_e(c['score'])}): anomaly AUC {_fmt(c['auc'])}"
                      + (f" (baseline {_fmt(bc['auc'])})" if bc else "") + f", pAUC {_fmt(c['pauc'])}"
                      + (f" (baseline {_fmt(bc['pauc'])})" if bc else "") + ".</p>")
-    if metrics.get("scorers"):  # a normal-only run: every scorer, overall and per machine type and id
+    if metrics.get("scorers"):  # every scorer (normal-only) or part (fused), overall and per machine type and id
         names = list(metrics["scorers"])
         groups = [("all", lambda f: f["overall"])] + [
             (f"{grouping.removeprefix('by_').replace('_', ' ')} {key}", lambda f, g=grouping, k=key: f[g].get(k, {}))
@@ -167,8 +167,10 @@ def evaluation(run: Path, metrics: dict | None, reason: str) -> str:
             return f"{_fmt(figures.get('auc'))} / {_fmt(figures.get('pauc'))}"
 
         table = [[label, *(cell(pick(metrics["scorers"][n])) for n in names)] for label, pick in groups]
-        parts.append("<h3>Scorers</h3><p>AUC / pAUC of every normal-only scorer (the run's default: "
-                     f"<b>{_e(t.get('scorer'))}</b>).</p>" + _table(["group", *names], table))
+        what = ("AUC / pAUC of the run's anomaly score, <b>fused</b>, and of its parts (cnn: the CNN's probability "
+                "alone; modulation: the clip's modulation spectrum)" if "fused" in names else
+                f"AUC / pAUC of every normal-only scorer (the run's default: <b>{_e(t.get('scorer'))}</b>)")
+        parts.append(f"<h3>Scorers</h3><p>{what}.</p>" + _table(["group", *names], table))
     if "failure_type_accuracy" in o:
         parts.append(f"<p>Failure type right on {_fmt(o['failure_type_accuracy'])} of the abnormal images.</p>")
     report = o.get("report", {})

@@ -48,7 +48,7 @@ from spectro.inference.predictors import LiteRTPredictor
 from spectro.model.labels import LabelSpace
 from spectro.model.windows import cut
 from spectro.runs import (
-    DEFAULT_THRESHOLD,
+    FUSION_NAME,
     KNOWN_NAME,
     MODEL_NAME,
     REFERENCES_INFO,
@@ -65,6 +65,7 @@ from spectro.runs import (
 )
 from spectro.runs import image_shape as stored_image_shape
 from spectro.runs import input_shape as stored_input_shape
+from spectro.runs import threshold as stored_threshold
 
 QUANTIZE_MODES = ("none", "dynamic", "int8")
 VERIFY_WINDOWS = 1024  # model inputs verified: windows spread evenly over the verification clips
@@ -401,8 +402,10 @@ def verify(path: Path, run: Path, *, mode: str, split: str, images: np.ndarray, 
 # -- the export ---------------------------------------------------------------------------------------
 def _device_config(config: dict, run: Path) -> dict:
     """The part of a run's config a device needs beside the model."""
-    keep = {k: config[k] for k in ("features", "input_shape", "image_shape", "task", "model", "seed") if k in config}
-    keep["threshold"] = config.get("threshold") or {"value": DEFAULT_THRESHOLD, "method": "default (run not evaluated)"}
+    keep = {k: config[k] for k in ("features", "input_shape", "image_shape", "task", "model", "seed", "anomaly_score")
+            if k in config}
+    keep["threshold"] = config.get("threshold") or {"value": stored_threshold(config),
+                                                    "method": "default (run not evaluated)"}
     keep["exported_from"] = str(run)
     return keep
 
@@ -457,7 +460,7 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
     if dest != run:
         labels.save(dest)
         save_config(dest, _device_config(config, run))
-        for name in (REFERENCES_NAME, REFERENCES_INFO, KNOWN_NAME):  # what classify reads beside the model
+        for name in (REFERENCES_NAME, REFERENCES_INFO, KNOWN_NAME, FUSION_NAME):  # what classify reads beside it
             if (run / name).is_file():
                 shutil.copyfile(run / name, dest / name)
 

@@ -14,6 +14,10 @@ output's ``machine`` and ``reference`` say which and how. The ``--json`` objects
 (``failure_type`` empty, ``predicted`` the most likely machine id) plus ``machine``, ``reference``, ``scorer``
 and ``scores`` (every scorer).
 
+A supervised run whose anomaly score is fused (:mod:`spectro.model.fusion`) scores each clip or span by the
+larger of the CNN's and its modulation spectrum's standard scores, for the machine type the CNN names; its
+objects add ``scores`` (``cnn``: the CNN's probability, ``modulation``: the spectrum's standard score).
+
 Every result has ``known_machine``: the known-machine check (:mod:`spectro.model.known`), ``{"known", "nearest",
 "distance"}``: ``known`` is false for a recording unlike every machine the run was trained on or enrolled with,
 whose verdict then says little; ``null`` for a run without the check's profiles.
@@ -29,7 +33,7 @@ import numpy as np
 from spectro.errors import SpectroError
 from spectro.inference.windows import expand_inputs, load_windows
 from spectro.model.windows import predict_pooled
-from spectro.runs import feature_settings
+from spectro.runs import feature_settings, fused
 from spectro.runs import threshold as stored_threshold
 
 
@@ -65,7 +69,15 @@ def classify_files(files: list[Path], predictor, *, threshold: float | None, top
         threshold = stored_threshold(predictor.config)
     spans = [span for w in all_windows for span in w.pixels]  # widths may differ between files
     probs = predict_pooled(predictor.predict, spans, window)
-    scores = labels.anomaly_score(probs)
+    modulation = None
+    if predictor.fusion is not None:
+        if any(w.modulation is None for w in all_windows):
+            bad = next(w.path for w in all_windows if w.modulation is None)
+            raise SpectroError(f"{bad}: this run's anomaly score needs the clip's modulation spectrum and the image "
+                               "carries none; classify the recording, or render it with 'spectro images'")
+        modulation = np.concatenate([w.modulation for w in all_windows])
+    parts = predictor.anomaly_parts(probs, modulation)
+    scores = parts["score"]
     failures = labels.failure_type(probs)
     predicted = labels.predicted(probs)
     results, at = [], 0
@@ -85,6 +97,9 @@ def classify_files(files: list[Path], predictor, *, threshold: float | None, top
             "top_k": [[labels.classes[i], round(float(p[i]), 6)] for i in order],
             "known_machine": _known(w, predictor, settings),
         }
+        if predictor.fusion is not None:  # the parts of the fused score
+            result["scores"] = {k: round(float(v[best]), 6) for k, v in parts.items()
+                                if k != "score" and not np.isnan(v[best])}
         if n > 1:
             result["score"] = "max over windows"
             result["windows"] = [
@@ -185,7 +200,7 @@ def classify_paths(paths: list[str | Path], model: str | Path, *, threshold: flo
         raise SpectroError(f"{model}: no such model (expected a run folder, a .keras or a .tflite file; "
                            "train one with 'spectro train')")
     predictor = load_predictor(model)
-    if threshold is not None and threshold > 1 and not predictor.labels.normal_only:
+    if threshold is not None and threshold > 1 and not predictor.labels.normal_only and not fused(predictor.config):
         raise SpectroError(f"--threshold must be in [0, 1] (an anomaly probability), got {threshold}")
     if machine is not None:
         from spectro.inference.normal import parse_machine

@@ -140,6 +140,19 @@ class LabelSpace:
         """Probability of abnormal: the summed probability of all abnormal fine classes."""
         return np.clip(np.asarray(fine_probs, dtype=np.float64)[..., self.abnormal_mask].sum(axis=-1), 0.0, 1.0)
 
+    @property
+    def machine_types(self) -> list[str]:
+        """The machine types the classes name (``<machine>/…``), sorted."""
+        return sorted({c.split("/")[0] for c in self.classes})
+
+    def machine_type(self, fine_probs: np.ndarray) -> list[str]:
+        """The machine type each row most likely is: the largest summed probability of the type's classes
+        (``<machine>/…``)."""
+        types = self.machine_types
+        of = np.array([types.index(c.split("/")[0]) for c in self.classes])
+        mass = np.asarray(fine_probs, dtype=np.float64) @ (of[:, None] == np.arange(len(types))[None, :])
+        return [types[i] for i in mass.argmax(axis=-1)]
+
     def failure_type(self, fine_probs: np.ndarray) -> list[str]:
         """The most likely abnormal fine class for each row ("" when the model knows no abnormal class)."""
         mask = self.abnormal_mask

@@ -107,12 +107,18 @@ def _log(scores) -> np.ndarray:
     return np.log(np.maximum(np.asarray(scores, dtype=np.float64), 1e-12))
 
 
+def robust_scale(values) -> list[float]:
+    """``[median, 1.4826 × median absolute deviation]`` of ``values``: their centre and a standard deviation that
+    one outlier among a handful of normal clips does not inflate (1e-9 at least)."""
+    values = np.asarray(values, dtype=np.float64)
+    median = float(np.median(values))
+    return [median, float(max(MAD_TO_STD * np.median(np.abs(values - median)), 1e-9))]
+
+
 def log_scales(held_out: np.ndarray) -> list[float]:
-    """``[median, 1.4826 × median absolute deviation]`` of the logs of normal clips' ``held_out`` scores, the
-    scale ``combined`` measures a part in (a robust standard deviation; 1e-9 at least)."""
-    logs = _log(held_out)
-    median = float(np.median(logs))
-    return [median, float(max(MAD_TO_STD * np.median(np.abs(logs - median)), 1e-9))]
+    """:func:`robust_scale` of the logs of normal clips' ``held_out`` scores, the scale ``combined`` measures a
+    part in."""
+    return robust_scale(_log(held_out))
 
 
 def id_score(probs: np.ndarray, index: int) -> np.ndarray:

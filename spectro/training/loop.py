@@ -31,9 +31,11 @@ from spectro.errors import SpectroError, SpectroWarning
 from spectro.evaluation import plots
 from spectro.evaluation.learning import LearningCheck, check_learning, check_normal_only
 from spectro.evaluation.metrics import model_metrics
-from spectro.features.reader import survey_images
+from spectro.features.reader import read_modulation, survey_images
 from spectro.features.settings import FeatureSettings
 from spectro.model.backbones import ModelSettings
+from spectro.model.fusion import MIN_CLIPS as FUSION_MIN_CLIPS
+from spectro.model.fusion import Fusion
 from spectro.model.labels import NORMAL_ONLY, TASKS, LabelSpace, machine_key
 from spectro.model.losses import make_loss, make_task_accuracy, sample_weights
 from spectro.model.references import DEFAULT_SCORER, EMBEDDING_SCORER, SCORERS
@@ -41,6 +43,7 @@ from spectro.model.windows import pool, window_columns, window_frames
 from spectro.paths import IMAGES_DIR, MODELS_DIR
 from spectro.runs import (
     CHECKPOINT_NAME,
+    DEFAULT_FUSED_THRESHOLD,
     DEFAULT_THRESHOLD,
     HISTORY_NAME,
     MODEL_NAME,
@@ -396,6 +399,32 @@ def _fit_known_machines(run: Path, rows: list[ImageRow], features: FeatureSettin
     KnownMachines.fit([machine_key(r.machine, r.machine_id) for r in rows], np.concatenate(stats)).save(run)
 
 
+def _fit_fusion(run: Path, labels: LabelSpace, by_split, probs: dict, features, image_shape) -> Fusion | None:
+    """Fit and write a supervised run's fused anomaly score (:mod:`spectro.model.fusion`) from its normal training
+    and validation clips, or ``None`` when the images carry no modulation spectra (the score stays the CNN's
+    probability). ``probs``: the pooled probabilities of the validation clips (when there are any)."""
+    from spectro.features.reader import read_images
+    from spectro.inference.predictors import KerasPredictor
+
+    train = [r for r in by_split["train"] if not r.is_abnormal]
+    if not train or features.modulation_hz is None or not labels.abnormal_mask.any():
+        return None
+    val_sel = [i for i, r in enumerate(by_split["val"]) if not r.is_abnormal] if "val" in probs else []
+    val_types = [by_split["val"][i].machine for i in val_sel]
+    types = labels.machine_types
+    train_p = None
+    if any(val_types.count(t) < FUSION_MIN_CLIPS for t in types):  # some type's CNN scale needs training normals
+        predictor = KerasPredictor(run / MODEL_NAME, run)
+        train_p = labels.anomaly_score(predictor.predict_clips(read_images(train, settings=features,
+                                                                           shape=image_shape)[0]))
+    fusion = Fusion.fit(types=types, train_types=[r.machine for r in train],
+                        train_modulation=read_modulation(train, settings=features), train_probability=train_p,
+                        val_types=val_types,
+                        val_probability=labels.anomaly_score(probs["val"][val_sel]) if val_sel else np.zeros(0))
+    fusion.save(run)
+    return fusion
+
+
 def _normal_only_metrics(run: Path, labels: LabelSpace, by_split, settings: TrainSettings, features, image_shape,
                          progress: bool) -> tuple[dict, LearningCheck | None]:
     """Write the run's normal references (training normals; thresholds from validation normals) and return the
@@ -633,7 +662,19 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
             per_clip = len(window_columns(image_shape[1], window))
             windows = clean.predict(data.map(lambda x, y, w: x), verbose=0)
             probs[split] = pool(windows, np.repeat(np.arange(len(examples[split])), per_clip), len(examples[split]))
+    fusion = _fit_fusion(run, labels, by_split, probs, features, image_shape) if placement.chief and not normal_only \
+        else None
+    for split in probs:
+        if fusion is None:
             metrics[split] = model_metrics(by_split[split], probs[split], labels, threshold=DEFAULT_THRESHOLD)
+        else:
+            parts = fusion.of_probs(labels, probs[split], read_modulation(by_split[split], settings=features))
+            metrics[split] = model_metrics(by_split[split], probs[split], labels, threshold=DEFAULT_FUSED_THRESHOLD,
+                                           scores=parts["fused"], scorers={
+                                               "cnn": labels.anomaly_score(probs[split]),
+                                               **{k: v for k, v in parts.items() if k != "cnn"}})
+    if fusion is not None:
+        config["anomaly_score"] = {"kind": "fused", "types": fusion.to_dict()}
     checked = next((split for split in ("val", "test") if split in probs), None)
     if settings.check_learning and checked is not None and not normal_only:
         learning = check_learning(by_split[checked], probs[checked], labels, split=checked)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -257,7 +258,7 @@ def test_config_metrics_have_the_keys_and_figures_of_metrics_json(trained, tmp_p
     assert set(stored) == {"val", "test"}
     copy = Path(shutil.copytree(run, tmp_path / "run"))
     evaluated = evaluate_run(copy)  # metrics.json of the same model on the same test split
-    blocks = {"overall", "clips", *GROUPINGS}
+    blocks = {"overall", "clips", "scorers", *GROUPINGS}
     for split in ("val", "test"):
         assert set(stored[split]) == {k for k in evaluated if k in blocks}
         assert set(stored[split]["overall"]) == set(evaluated["overall"])
@@ -266,7 +267,65 @@ def test_config_metrics_have_the_keys_and_figures_of_metrics_json(trained, tmp_p
     test = stored["test"]["overall"]
     for key in ("n", "accuracy", "balanced_accuracy", "auc", "pauc", "fine_accuracy", "failure_type_accuracy"):
         assert test[key] == pytest.approx(evaluated["overall"][key], abs=1e-6), key
-    assert test["at_threshold"]["threshold"] == 0.5  # train knows no threshold yet
+    # the images carry modulation spectra: the score is fused, and train knows no threshold but the default one
+    assert load_config(run)["anomaly_score"]["kind"] == "fused"
+    assert test["at_threshold"]["threshold"] == pytest.approx(NormalDist().inv_cdf(0.95 ** 0.5))
+    for name in ("cnn", "modulation", "fused"):
+        assert stored["test"]["scorers"][name]["overall"]["auc"] == pytest.approx(
+            evaluated["scorers"][name]["overall"]["auc"], abs=1e-6), name
+
+
+def test_evaluate_and_classify_score_a_supervised_run_by_the_fused_score_alike(trained, tmp_path):
+    import csv
+    import shutil
+
+    from scipy.special import logit
+
+    from spectro.commands.train import format_metrics
+    from spectro.evaluation.evaluate import evaluate_run
+    from spectro.inference.classify import classify_paths
+    from spectro.model.fusion import Fusion
+    from spectro.model.labels import LabelSpace
+
+    _, run, _ = trained
+    line = format_metrics("test", load_config(run)["metrics"]["test"])
+    assert "task accuracy" in line and "the CNN alone" in line and "machine id" not in line
+    copy = Path(shutil.copytree(run, tmp_path / "run"))
+    assert evaluate_run(copy)["anomaly_score"] == "fused"
+    with (copy / "predictions.csv").open() as handle:
+        predicted = list(csv.DictReader(handle))
+    fusion, labels = Fusion.load(copy), LabelSpace.load(copy)
+    results, _ = classify_paths([p["path"] for p in predicted], copy, threshold=2.5)  # not a probability: allowed
+    for row, result in zip(predicted, results):
+        assert result["anomaly_score"] == pytest.approx(float(row["anomaly_score"]), abs=1e-5)
+        cnn = float(row["score_cnn"])
+        assert 0 <= cnn <= 1 and result["scores"]["cnn"] == pytest.approx(cnn, abs=1e-5)
+        assert result["verdict"] == ("ABNORMAL" if result["anomaly_score"] >= 2.5 else "normal")
+        # the CNN's part on the scale of the machine type it names, the larger of it and the spectrum's
+        probs = np.array([[float(row[f"p_{c}"]) for c in labels.classes]])
+        median, sd = fusion.types[labels.machine_type(probs)[0]].cnn_scale
+        expected = max((logit(np.clip(cnn, 1e-7, 1 - 1e-7)) - median) / sd, float(row["score_modulation"]))
+        assert float(row["anomaly_score"]) == pytest.approx(expected, rel=1e-3, abs=1e-3)
+
+
+def test_an_exported_fused_run_scores_through_litert_as_through_keras(trained, tmp_path):
+    from spectro.export.tflite import ExportSettings, export_run
+    from spectro.inference.classify import classify_paths
+    from spectro.runs import DEFAULT_FUSED_THRESHOLD, FUSION_NAME
+
+    _, run, _ = trained
+    device = tmp_path / "device"
+    export_run(run, ExportSettings(quantize=("none",), verify=False, latency_runs=1), out=device, progress=False)
+    assert (device / FUSION_NAME).is_file()
+    assert load_config(device)["threshold"]["value"] == pytest.approx(DEFAULT_FUSED_THRESHOLD)
+    pngs = [r.path for r in read_splits(run, "test")]
+    lite, _ = classify_paths(pngs, device / "model.tflite")
+    keras_results, _ = classify_paths(pngs, run)
+    for a, b in zip(lite, keras_results):
+        assert set(a["scores"]) == {"cnn", "modulation"}
+        assert a["scores"]["modulation"] == pytest.approx(b["scores"]["modulation"], rel=1e-5)
+        assert a["scores"]["cnn"] == pytest.approx(b["scores"]["cnn"], abs=1e-3)
+        assert a["anomaly_score"] == pytest.approx(b["anomaly_score"], abs=0.05)
 
 
 @pytest.mark.slow

@@ -1,0 +1,224 @@
+"""A supervised run's anomaly score: the CNN's, fused per machine type with the clip's modulation spectrum
+(no TensorFlow here).
+
+A spectrogram image has about 31 frames a second, so it cannot show a loudness wobble faster than about 15 Hz:
+a fan's unbalance (amplitude modulation at its shaft rate) or a bearing's impacts leave the CNN little to see,
+while the clip's modulation spectrum (:mod:`spectro.features.modulation`, stored in every PNG) shows them. So a
+supervised run whose images carry modulation spectra scores a clip by the larger of two robust standard scores,
+per **machine type** (the CNN's classes name the type, so a clip's type is known without its path):
+
+``cnn``         ``logit(p)`` of the CNN's anomaly probability ``p``
+                (:meth:`spectro.model.labels.LabelSpace.anomaly_score`, pooled over the clip's windows), minus the
+                median over the type's normal validation clips, divided by 1.4826 × their median absolute
+                deviation (:data:`MIN_CNN_SD` at least; its training normals' when the validation split holds fewer than
+                :data:`MIN_CLIPS` normal clips of the type; all types' normals together when it has fewer than
+                that in both)
+``modulation``  the log of the Mahalanobis distance of the clip's modulation spectrum to a Gaussian of the type's
+                normal training clips' spectra (Ledoit–Wolf), minus the median of the logs of those clips' own
+                distances when each fold of them (up to :data:`FOLDS` folds by clip) is measured against the
+                others, divided by 1.4826 × their median absolute deviation
+
+``fused = max(cnn, modulation)`` — the rule of a normal-only run's ``combined``
+(:mod:`spectro.model.references`): a clip far out in either view is far out, and a view blind to a failure does
+not dilute the one that sees it. A type with fewer than :data:`MIN_CLIPS` normal training clips carrying spectra
+is scored by ``cnn`` alone. docs/small-data.md and docs/benchmarks.md have the measurements.
+
+The fused score is a standard score, not a probability: about 5 % of normal clips score above
+:data:`DEFAULT_THRESHOLD` when both parts are standard normal and independent; ``spectro evaluate`` chooses the
+run's threshold on its validation split as for any score.
+
+The file ``fusion.npz`` (:data:`spectro.runs.FUSION_NAME`) holds, per machine type, the CNN part's scale and,
+when fitted, the spectrum Gaussian's mean and precision and its scale, so scoring needs numpy alone; a run
+without it (trained before, or on images without modulation spectra) is scored by the CNN's probability.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spectro.errors import SpectroError
+from spectro.model.references import Gaussian, log_scales, robust_scale
+from spectro.runs import DEFAULT_FUSED_THRESHOLD as DEFAULT_THRESHOLD  # noqa: F401 - the score's default threshold
+from spectro.runs import FUSION_NAME
+
+MIN_CLIPS = 3
+FOLDS = 5
+# the CNN part's robust standard deviation in log-odds, at least: a model whose normal clips all get the same
+# probability (saturated, or one that learned nothing) would otherwise make rounding noise a huge score
+MIN_CNN_SD = 0.1
+PARTS = ("cnn", "modulation")
+_EPS = 1e-7
+
+
+def logit(p) -> np.ndarray:
+    """``log(p / (1 − p))`` of probabilities, clipped to ``[1e-7, 1 − 1e-7]`` first."""
+    p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1.0 - _EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+@dataclass
+class TypeFusion:
+    """One machine type: the CNN part's scale, and the spectrum Gaussian with its scale (``None`` without)."""
+
+    cnn_scale: list[float]  # [median, robust sd] of logit(p) of normal clips
+    cnn_scale_from: str  # "validation" or "training"
+    mean: np.ndarray | None = None
+    precision: np.ndarray | None = None
+    modulation_scale: list[float] | None = None  # [median, robust sd] of log distances, held out fold by fold
+    clips: int = 0  # normal training clips with spectra
+
+    @property
+    def has_modulation(self) -> bool:
+        return self.mean is not None
+
+    def distance(self, modulation: np.ndarray) -> np.ndarray:
+        centred = np.asarray(modulation, dtype=np.float64) - self.mean
+        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", centred, self.precision, centred), 0.0))
+
+    def parts(self, probability: np.ndarray, modulation: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Each part's standard score of clips (``modulation`` only with the spectra and a fitted Gaussian)."""
+        out = {"cnn": (logit(probability) - self.cnn_scale[0]) / self.cnn_scale[1]}
+        if self.has_modulation and modulation is not None:
+            logs = np.log(np.maximum(self.distance(modulation), 1e-12))
+            out["modulation"] = (logs - self.modulation_scale[0]) / self.modulation_scale[1]
+        return out
+
+
+@dataclass
+class Fusion:
+    """A run's fusion, one :class:`TypeFusion` per machine type."""
+
+    types: dict[str, TypeFusion]
+
+    @classmethod
+    def fit(cls, *, types, train_types, train_modulation: np.ndarray | None, train_probability: np.ndarray | None,
+            val_types, val_probability: np.ndarray) -> Fusion:
+        """One entry for each machine type of ``types`` (every type the CNN can name) from the **normal** clips of
+        the training split (their machine types, modulation spectra ``(n, bins)`` or ``None``, and the CNN's
+        anomaly probabilities, needed only where a type has fewer than :data:`MIN_CLIPS` validation normals) and
+        of the validation split (types, probabilities). A type without enough normal clips of its own takes the
+        CNN scale of all types' normal clips together."""
+        train_types = np.asarray(list(train_types), dtype=str)
+        val_types = np.asarray(list(val_types), dtype=str)
+        val_probability = np.asarray(val_probability, dtype=np.float64)
+        if len(val_types) != len(val_probability) or (
+                train_probability is not None and len(train_probability) != len(train_types)):
+            raise SpectroError("need one machine type per clip and probability")
+        if train_modulation is not None and len(train_modulation) != len(train_types):
+            raise SpectroError(f"need one modulation spectrum per training clip ({len(train_types)}), got "
+                               f"{len(train_modulation)}")
+
+        def floored(values) -> list[float]:
+            median, sd = robust_scale(logit(values))
+            return [median, max(sd, MIN_CNN_SD)]
+
+        def cnn_scale(val_sel, train_sel) -> tuple[list[float], str] | None:
+            if val_sel.sum() >= MIN_CLIPS:
+                return floored(val_probability[val_sel]), "validation"
+            if train_probability is not None and train_sel.sum() >= MIN_CLIPS:
+                return floored(np.asarray(train_probability, dtype=np.float64)[train_sel]), "training"
+            return None
+
+        pooled = cnn_scale(np.ones(len(val_types), bool), np.ones(len(train_types), bool))
+        out = {}
+        for name in sorted(set(types)):
+            scale = cnn_scale(val_types == name, train_types == name) or pooled
+            if scale is None:
+                raise SpectroError(f"need at least {MIN_CLIPS} normal clips to scale the anomaly score, got "
+                                   f"{len(val_types)} validation and {len(train_types)} training normal clips")
+            fused = TypeFusion(*scale)
+            spectra = None if train_modulation is None else np.asarray(train_modulation[train_types == name],
+                                                                         dtype=np.float64)
+            if spectra is not None and len(spectra) >= MIN_CLIPS:
+                folds = np.arange(len(spectra)) % min(FOLDS, len(spectra))
+                held = np.zeros(len(spectra))
+                for f in np.unique(folds):
+                    held[folds == f] = Gaussian(spectra[folds != f]).distance(spectra[folds == f])
+                fit = Gaussian(spectra).fit
+                fused.mean, fused.precision = fit.location_, fit.precision_
+                fused.modulation_scale, fused.clips = log_scales(held), len(spectra)
+            out[name] = fused
+        if not out:
+            raise SpectroError("no machine types to fit the anomaly score for")
+        return cls(out)
+
+    def parts(self, types, probability: np.ndarray, modulation: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Each part's score of clips of machine ``types`` (NaN where a part does not apply) and ``fused``."""
+        types = np.asarray(list(types), dtype=str)
+        probability = np.asarray(probability, dtype=np.float64)
+        if len(types) != len(probability) or (modulation is not None and len(modulation) != len(types)):
+            raise SpectroError(f"need one machine type, probability and spectrum per clip, got {len(types)}, "
+                               f"{len(probability)} and {'none' if modulation is None else len(modulation)}")
+        out = {name: np.full(len(types), np.nan) for name in PARTS}
+        for name in sorted(set(types.tolist())):
+            sel = types == name
+            fused = self.types.get(name)
+            if fused is None:
+                raise SpectroError(f"machine type {name!r} has no anomaly-score scales (the run knows "
+                                   f"{', '.join(sorted(self.types))})")
+            for part, value in fused.parts(probability[sel], None if modulation is None else modulation[sel]).items():
+                out[part][sel] = value
+        out["fused"] = np.fmax(out["cnn"], out["modulation"])  # fmax: a missing part (NaN) does not count
+        return out
+
+    def score(self, types, probability: np.ndarray, modulation: np.ndarray | None) -> np.ndarray:
+        """The fused anomaly score of clips."""
+        return self.parts(types, probability, modulation)["fused"]
+
+    def of_probs(self, labels, probs: np.ndarray, modulation: np.ndarray | None) -> dict[str, np.ndarray]:
+        """:meth:`parts` of clips from the CNN's pooled fine-class ``probs``: the machine type each clip is
+        scored as is the one the CNN finds most likely (:meth:`~spectro.model.labels.LabelSpace.machine_type`)."""
+        return self.parts(labels.machine_type(probs), labels.anomaly_score(probs), modulation)
+
+    # -- file --------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """What ``config.json`` records of the fusion (the file holds the arrays)."""
+        return {name: {"cnn_scale": t.cnn_scale, "cnn_scale_from": t.cnn_scale_from,
+                       "modulation_scale": t.modulation_scale, "modulation_clips": t.clips}
+                for name, t in sorted(self.types.items())}
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``fusion.npz`` into ``folder`` (atomically)."""
+        names = sorted(self.types)
+        fitted = [n for n in names if self.types[n].has_modulation]
+        d = self.types[fitted[0]].mean.shape[0] if fitted else 0
+        arrays = {
+            "types": np.array(names, dtype=str),
+            "cnn_scales": np.array([self.types[n].cnn_scale for n in names], dtype=np.float64),
+            "cnn_from": np.array([self.types[n].cnn_scale_from for n in names], dtype=str),
+            "fitted": np.array(fitted, dtype=str).reshape(-1),
+            "means": np.array([self.types[n].mean for n in fitted], dtype=np.float64).reshape(-1, d),
+            "precisions": np.array([self.types[n].precision for n in fitted], dtype=np.float64).reshape(-1, d, d),
+            "modulation_scales": np.array([self.types[n].modulation_scale for n in fitted],
+                                          dtype=np.float64).reshape(-1, 2),
+            "clips": np.array([self.types[n].clips for n in fitted], dtype=np.int64),
+        }
+        path = Path(folder) / FUSION_NAME
+        tmp = path.with_name(f".{FUSION_NAME}.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Fusion | None:
+        """A run's fusion, or ``None`` when it has none (its anomaly score is the CNN's probability)."""
+        path = Path(folder) / FUSION_NAME
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as data:
+                types = {str(n): TypeFusion([float(a), float(b)], str(f))
+                         for n, (a, b), f in zip(data["types"], data["cnn_scales"], data["cnn_from"])}
+                for n, mean, precision, (a, b), clips in zip(data["fitted"], data["means"], data["precisions"],
+                                                             data["modulation_scales"], data["clips"]):
+                    t = types[str(n)]
+                    t.mean, t.precision, t.modulation_scale, t.clips = mean, precision, [float(a), float(b)], int(clips)
+        except (OSError, ValueError, KeyError) as exc:
+            raise SpectroError(f"{path}: unreadable anomaly-score fusion ({type(exc).__name__}: {exc})") from None
+        if not types:
+            raise SpectroError(f"{path}: no machine types in the anomaly-score fusion")
+        return cls(types)

@@ -1,0 +1,135 @@
+"""spectro.model.fusion: a supervised run's fused anomaly score against an independent computation (scipy's
+Mahalanobis with scikit-learn's Ledoit–Wolf covariance, scipy's normal-consistent MAD), where each scale comes
+from, the machine type the CNN names, and the file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
+from scipy.special import logit as scipy_logit
+from scipy.stats import median_abs_deviation
+from sklearn.covariance import LedoitWolf
+
+from spectro.errors import SpectroError
+from spectro.model.fusion import DEFAULT_THRESHOLD, FUSION_NAME, MIN_CNN_SD, Fusion
+from spectro.model.labels import LabelSpace
+
+
+def _z(values, reference):
+    return (values - np.median(reference)) / median_abs_deviation(reference, scale="normal")
+
+
+def _spectra(n, seed, shift=0.0, d=6):
+    return np.random.default_rng(seed).normal(size=(n, d)) + shift
+
+
+def _held_out_log_distances(spectra):
+    """Each fold of clips (clip i in fold i % 5) measured against a Ledoit-Wolf Gaussian of the others."""
+    folds = np.arange(len(spectra)) % 5
+    out = np.zeros(len(spectra))
+    for f in range(5):
+        fit = LedoitWolf().fit(spectra[folds != f])
+        inverse = np.linalg.inv(fit.covariance_)
+        out[folds == f] = [scipy_mahalanobis(x, fit.location_, inverse) for x in spectra[folds == f]]
+    return np.log(out)
+
+
+def _fitted():
+    rng = np.random.default_rng(0)
+    fan_spectra, pump_spectra = _spectra(12, 1), _spectra(10, 2, shift=3.0)
+    return Fusion.fit(types=["fan", "pump"], train_types=["fan"] * 12 + ["pump"] * 10,
+                      train_modulation=np.concatenate([fan_spectra, pump_spectra]), train_probability=None,
+                      val_types=["fan"] * 5 + ["pump"] * 4,
+                      val_probability=np.concatenate([rng.uniform(0.01, 0.2, 5), rng.uniform(0.001, 0.05, 4)])
+                      ), fan_spectra, pump_spectra
+
+
+def test_fused_is_the_larger_of_the_cnns_and_the_spectrums_robust_standard_scores_per_machine_type():
+    rng = np.random.default_rng(0)
+    val_fan, val_pump = rng.uniform(0.01, 0.2, 5), rng.uniform(0.001, 0.05, 4)
+    fusion, fan_spectra, _ = _fitted()
+    probability, spectra = np.array([0.02, 0.9, 0.1]), np.stack([_spectra(1, 7)[0], _spectra(1, 8)[0],
+                                                                 _spectra(1, 9, shift=4.0)[0]])
+    parts = fusion.parts(["fan"] * 3, probability, spectra)
+    # the CNN part: logit of the probability, scaled by the fan's validation normals
+    cnn = _z(scipy_logit(probability), scipy_logit(val_fan))
+    np.testing.assert_allclose(parts["cnn"], cnn, rtol=1e-9)
+    # the spectrum part: log Mahalanobis to the fan's training normals, scaled by their held-out log distances
+    fit = LedoitWolf().fit(fan_spectra)
+    inverse = np.linalg.inv(fit.covariance_)
+    distance = np.array([scipy_mahalanobis(x, fit.location_, inverse) for x in spectra])
+    modulation = _z(np.log(distance), _held_out_log_distances(fan_spectra))
+    np.testing.assert_allclose(parts["modulation"], modulation, rtol=1e-6)
+    np.testing.assert_allclose(parts["fused"], np.maximum(cnn, modulation), rtol=1e-6)
+    assert parts["fused"][1] == pytest.approx(cnn[1])  # a confident CNN decides
+    assert parts["fused"][2] == pytest.approx(modulation[2])  # a spectrum far out decides, undiluted
+    # the same clips as pumps are measured against the pumps' scales
+    as_pump = fusion.parts(["pump"] * 3, probability, spectra)
+    np.testing.assert_allclose(as_pump["cnn"], _z(scipy_logit(probability), scipy_logit(val_pump)), rtol=1e-9)
+
+
+def test_a_type_with_few_validation_normals_takes_its_training_normals_scale_and_without_spectra_the_cnn_alone():
+    train_p = np.array([0.01, 0.02, 0.03, 0.05, 0.04, 0.2, 0.3, 0.1])
+    fusion = Fusion.fit(types=["fan", "pump", "valve"], train_types=["fan"] * 4 + ["pump"] * 4,
+                        train_modulation=np.concatenate([_spectra(4, 1), _spectra(2, 2)[[0, 0, 1, 1]]])[:8],
+                        train_probability=train_p, val_types=["fan", "fan"], val_probability=np.array([0.5, 0.6]))
+    assert fusion.types["fan"].cnn_scale_from == "training"
+    assert fusion.types["fan"].cnn_scale == pytest.approx(
+        [np.median(scipy_logit(train_p[:4])), median_abs_deviation(scipy_logit(train_p[:4]), scale="normal")])
+    # a type with no normal clip of its own: all types' normals together (the validation has fewer than 3)
+    assert fusion.types["valve"].cnn_scale == pytest.approx(
+        [np.median(scipy_logit(train_p)), median_abs_deviation(scipy_logit(train_p), scale="normal")])
+    assert not fusion.types["valve"].has_modulation
+    parts = fusion.parts(["valve", "fan"], np.array([0.4, 0.4]), _spectra(2, 5))
+    assert np.isnan(parts["modulation"][0]) and parts["fused"][0] == pytest.approx(parts["cnn"][0])
+    assert parts["fused"][1] == pytest.approx(max(parts["cnn"][1], parts["modulation"][1]))
+
+
+def test_the_machine_type_is_the_one_the_cnn_finds_most_likely():
+    labels = LabelSpace.from_pairs([("fan", "normal"), ("fan", "bearing"), ("pump", "normal"), ("pump", "leak")],
+                                   task="failure")
+    probs = np.zeros((2, 4))
+    probs[0, [labels.index("fan", "normal"), labels.index("pump", "leak")]] = [0.3, 0.7]
+    probs[1, [labels.index("fan", "normal"), labels.index("fan", "bearing"), labels.index("pump", "leak")]] = \
+        [0.35, 0.3, 0.35]
+    assert labels.machine_type(probs) == ["pump", "fan"]  # fan: 0.65 in all, though no fan class is the largest
+    fusion, _, _ = _fitted()
+    parts = fusion.of_probs(labels, probs, _spectra(2, 11))
+    direct = fusion.parts(["pump", "fan"], labels.anomaly_score(probs), _spectra(2, 11))
+    np.testing.assert_allclose(parts["fused"], direct["fused"])
+
+
+def test_a_cnn_that_gives_every_normal_clip_the_same_probability_has_the_floor_for_its_scale():
+    fusion = Fusion.fit(types=["fan"], train_types=[], train_modulation=None, train_probability=None,
+                        val_types=["fan"] * 4, val_probability=np.full(4, 0.25))
+    assert fusion.types["fan"].cnn_scale == pytest.approx([np.log(1 / 3), MIN_CNN_SD])
+    parts = fusion.parts(["fan", "fan"], np.array([0.25, 0.2500001]), None)
+    np.testing.assert_allclose(parts["fused"], [0.0, 0.0], atol=1e-5)  # rounding noise stays noise
+
+
+def test_file_round_trip_and_errors(tmp_path):
+    fusion, _, _ = _fitted()
+    path = fusion.save(tmp_path)
+    assert path.name == FUSION_NAME
+    loaded = Fusion.load(tmp_path)
+    spectra, probability = _spectra(4, 3, shift=1.0), np.array([0.1, 0.5, 0.01, 0.99])
+    for kind in ("fan", "pump"):
+        np.testing.assert_allclose(loaded.score([kind] * 4, probability, spectra),
+                                   fusion.score([kind] * 4, probability, spectra))
+    assert loaded.to_dict() == fusion.to_dict()
+    assert Fusion.load(tmp_path / "nothing") is None
+    (tmp_path / FUSION_NAME).write_bytes(b"not an npz")
+    with pytest.raises(SpectroError, match="unreadable anomaly-score fusion"):
+        Fusion.load(tmp_path)
+    with pytest.raises(SpectroError, match="'valve' has no anomaly-score scales"):
+        fusion.parts(["valve"], np.array([0.5]), None)
+    with pytest.raises(SpectroError, match="at least 3 normal clips"):
+        Fusion.fit(types=["fan"], train_types=["fan"], train_modulation=None, train_probability=None,
+                   val_types=["fan"], val_probability=np.array([0.1]))
+
+
+def test_the_default_threshold_passes_five_percent_of_two_independent_standard_normal_scores():
+    rng = np.random.default_rng(0)
+    fused = np.maximum(rng.normal(size=200_000), rng.normal(size=200_000))
+    assert np.mean(fused >= DEFAULT_THRESHOLD) == pytest.approx(0.05, abs=0.002)
