@@ -10,9 +10,9 @@ per **machine type** (the CNN's classes name the type, so a clip's type is known
 ``cnn``         ``logit(p)`` of the CNN's anomaly probability ``p``
                 (:meth:`spectro.model.labels.LabelSpace.anomaly_score`, pooled over the clip's windows), minus the
                 median over the type's normal validation clips, divided by 1.4826 × their median absolute
-                deviation (:data:`MIN_CNN_SD` at least; its training normals' when the validation split holds fewer than
-                :data:`MIN_CLIPS` normal clips of the type; all types' normals together when it has fewer than
-                that in both)
+                deviation (:data:`MIN_CNN_SD` at least; its training normals' when the validation split holds
+                fewer than :data:`MIN_CLIPS` normal clips of the type; all types' normals together when it has
+                fewer than that in both)
 ``modulation``  the log of the Mahalanobis distance of the clip's modulation spectrum to a Gaussian of the type's
                 normal training clips' spectra (Ledoit–Wolf), minus the median of the logs of those clips' own
                 distances when each fold of them (up to :data:`FOLDS` folds by clip) is measured against the
@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from spectro.errors import SpectroError
-from spectro.model.references import Gaussian, log_scales, robust_scale
+from spectro.model.references import Gaussian, log_scales, mahalanobis, robust_scale
 from spectro.runs import DEFAULT_FUSED_THRESHOLD as DEFAULT_THRESHOLD  # noqa: F401 - the score's default threshold
 from spectro.runs import FUSION_NAME
 
@@ -75,15 +75,11 @@ class TypeFusion:
     def has_modulation(self) -> bool:
         return self.mean is not None
 
-    def distance(self, modulation: np.ndarray) -> np.ndarray:
-        centred = np.asarray(modulation, dtype=np.float64) - self.mean
-        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", centred, self.precision, centred), 0.0))
-
     def parts(self, probability: np.ndarray, modulation: np.ndarray | None) -> dict[str, np.ndarray]:
         """Each part's standard score of clips (``modulation`` only with the spectra and a fitted Gaussian)."""
         out = {"cnn": (logit(probability) - self.cnn_scale[0]) / self.cnn_scale[1]}
         if self.has_modulation and modulation is not None:
-            logs = np.log(np.maximum(self.distance(modulation), 1e-12))
+            logs = np.log(np.maximum(mahalanobis(modulation, self.mean, self.precision), 1e-12))
             out["modulation"] = (logs - self.modulation_scale[0]) / self.modulation_scale[1]
         return out
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from spectro.errors import SpectroError
-from spectro.model.references import Gaussian
+from spectro.model.references import Gaussian, mahalanobis
 from spectro.runs import KNOWN_NAME
 
 FOLDS = 5
@@ -45,11 +45,6 @@ class Check:
 
     def to_dict(self) -> dict:
         return {"known": self.known, "nearest": self.nearest, "distance": round(self.distance, 4)}
-
-
-def _distance(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    centred = np.asarray(features, dtype=np.float64) - mean
-    return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", centred, precision, centred), 0.0))
 
 
 @dataclass
@@ -73,7 +68,7 @@ class Profile:
         return cls(features, fit.location_, fit.precision_, float(max(held.max(), 1e-12)))
 
     def distance(self, features: np.ndarray) -> np.ndarray:
-        return _distance(features, self.mean, self.precision) / self.bound
+        return mahalanobis(features, self.mean, self.precision) / self.bound
 
 
 def statistics(pixels, settings) -> np.ndarray:

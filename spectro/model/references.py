@@ -103,6 +103,13 @@ class Gaussian:
         return np.sqrt(np.maximum(self.fit.mahalanobis(np.asarray(queries, dtype=np.float64)), 0.0))
 
 
+def mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Mahalanobis distance of each row of ``features`` from a Gaussian stored as its ``mean`` and ``precision``
+    (numpy alone: what a fitted :class:`Gaussian` leaves in a file)."""
+    centred = np.asarray(features, dtype=np.float64) - mean
+    return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", centred, precision, centred), 0.0))
+
+
 def _log(scores) -> np.ndarray:
     return np.log(np.maximum(np.asarray(scores, dtype=np.float64), 1e-12))
 
