@@ -140,6 +140,18 @@ def embedding_of(config: dict[str, Any]) -> str:
     return str(config.get("model", {}).get("embedding", "pool"))
 
 
+def save_arrays(path: str | Path, arrays: dict[str, Any]) -> Path:
+    """Write ``arrays`` to the ``.npz`` file ``path`` atomically (a temporary file beside it, then renamed), so a
+    reader never sees half a file."""
+    import numpy as np
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
 def fused(config: dict[str, Any]) -> bool:
     """Whether the run's anomaly score is fused (:mod:`spectro.model.fusion`): a standard score, not a
     probability."""

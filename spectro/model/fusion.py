@@ -34,7 +34,6 @@ without it (trained before, or on images without modulation spectra) is scored b
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +42,7 @@ import numpy as np
 from spectro.errors import SpectroError
 from spectro.model.references import Gaussian, log_scales, mahalanobis, robust_scale
 from spectro.runs import DEFAULT_FUSED_THRESHOLD as DEFAULT_THRESHOLD  # noqa: F401 - the score's default threshold
-from spectro.runs import FUSION_NAME
+from spectro.runs import FUSION_NAME, save_arrays
 
 MIN_CLIPS = 3
 FOLDS = 5
@@ -193,11 +192,7 @@ class Fusion:
                                           dtype=np.float64).reshape(-1, 2),
             "clips": np.array([self.types[n].clips for n in fitted], dtype=np.int64),
         }
-        path = Path(folder) / FUSION_NAME
-        tmp = path.with_name(f".{FUSION_NAME}.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-        return path
+        return save_arrays(Path(folder) / FUSION_NAME, arrays)
 
     @classmethod
     def load(cls, folder: str | Path) -> Fusion | None:

@@ -21,7 +21,6 @@ key and, per machine, the Gaussian's mean and precision and the bound, so checki
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import numpy as np
 
 from spectro.errors import SpectroError
 from spectro.model.references import Gaussian, mahalanobis
-from spectro.runs import KNOWN_NAME
+from spectro.runs import KNOWN_NAME, save_arrays
 
 FOLDS = 5
 MIN_CLIPS = 3  # fewer clips of a machine give no bound: the check does not use it
@@ -143,11 +142,7 @@ class KnownMachines:
             "precisions": np.array([self.profiles[k].precision for k in usable], dtype=np.float64).reshape(-1, d, d),
             "bounds": np.array([self.profiles[k].bound for k in usable], dtype=np.float64),
         }
-        path = Path(folder) / KNOWN_NAME
-        tmp = path.with_name(f".{KNOWN_NAME}.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-        return path
+        return save_arrays(Path(folder) / KNOWN_NAME, arrays)
 
     @classmethod
     def load(cls, folder: str | Path) -> KnownMachines | None:

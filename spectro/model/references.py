@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from spectro.errors import SpectroError
-from spectro.runs import REFERENCES_INFO, REFERENCES_NAME
+from spectro.runs import REFERENCES_INFO, REFERENCES_NAME, save_arrays
 
 SCORERS = ("knn", "mahalanobis", "id", "modulation", "combined")
 # need the clips' modulation spectra (images rendered with modulation_hz)
@@ -413,9 +413,7 @@ class References:
             arrays["modulation"] = np.concatenate([self.machines[k].modulation for k in with_modulation])
             arrays["modulation_keys"] = np.concatenate(
                 [[k] * len(self.machines[k].modulation) for k in with_modulation]).astype(str)
-        tmp = folder / f".{REFERENCES_NAME}.tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, folder / REFERENCES_NAME)
+        save_arrays(folder / REFERENCES_NAME, arrays)
         tmp = folder / f".{REFERENCES_INFO}.tmp"
         tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         os.replace(tmp, folder / REFERENCES_INFO)
