@@ -40,7 +40,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--machine", default=None, metavar="MACHINE/ID",
                         help="normal-only runs: score every file as this machine (fan/id_02), against its enrolled "
                              "normal clips; default: the machine id in each file's path, else the nearest enrolled "
-                             "machine")
+                             "machine. Supervised runs with a fused anomaly score: score every file as this machine "
+                             "type (fan, or fan/id_02); default: the folder of its path named like one of the run's "
+                             "types, else the type the model hears")
     parser.add_argument("--json", action="store_true", help="print one JSON object per file instead of text")
     parser.add_argument("--csv", type=Path, default=None, metavar="OUT", help="also write one row per file to OUT")
 
@@ -62,6 +64,10 @@ def format_text(result: dict[str, Any], *, max_listed: int = 8) -> str:
     if "machine" in result:  # a normal-only run: which machine's normal references the file was scored against
         lines.append(f"  machine {result['machine']} (from {result['reference']}); {result['scorer']} score; "
                      + ", ".join(f"{name} {v:.3f}" for name, v in result["scores"].items()))
+    if "machine_type" in result:  # a fused supervised run: the type whose normal clips set the scales
+        parts = result["scores"]
+        lines.append(f"  scored as a {result['machine_type']} (from {result['machine_type_from']}): CNN probability "
+                     f"{parts['cnn']:.3f}" + (f", spectrum {parts['modulation']:.2f}" if "modulation" in parts else ""))
     known = result.get("known_machine")
     if known is not None and not known["known"]:
         lines[0] += "  UNKNOWN MACHINE"

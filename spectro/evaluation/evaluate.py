@@ -211,7 +211,8 @@ def evaluate_run(run: str | Path, *, images: str | Path | None = None, max_fpr: 
     pixels, _ = read_images(test_rows + val_rows, settings=settings, shape=shape, progress=progress)
     probs = predictor.predict_clips(pixels)  # each image scored as training scored it: pooled over its windows
     parts = predictor.anomaly_parts(probs, read_modulation(test_rows + val_rows, settings=settings)
-                                    if predictor.fusion is not None else None)
+                                    if predictor.fusion is not None else None,
+                                    [r.machine for r in test_rows + val_rows])
     scores = parts["score"]
     test_probs, test_scores = probs[:len(test_rows)], scores[:len(test_rows)]
     # a fused run: each part's figures beside the fused score's (the CNN's alone among them)

@@ -15,8 +15,11 @@ output's ``machine`` and ``reference`` say which and how. The ``--json`` objects
 and ``scores`` (every scorer).
 
 A supervised run whose anomaly score is fused (:mod:`spectro.model.fusion`) scores each clip or span by the
-larger of the CNN's and its modulation spectrum's standard scores, for the machine type the CNN names; its
-objects add ``scores`` (``cnn``: the CNN's probability, ``modulation``: the spectrum's standard score).
+larger of the CNN's and its modulation spectrum's standard scores, for the file's machine type: ``--machine``'s,
+else the last folder of its path (a PNG's: or of its source recording's) named like one of the run's types, else
+the one the CNN names. Its objects add ``scores`` (``cnn``: the CNN's probability, ``modulation``: the spectrum's
+standard score), ``machine_type`` and ``machine_type_from`` (``--machine``, ``the path``, ``the image's source
+recording`` or ``the model``).
 
 Every result has ``known_machine``: the known-machine check (:mod:`spectro.model.known`), ``{"known", "nearest",
 "distance"}``: ``known`` is false for a recording unlike every machine the run was trained on or enrolled with,
@@ -52,7 +55,8 @@ def classify_files(files: list[Path], predictor, *, threshold: float | None, top
         A file is ``ABNORMAL`` when its anomaly score is >= ``threshold``; ``None``: the run's (a normal-only
         run's: its machine's).
     machine : str, optional
-        A normal-only run: the machine key every file is scored as.
+        A normal-only run: the machine key every file is scored as; a fused supervised run: the machine type
+        (``fan`` or ``fan/id_02``).
     """
     settings = feature_settings(predictor.config)
     window = int(predictor.input_shape[1])
@@ -76,7 +80,10 @@ def classify_files(files: list[Path], predictor, *, threshold: float | None, top
             raise SpectroError(f"{bad}: this run's anomaly score needs the clip's modulation spectrum and the image "
                                "carries none; classify the recording, or render it with 'spectro images'")
         modulation = np.concatenate([w.modulation for w in all_windows])
-    parts = predictor.anomaly_parts(probs, modulation)
+        named = [_machine_type(w.path, predictor.fusion.types, machine) for w in all_windows]
+        types = predictor.fusion.types_of(labels, probs, [t for (t, _), w in zip(named, all_windows)
+                                                          for _ in w.pixels])
+    parts = predictor.anomaly_parts(probs, modulation, types if predictor.fusion is not None else None)
     scores = parts["score"]
     failures = labels.failure_type(probs)
     predicted = labels.predicted(probs)
@@ -97,9 +104,10 @@ def classify_files(files: list[Path], predictor, *, threshold: float | None, top
             "top_k": [[labels.classes[i], round(float(p[i]), 6)] for i in order],
             "known_machine": _known(w, predictor, settings),
         }
-        if predictor.fusion is not None:  # the parts of the fused score
+        if predictor.fusion is not None:  # the parts of the fused score, and the machine type it was scored as
             result["scores"] = {k: round(float(v[best]), 6) for k, v in parts.items()
                                 if k != "score" and not np.isnan(v[best])}
+            result["machine_type"], result["machine_type_from"] = types[best], named[len(results)][1]
         if n > 1:
             result["score"] = "max over windows"
             result["windows"] = [
@@ -109,6 +117,31 @@ def classify_files(files: list[Path], predictor, *, threshold: float | None, top
                 for i in range(n)]
         results.append(result)
     return results
+
+
+def _machine_type(path: Path, types, machine: str | None) -> tuple[str | None, str]:
+    """The machine type a fused run scores a file as, and where it came from: ``--machine``'s (``fan`` or
+    ``fan/id_02``), else the last folder of the file's path that names one of the run's machine ``types``, else,
+    for a PNG, of its source recording's path; ``(None, …)``: the type the CNN finds most likely."""
+    if machine:
+        name = machine.strip("/").split("/")[0]
+        if name not in types:
+            raise SpectroError(f"--machine {machine}: this run scores the machine types {', '.join(sorted(types))}; "
+                               f"got {name!r}")
+        return name, "--machine"
+    candidates = [(path, "the path")]
+    if path.suffix.lower() == ".png":
+        from spectro.features.png import read_info
+
+        try:
+            candidates.append((Path(read_info(path).source), "the image's source recording"))
+        except SpectroError:
+            pass
+    for candidate, how in candidates:
+        named = next((part for part in reversed(candidate.parts[:-1]) if part in types), None)
+        if named is not None:
+            return named, how
+    return None, "the model"
 
 
 def _known(w, predictor, settings) -> dict[str, Any] | None:
@@ -205,10 +238,12 @@ def classify_paths(paths: list[str | Path], model: str | Path, *, threshold: flo
     if machine is not None:
         from spectro.inference.normal import parse_machine
 
-        if not predictor.labels.normal_only:
-            raise SpectroError("--machine is for normal-only runs (trained with --task normal-only); this run's task "
-                               f"is {predictor.labels.task}")
-        machine = parse_machine(machine)
+        if predictor.labels.normal_only:
+            machine = parse_machine(machine)
+        elif predictor.fusion is None:
+            raise SpectroError("--machine is for normal-only runs (trained with --task normal-only) and runs with a "
+                               f"fused anomaly score; this run's task is {predictor.labels.task} and its score the "
+                               "CNN's probability")
     results = classify_files(files, predictor, threshold=threshold, top_k=top_k, hop_seconds=hop_seconds,
                              progress=len(files) >= 20 if progress is None else progress, machine=machine)
     return results, predictor

@@ -77,17 +77,19 @@ class Predictor:
 
         return Fusion.load(self.run)
 
-    def anomaly_parts(self, probs: np.ndarray, modulation: np.ndarray | None) -> dict[str, np.ndarray]:
+    def anomaly_parts(self, probs: np.ndarray, modulation: np.ndarray | None,
+                      types=None) -> dict[str, np.ndarray]:
         """A supervised run's anomaly scores of clips from their pooled fine-class ``probs`` and modulation
         spectra: ``{"score": the run's anomaly score, "cnn": the CNN's probability}`` and, for a fused run, its
-        ``modulation`` part (NaN where it does not apply)."""
+        ``modulation`` part (NaN where it does not apply). ``types``: each clip's machine type where known
+        (:meth:`spectro.model.fusion.Fusion.of_probs`)."""
         cnn = self.labels.anomaly_score(probs)
         if self.fusion is None:
             return {"score": cnn, "cnn": cnn}
         if modulation is None:
             raise SpectroError(f"{self.run}: this run's anomaly score needs each clip's modulation spectrum, and the "
                                "images carry none; render them with the run's feature settings (spectro images)")
-        parts = self.fusion.of_probs(self.labels, probs, modulation)
+        parts = self.fusion.of_probs(self.labels, probs, modulation, types)
         return {"score": parts["fused"], "cnn": cnn, "modulation": parts["modulation"]}
 
     def embed(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

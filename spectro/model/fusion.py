@@ -5,7 +5,8 @@ A spectrogram image has about 31 frames a second, so it cannot show a loudness w
 a fan's unbalance (amplitude modulation at its shaft rate) or a bearing's impacts leave the CNN little to see,
 while the clip's modulation spectrum (:mod:`spectro.features.modulation`, stored in every PNG) shows them. So a
 supervised run whose images carry modulation spectra scores a clip by the larger of two robust standard scores,
-per **machine type** (the CNN's classes name the type, so a clip's type is known without its path):
+per **machine type**: the clip's own where it is known (the ``machine`` of an image's row, ``--machine`` or the path
+for ``spectro classify``), else the one the CNN's classes find most likely:
 
 ``cnn``         ``logit(p)`` of the CNN's anomaly probability ``p``
                 (:meth:`spectro.model.labels.LabelSpace.anomaly_score`, pooled over the clip's windows), minus the
@@ -164,10 +165,24 @@ class Fusion:
         """The fused anomaly score of clips."""
         return self.parts(types, probability, modulation)["fused"]
 
-    def of_probs(self, labels, probs: np.ndarray, modulation: np.ndarray | None) -> dict[str, np.ndarray]:
-        """:meth:`parts` of clips from the CNN's pooled fine-class ``probs``: the machine type each clip is
-        scored as is the one the CNN finds most likely (:meth:`~spectro.model.labels.LabelSpace.machine_type`)."""
-        return self.parts(labels.machine_type(probs), labels.anomaly_score(probs), modulation)
+    def of_probs(self, labels, probs: np.ndarray, modulation: np.ndarray | None,
+                 types=None) -> dict[str, np.ndarray]:
+        """:meth:`parts` of clips from the CNN's pooled fine-class ``probs``. Each clip is scored as its machine
+        type of ``types`` (one per clip, ``None`` where unknown) when the run knows that type, else as the one the
+        CNN finds most likely (:meth:`~spectro.model.labels.LabelSpace.machine_type`)."""
+        return self.parts(self.types_of(labels, probs, types), labels.anomaly_score(probs), modulation)
+
+    def types_of(self, labels, probs: np.ndarray, types=None) -> list[str]:
+        """The machine type each clip is scored as (:meth:`of_probs`). A known type comes first because the
+        scales differ widely between types (a pump's normal clips may sit at log-odds −6 and a fan's at −0.5):
+        a pump failure the CNN half takes for a fan would be judged against the fan's normal clips."""
+        named = labels.machine_type(probs)
+        if types is None:
+            return named
+        types = list(types)
+        if len(types) != len(named):
+            raise SpectroError(f"need one machine type (or None) per clip, got {len(types)} for {len(named)} clips")
+        return [t if t in self.types else n for t, n in zip(types, named)]
 
     # -- file --------------------------------------------------------------------------------------
     def to_dict(self) -> dict:

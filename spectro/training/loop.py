@@ -668,7 +668,8 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
         if fusion is None:
             metrics[split] = model_metrics(by_split[split], probs[split], labels, threshold=DEFAULT_THRESHOLD)
         else:
-            parts = fusion.of_probs(labels, probs[split], read_modulation(by_split[split], settings=features))
+            parts = fusion.of_probs(labels, probs[split], read_modulation(by_split[split], settings=features),
+                                    [r.machine for r in by_split[split]])
             metrics[split] = model_metrics(by_split[split], probs[split], labels, threshold=DEFAULT_FUSED_THRESHOLD,
                                            scores=parts["fused"], scorers={
                                                "cnn": labels.anomaly_score(probs[split]),

@@ -100,6 +100,26 @@ def test_the_machine_type_is_the_one_the_cnn_finds_most_likely():
     np.testing.assert_allclose(parts["fused"], direct["fused"])
 
 
+def test_a_clips_own_machine_type_comes_before_the_one_the_cnn_names():
+    """A pump failure the CNN half takes for a fan would be judged against the fan's normal clips: a known type is
+    used; one the run does not know (or none) leaves the CNN's."""
+    labels = LabelSpace.from_pairs([("fan", "normal"), ("fan", "bearing"), ("pump", "normal"), ("pump", "leak")],
+                                   task="failure")
+    probs = np.zeros((3, 4))
+    probs[:, labels.index("fan", "normal")] = 0.6
+    probs[:, labels.index("pump", "leak")] = 0.4  # the CNN names "fan" for all three
+    fusion, _, _ = _fitted()
+    assert fusion.types_of(labels, probs, ["pump", None, "turbine"]) == ["pump", "fan", "fan"]
+    assert fusion.types_of(labels, probs) == ["fan"] * 3
+    spectra = _spectra(3, 12)
+    parts = fusion.of_probs(labels, probs, spectra, ["pump", None, "turbine"])
+    direct = fusion.parts(["pump", "fan", "fan"], labels.anomaly_score(probs), spectra)
+    np.testing.assert_allclose(parts["fused"], direct["fused"])
+    assert parts["cnn"][0] > parts["cnn"][1]  # p = 0.4 is far out for a pump (normals ~0.02), not for a fan
+    with pytest.raises(SpectroError, match="one machine type"):
+        fusion.types_of(labels, probs, ["pump"])
+
+
 def test_a_cnn_that_gives_every_normal_clip_the_same_probability_has_the_floor_for_its_scale():
     fusion = Fusion.fit(types=["fan"], train_types=[], train_modulation=None, train_probability=None,
                         val_types=["fan"] * 4, val_probability=np.full(4, 0.25))

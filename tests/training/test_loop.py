@@ -285,7 +285,6 @@ def test_evaluate_and_classify_score_a_supervised_run_by_the_fused_score_alike(t
     from spectro.evaluation.evaluate import evaluate_run
     from spectro.inference.classify import classify_paths
     from spectro.model.fusion import Fusion
-    from spectro.model.labels import LabelSpace
 
     _, run, _ = trained
     line = format_metrics("test", load_config(run)["metrics"]["test"])
@@ -294,18 +293,29 @@ def test_evaluate_and_classify_score_a_supervised_run_by_the_fused_score_alike(t
     assert evaluate_run(copy)["anomaly_score"] == "fused"
     with (copy / "predictions.csv").open() as handle:
         predicted = list(csv.DictReader(handle))
-    fusion, labels = Fusion.load(copy), LabelSpace.load(copy)
+    fusion = Fusion.load(copy)
     results, _ = classify_paths([p["path"] for p in predicted], copy, threshold=2.5)  # not a probability: allowed
     for row, result in zip(predicted, results):
         assert result["anomaly_score"] == pytest.approx(float(row["anomaly_score"]), abs=1e-5)
         cnn = float(row["score_cnn"])
         assert 0 <= cnn <= 1 and result["scores"]["cnn"] == pytest.approx(cnn, abs=1e-5)
         assert result["verdict"] == ("ABNORMAL" if result["anomaly_score"] >= 2.5 else "normal")
-        # the CNN's part on the scale of the machine type it names, the larger of it and the spectrum's
-        probs = np.array([[float(row[f"p_{c}"]) for c in labels.classes]])
-        median, sd = fusion.types[labels.machine_type(probs)[0]].cnn_scale
+        # the CNN's part on the scale of the clip's own machine type (its row's; classify: the image's folder),
+        # the larger of it and the spectrum's
+        assert (result["machine_type"], result["machine_type_from"]) == (row["machine"], "the path")
+        median, sd = fusion.types[row["machine"]].cnn_scale
         expected = max((logit(np.clip(cnn, 1e-7, 1 - 1e-7)) - median) / sd, float(row["score_modulation"]))
         assert float(row["anomaly_score"]) == pytest.approx(expected, rel=1e-3, abs=1e-3)
+    # --machine names the type for every file; one the run does not know is refused
+    other = next(t for t in fusion.types if t != predicted[0]["machine"])
+    forced, _ = classify_paths([predicted[0]["path"]], copy, machine=f"{other}/id_09")
+    assert (forced[0]["machine_type"], forced[0]["machine_type_from"]) == (other, "--machine")
+    median, sd = fusion.types[other].cnn_scale
+    cnn = logit(np.clip(forced[0]["scores"]["cnn"], 1e-7, 1 - 1e-7))
+    assert forced[0]["anomaly_score"] == pytest.approx(max((cnn - median) / sd, forced[0]["scores"]["modulation"]),
+                                                       rel=1e-3, abs=1e-3)
+    with pytest.raises(SpectroError, match="machine types"):
+        classify_paths([predicted[0]["path"]], copy, machine="turbine")
 
 
 def test_an_exported_fused_run_scores_through_litert_as_through_keras(trained, tmp_path):
