@@ -171,7 +171,7 @@ class _Bench:
             # the run's anomaly score (fused with the clips' modulation spectra when the run is), and its CNN alone
             parts = predictor.anomaly_parts(probs, np.concatenate([v.modulation[test] for v in versions])
                                             if predictor.fusion is not None else None,
-                                            [r.machine for r, t in zip(data.rows, test) if t] * len(versions))
+                                            list(data.machines[test]) * len(versions))
             out[method] = np.split(parts["score"], len(versions))
             if predictor.fusion is not None:
                 out[alone(method)] = np.split(parts["cnn"], len(versions))

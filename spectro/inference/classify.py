@@ -73,7 +73,7 @@ def classify_files(files: list[Path], predictor, *, threshold: float | None, top
         threshold = stored_threshold(predictor.config)
     spans = [span for w in all_windows for span in w.pixels]  # widths may differ between files
     probs = predict_pooled(predictor.predict, spans, window)
-    modulation = None
+    modulation, types, named = None, None, []
     if predictor.fusion is not None:
         if any(w.modulation is None for w in all_windows):
             bad = next(w.path for w in all_windows if w.modulation is None)
@@ -83,12 +83,12 @@ def classify_files(files: list[Path], predictor, *, threshold: float | None, top
         named = [_machine_type(w.path, predictor.fusion.types, machine) for w in all_windows]
         types = predictor.fusion.types_of(labels, probs, [t for (t, _), w in zip(named, all_windows)
                                                           for _ in w.pixels])
-    parts = predictor.anomaly_parts(probs, modulation, types if predictor.fusion is not None else None)
+    parts = predictor.anomaly_parts(probs, modulation, types)
     scores = parts["score"]
     failures = labels.failure_type(probs)
     predicted = labels.predicted(probs)
     results, at = [], 0
-    for w in all_windows:
+    for k, w in enumerate(all_windows):
         n = len(w.pixels)
         sl = slice(at, at + n)
         at += n
@@ -107,7 +107,7 @@ def classify_files(files: list[Path], predictor, *, threshold: float | None, top
         if predictor.fusion is not None:  # the parts of the fused score, and the machine type it was scored as
             result["scores"] = {k: round(float(v[best]), 6) for k, v in parts.items()
                                 if k != "score" and not np.isnan(v[best])}
-            result["machine_type"], result["machine_type_from"] = types[best], named[len(results)][1]
+            result["machine_type"], result["machine_type_from"] = types[best], named[k][1]
         if n > 1:
             result["score"] = "max over windows"
             result["windows"] = [
@@ -129,19 +129,14 @@ def _machine_type(path: Path, types, machine: str | None) -> tuple[str | None, s
             raise SpectroError(f"--machine {machine}: this run scores the machine types {', '.join(sorted(types))}; "
                                f"got {name!r}")
         return name, "--machine"
-    candidates = [(path, "the path")]
-    if path.suffix.lower() == ".png":
-        from spectro.features.png import read_info
+    from spectro.inference.normal import named_path
 
-        try:
-            candidates.append((Path(read_info(path).source), "the image's source recording"))
-        except SpectroError:
-            pass
-    for candidate, how in candidates:
-        named = next((part for part in reversed(candidate.parts[:-1]) if part in types), None)
-        if named is not None:
-            return named, how
-    return None, "the model"
+    def folder(p: Path) -> str | None:  # the last folder of a path named like one of the run's types
+        return next((part for part in reversed(p.parts[:-1]) if part in types), None)
+
+    named, how = named_path(path, folder)
+    found = folder(named)
+    return (found, how) if found is not None else (None, "the model")
 
 
 def _known(w, predictor, settings) -> dict[str, Any] | None:

@@ -38,19 +38,22 @@ def key_from_path(path) -> str | None:
     return None
 
 
-def named_path(path) -> tuple[object, str]:
-    """The path that names a file's machine: a spectro PNG's source recording when that names a machine id (the
-    images stage writes ``<machine>/<label>/`` folders), else the file's own path; and which of the two."""
+def named_path(path, names=None) -> tuple[object, str]:
+    """The path that names a file's machine: a spectro PNG's source recording when that names one and the file's
+    own path does not (the images stage writes ``<machine>/<label>/`` folders), else the file's own path; and which
+    of the two. ``names(path)``: what a path names, ``None`` when nothing (default: its machine key,
+    :func:`key_from_path`)."""
     from pathlib import Path
 
-    if path.suffix.lower() == ".png" and key_from_path(path) is None:
+    names = names or key_from_path
+    if path.suffix.lower() == ".png" and names(path) is None:
         from spectro.features.png import read_info
 
         try:
             source = Path(read_info(path).source)
         except SpectroError:
             return path, "the path"
-        if key_from_path(source) is not None:
+        if names(source) is not None:
             return source, "the image's source recording"
     return path, "the path"
 
