@@ -3,13 +3,14 @@ against the mel-statistics baseline, the same test clips for every n; every figu
 
 The CNNs and their settings are ``bench_small.py``'s (``ModelSettings(weights="none")``, ``TrainSettings()``
 with ``qat_steps=0`` and ``check_learning=False``). ``SPECTRO_BENCH_CURVE_NS`` (default ``5,10,20``) sets the
-n; ``""`` skips the section (about an hour and a half on 2 cores: every n is a full training).
+n; ``""`` skips the section (over two hours on 2 cores with the default n and seeds: every one is a full training).
 
 1. The real MIMII fan sample: the test clips of the first 2 of ``bench_small``'s 5 folds; n clips per class
    drawn (seeded) from each fold's training clips. "all": the small-data section's fold models when it ran in
    the same ``make bench``, otherwise the same fold models trained here.
 2. The built-in synthetic set, its ``split_rows(seed=0)`` split: n training clips per fine class
-   (``<machine>/<label>``), validation and test splits unchanged, AUC overall and per machine type. "all": the
+   (``<machine>/<label>``), validation and test splits unchanged, AUC overall and per machine type; below "all"
+   the CNN trains once per seed of ``SPECTRO_BENCH_CURVE_SEEDS`` (default ``0,1,2``) and the mean counts. "all": the
    small-data section's ``make train`` run when it ran in the same ``make bench``, otherwise one trained here
    (without the quantisation-aware phase).
 """
@@ -26,6 +27,7 @@ from bench_small import (
     _Bench,
     _by_machine,
     _cell,
+    _flag,
     _Images,
     _met,
     _render,
@@ -107,6 +109,22 @@ def _real(bench: _Bench, ns: list) -> tuple[list[str], dict]:
     return lines, {n: (_auc(truth, v[CNN])[0], _auc(truth, v[MEL])[0]) if v else None for n, v in curve.items()}
 
 
+def _seeds(ctx) -> list[int]:
+    """The training seeds of the synthetic curve's n (``SPECTRO_BENCH_CURVE_SEEDS``, default ``0,1,2``)."""
+    if ctx.quick:
+        return [0]
+    return [int(s) for s in os.environ.get("SPECTRO_BENCH_CURVE_SEEDS", "0,1,2").split(",") if s] or [0]
+
+
+def _mean_cell(truth, scores: list, method: str) -> str:
+    """AUC of one model's scores, or of several (one per training seed): their mean (lowest–highest)."""
+    if len(scores) == 1:
+        return _cell(truth, scores[0], method, pauc=False)
+    aucs = [_auc(truth, s)[0] for s in scores]
+    flags = "".join(sorted({_flag(truth, s) for s in scores})) if method.startswith("CNN") else ""
+    return f"{np.mean(aucs):.3f} ({min(aucs):.3f}–{max(aucs):.3f}){flags}"
+
+
 def _synthetic(bench: _Bench, ns: list) -> tuple[list[str], dict]:
     from spectro.model.backbones import ModelSettings
 
@@ -118,10 +136,11 @@ def _synthetic(bench: _Bench, ns: list) -> tuple[list[str], dict]:
     fine = np.array([r.fine_class for r in data.rows])
     counts = {c: int(((base == "train") & (fine == c)).sum()) for c in sorted(set(fine))}
     reused = "small_synth_all" in ctx.state
+    seeds = _seeds(ctx)
     results = {}
     for n in [*ns, "all"]:
         if n == "all" and reused:
-            results[n] = ctx.state["small_synth_all"]
+            results[n] = {m: [s] for m, s in ctx.state["small_synth_all"].items()}
             continue
         splits = base.copy()
         if n != "all":
@@ -132,33 +151,41 @@ def _synthetic(bench: _Bench, ns: list) -> tuple[list[str], dict]:
                 results[n] = None
                 continue
             splits[np.concatenate(chosen)] = "train"
-        # the baselines fit on the training clips only: the validation split is the same for every n
-        scores = bench.scores([data], splits, f"synth-curve{n}", {CNN: ModelSettings(weights="none")},
-                              fit=("train",))
-        results[n] = {m: scores[m][0] for m in (CNN, MEL)}
+        # the baselines fit on the training clips only: the validation split is the same for every n; the CNN
+        # trains once per seed (the same clips), since one training at 10 clips per class is a draw
+        results[n] = {CNN: [], MEL: []}
+        for seed in seeds if n != "all" else [0]:
+            scores = bench.scores([data], splits, f"synth-curve{n}" + (f"-seed{seed}" if seed else ""),
+                                  {CNN: ModelSettings(weights="none")}, fit=("train",), seed=seed)
+            results[n][CNN].append(scores[CNN][0])
+            results[n][MEL] = [scores[MEL][0]]  # the same for every seed
     truth, groups = data.abnormal[test], _by_machine(data, test)
     every = int((base == "train").sum())
     head = [f"{n} per class: CNN / mel" for n in ns] + [
         f"all ({every} clips{', `make train`' if reused else ''}): CNN / mel"]
+    several = (f" Below `all`, the CNN trains once per training seed ({', '.join(map(str, seeds))}) on the same "
+               "clips: its cell is the mean AUC (lowest–highest); the target is judged on the mean."
+               if len(seeds) > 1 else "")
     lines = [f"**2. The built-in synthetic set** (`{images}`; {len(data.rows)} clips, split by `split_rows(seed=0)`: "
              f"{every} train / {int((base == 'val').sum())} val / {int(test.sum())} test): n training clips per fine "
              f"class (<machine>/<label>, seeded; between {min(counts.values())} and {max(counts.values())} "
              "available), validation and test splits unchanged; the baseline fits on the same n training clips. AUC "
-             "on the test split; n/a: fewer than n clips in some class.", "",
+             f"on the test split; n/a: fewer than n clips in some class.{several}", "",
              "| machine | test clips (abn.) | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
     for name, mask in groups.items():
-        cells = [f"{_cell(truth[mask], r[CNN][mask], CNN, pauc=False)} / "
-                 f"{_cell(truth[mask], r[MEL][mask], MEL, pauc=False)}"
+        cells = [f"{_mean_cell(truth[mask], [s[mask] for s in r[CNN]], CNN)} / "
+                 f"{_mean_cell(truth[mask], [s[mask] for s in r[MEL]], MEL)}"
                  if r else f"n/a (min {min(counts.values())})" for r in results.values()]
         lines.append(f"| {name} | {int(mask.sum())} ({int(truth[mask].sum())}) | " + " | ".join(cells) + " |")
-    return lines, {n: (_auc(truth, r[CNN])[0], _auc(truth, r[MEL])[0]) if r else None for n, r in results.items()}
+    return lines, {n: (float(np.mean([_auc(truth, s)[0] for s in r[CNN]])), _auc(truth, r[MEL][0])[0]) if r else None
+                   for n, r in results.items()}
 
 
 def run(ctx) -> str:
     ns = [5, 20] if ctx.quick else [int(n) for n in os.environ.get("SPECTRO_BENCH_CURVE_NS", "5,10,20").split(",") if n]
     if not ns:
-        return ("**Not run in this run** (`SPECTRO_BENCH_CURVE_NS` empty: every n is a full training, about an hour "
-                "and a half on 2 cores).\n")
+        return ("**Not run in this run** (`SPECTRO_BENCH_CURVE_NS` empty: every n and seed is a full training, over "
+                "two hours on 2 cores).\n")
     bench = _Bench(ctx)
     lines = [defaults_line(bench), ""]
     targets = []

@@ -125,14 +125,17 @@ class _Bench:
     notes: list = field(default_factory=list)
     full_defaults: tuple | None = None  # (name, seconds) of the run trained with every default, QAT included
 
-    def settings(self, *, full: bool = False):
-        """The defaults; without the quantisation-aware phase unless ``full`` (what ``make train`` runs)."""
+    def settings(self, *, full: bool = False, seed: int = 0):
+        """The defaults; without the quantisation-aware phase unless ``full`` (what ``make train`` runs); ``seed``:
+        the training's (its batches, augmentation and initial weights)."""
         from spectro.training.loop import TrainSettings
 
         quick = dict(steps=20, eval_every=10, fine_tune_steps=10, qat_steps=10) if self.ctx.quick else {}
-        return TrainSettings(**{"check_learning": False, **({} if full else {"qat_steps": 0}), **quick})
+        return TrainSettings(**{"check_learning": False, "seed": seed, **({} if full else {"qat_steps": 0}),
+                                **quick})
 
-    def train(self, rows, splits, name: str, method: str, model_settings, *, full: bool = False) -> Path:
+    def train(self, rows, splits, name: str, method: str, model_settings, *, full: bool = False,
+              seed: int = 0) -> Path:
         """Train on the rows whose split is not ``""`` (a manifest of them in a folder of its own)."""
         from spectro.data.manifest import MANIFEST_NAME, write_manifest
         from spectro.training.loop import train
@@ -142,7 +145,7 @@ class _Bench:
         folder.mkdir(parents=True, exist_ok=True)
         write_manifest(folder / MANIFEST_NAME, [rows[i] for i in keep])
         started = time.perf_counter()
-        run = train(folder, self.ctx.work / "models_small", settings=self.settings(full=full),
+        run = train(folder, self.ctx.work / "models_small", settings=self.settings(full=full, seed=seed),
                     model_settings=model_settings, splits=[str(splits[i]) for i in keep], progress=False,
                     name=f"{self.stamp}-{name}-{'imagenet' if method == IMAGENET else 'none'}")
         self.seconds.setdefault(method, []).append(time.perf_counter() - started)
@@ -151,11 +154,12 @@ class _Bench:
         return run
 
     def scores(self, versions: list[_Images], splits, name: str, models: dict, *, fit=("train", "val"),
-               full: bool = False) -> dict:
+               full: bool = False, seed: int = 0) -> dict:
         """Each method's scores of the test clips, one array per version of the images (recorded, shifted).
 
-        The CNNs of ``models`` (method -> ModelSettings) train on ``versions[0]`` with ``splits``; the baselines
-        fit on the clips whose split is in ``fit``; every version's test clips are scored by the same models.
+        The CNNs of ``models`` (method -> ModelSettings) train on ``versions[0]`` with ``splits`` (training seed
+        ``seed``); the baselines fit on the clips whose split is in ``fit``; every version's test clips are scored
+        by the same models.
         """
         import keras
 
@@ -166,7 +170,8 @@ class _Bench:
         test, train_mask = splits == "test", np.isin(splits, fit)
         out = {}
         for method, model_settings in models.items():
-            predictor = load_predictor(self.train(data.rows, splits, name, method, model_settings, full=full))
+            predictor = load_predictor(self.train(data.rows, splits, name, method, model_settings, full=full,
+                                                  seed=seed))
             probs = predictor.predict_clips(np.concatenate([v.pixels[test] for v in versions]))
             # the run's anomaly score (fused with the clips' modulation spectra when the run is), and its CNN alone
             parts = predictor.anomaly_parts(probs, np.concatenate([v.modulation[test] for v in versions])

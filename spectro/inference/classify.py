@@ -119,6 +119,32 @@ def classify_files(files: list[Path], predictor, *, threshold: float | None, top
     return results
 
 
+def checked_machine(predictor, machine: str | None) -> str | None:
+    """``--machine`` (or ``spectro serve``'s ``machine``) checked against the run: a machine key for a normal-only
+    run (:func:`spectro.inference.normal.parse_machine`), a machine type the run scores for a fused one, refused
+    for a run scored by the CNN's probability alone; ``None`` and ``""`` stay ``None``."""
+    if not machine:
+        return None
+    if predictor.labels.normal_only:
+        from spectro.inference.normal import parse_machine
+
+        return parse_machine(machine)
+    if predictor.fusion is None:
+        raise SpectroError("--machine is for normal-only runs (trained with --task normal-only) and runs with a "
+                           f"fused anomaly score; this run's task is {predictor.labels.task} and its score the "
+                           "CNN's probability")
+    _machine_type(Path(machine), predictor.fusion.types, machine)  # a type the run does not know: refused here
+    return machine
+
+
+def machine_choices(predictor) -> list[str]:
+    """What ``--machine`` accepts for the run: its enrolled machines (normal-only), the machine types of its fused
+    score, or nothing (a run scored by the CNN's probability alone)."""
+    if predictor.labels.normal_only:
+        return sorted(predictor.references.machines)
+    return sorted(predictor.fusion.types) if predictor.fusion is not None else []
+
+
 def _machine_type(path: Path, types, machine: str | None) -> tuple[str | None, str]:
     """The machine type a fused run scores a file as, and where it came from: ``--machine``'s (``fan`` or
     ``fan/id_02``), else the last folder of the file's path that names one of the run's machine ``types``, else,
@@ -230,15 +256,7 @@ def classify_paths(paths: list[str | Path], model: str | Path, *, threshold: flo
     predictor = load_predictor(model)
     if threshold is not None and threshold > 1 and not predictor.labels.normal_only and not fused(predictor.config):
         raise SpectroError(f"--threshold must be in [0, 1] (an anomaly probability), got {threshold}")
-    if machine is not None:
-        from spectro.inference.normal import parse_machine
-
-        if predictor.labels.normal_only:
-            machine = parse_machine(machine)
-        elif predictor.fusion is None:
-            raise SpectroError("--machine is for normal-only runs (trained with --task normal-only) and runs with a "
-                               f"fused anomaly score; this run's task is {predictor.labels.task} and its score the "
-                               "CNN's probability")
+    machine = checked_machine(predictor, machine)
     results = classify_files(files, predictor, threshold=threshold, top_k=top_k, hop_seconds=hop_seconds,
                              progress=len(files) >= 20 if progress is None else progress, machine=machine)
     return results, predictor

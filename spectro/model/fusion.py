@@ -195,7 +195,7 @@ class Fusion:
         """Write ``fusion.npz`` into ``folder`` (atomically)."""
         names = sorted(self.types)
         fitted = [n for n in names if self.types[n].has_modulation]
-        d = self.types[fitted[0]].mean.shape[0] if fitted else 0
+        d = self.types[fitted[0]].mean.shape[0] if fitted else 1  # no spectra fitted: empty (0, 1) arrays
         arrays = {
             "types": np.array(names, dtype=str),
             "cnn_scales": np.array([self.types[n].cnn_scale for n in names], dtype=np.float64),

@@ -5,8 +5,10 @@ Routes
 ``GET /``                 the page (``page.html``, ``page.js``, ``page.css`` from this package; no CDN)
 ``POST /api/classify``    multipart, one or more files in the field ``file``: a JSON list of exactly the
                           objects ``spectro classify --json`` prints for the same files, in order; ``path``
-                          is the file name the client gave (shown, never used as a path). A
-                          ``Server-Timing`` header says how long the upload and the classification took
+                          is the file name the client gave (shown, never used as a path). The query
+                          parameter ``machine`` is ``classify``'s ``--machine`` (``?machine=pump``; what the
+                          model accepts is ``/api/model``'s ``machine_choices``). A ``Server-Timing`` header says
+                          how long the upload and the classification took
 ``POST /api/spectrogram`` multipart, one file: its spectrogram as a PNG, with the model's feature settings
 ``GET /api/model``        the model: machines, classes, feature settings, threshold, training date, metrics
 ``GET /api/health``       liveness, with the model's identity
@@ -30,7 +32,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
@@ -48,6 +50,12 @@ ASSETS = {"page.js": "text/javascript; charset=utf-8", "page.css": "text/css; ch
 # the page loads nothing from elsewhere: scripts, styles and images come from this server (or blob: URLs)
 PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
                "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+MACHINE_HELP = ("score every file as this machine, as `spectro classify --machine` does: a machine type (pump) for "
+                "a run with a fused anomaly score, an enrolled machine (fan/id_02) for a normal-only run; "
+                "`GET /api/model` lists them as `machine_choices`. Default: the machine the model finds most "
+                "likely")
+
 
 class ErrorBody(BaseModel):
     error: str
@@ -148,14 +156,15 @@ def create_app(model: str | Path | None = None, *, max_upload_mb: float = DEFAUL
 
     @app.post("/api/classify", responses=ERRORS, openapi_extra=_upload_body(
         "one or more PNG spectrograms or WAV/FLAC/OGG recordings", many=True))
-    async def classify(request: Request) -> list[dict]:
+    async def classify(request: Request, machine: str | None = Query(None, description=MACHINE_HELP)) -> list[dict]:
         """Verdict, anomaly score, failure type and class probabilities per file: the objects that
         `spectro classify --json` prints, in the order sent, with `path` the file name the client gave."""
         started = time.perf_counter()
+        machine = service.checked_machine(machine)
         with tempfile.TemporaryDirectory(prefix="spectro-serve-") as folder:
             uploads = await receive_files(request, Path(folder), max_bytes=max_bytes)
             received = time.perf_counter()
-            results = await service.classify(uploads)
+            results = await service.classify(uploads, machine)
             done = time.perf_counter()
         timing = (f"upload;dur={1000 * (received - started):.2f}, classify;dur={1000 * (done - received):.2f}, "
                   f"total;dur={1000 * (time.perf_counter() - started):.2f}")

@@ -7,7 +7,7 @@
 (() => {
   const SVG = "http://www.w3.org/2000/svg";
   let model = null; // GET api/model, once loaded
-  const modelReady = fetchJSON("api/model").then((m) => { model = m; showModel(m); return m; },
+  const modelReady = fetchJSON("api/model").then((m) => { model = m; showModel(m); showMachineChoice(m); return m; },
     (err) => { showModelError(err); return null; });
 
   // -- small DOM helpers --------------------------------------------------------------------------------
@@ -116,6 +116,30 @@
     document.getElementById("model-body").classList.remove("muted");
   }
 
+  // the machine every upload is scored as (api/classify?machine=, classify's --machine), when the model takes one
+  function showMachineChoice(m) {
+    const choices = m.machine_choices || [];
+    if (!choices.length) return;
+    const select = document.getElementById("machine");
+    select.append(...choices.map((c) => el("option", { value: c }, c)));
+    document.getElementById("machine-choice").hidden = false;
+  }
+
+  function classifyURL() {
+    const select = document.getElementById("machine");
+    return select && select.value ? `api/classify?machine=${encodeURIComponent(select.value)}` : "api/classify";
+  }
+
+  // the range a score is drawn in: [0, 1] for a probability, else one that holds 0, twice the threshold and every
+  // score of the file (a fused or normal-only score is a standard score, not a probability)
+  function scoreRange(r) {
+    const scores = [r.anomaly_score, ...(r.windows || []).map((w) => w.anomaly_score)];
+    if (r.threshold <= 1 && scores.every((s) => s >= 0 && s <= 1)) return [0, 1];
+    const lo = Math.min(0, ...scores);
+    const hi = Math.max(r.threshold > 0 ? 2 * r.threshold : 1, ...scores);
+    return [lo, hi > lo ? hi : lo + 1];
+  }
+
   function showModelError(err) {
     document.getElementById("model-body").replaceChildren(
       el("p", { class: "error-text" }, `Could not load the model's description: ${err.message}`));
@@ -135,7 +159,7 @@
     const picture = request("api/spectrogram", { method: "POST", body: formOf(file) }).then((r) => r.blob()).catch((err) => err);
     let result;
     try {
-      [result] = await fetchJSON("api/classify", { method: "POST", body: formOf(file) });
+      [result] = await fetchJSON(classifyURL(), { method: "POST", body: formOf(file) });
     } catch (err) {
       return showError(card, status, err.message);
     }
@@ -164,8 +188,10 @@
         "enrolled with: the verdict says little" }, "UNKNOWN MACHINE") : null,
       el("span", {}, r.kind === "audio" ? "recording" : "spectrogram image"),
       r.windows ? el("span", { class: "muted" }, `score: maximum over ${r.windows.length} windows`) : null);
-    const fill = el("div", { class: `fill${abnormal ? " over" : ""}`, style: { width: `${Math.min(100, 100 * r.anomaly_score)}%` } });
-    const tick = el("div", { class: "tick", style: { left: `calc(${100 * r.threshold}% - 1px)` }, title: "threshold" });
+    const [lo, hi] = scoreRange(r);
+    const at = (s) => 100 * Math.max(0, Math.min(1, (s - lo) / (hi - lo)));
+    const fill = el("div", { class: `fill${abnormal ? " over" : ""}`, style: { width: `${at(r.anomaly_score)}%` } });
+    const tick = el("div", { class: "tick", style: { left: `calc(${at(r.threshold)}% - 1px)` }, title: "threshold" });
     const facts = el("dl", { class: "facts" },
       el("dt", {}, "anomaly score"),
       el("dd", {}, el("span", { class: "score" }, fmt(r.anomaly_score)), ` (threshold ${fmt(r.threshold)})`,
@@ -177,6 +203,8 @@
       el("dd", {}, r.predicted),
       r.machine ? el("dt", {}, "scored as") : null,
       r.machine ? el("dd", {}, `${r.machine} (${r.reference}; ${r.scorer} score)`) : null,
+      r.machine_type ? el("dt", {}, "scored as") : null,
+      r.machine_type ? el("dd", { class: "scored-as" }, `a ${r.machine_type} (from ${r.machine_type_from})`) : null,
       r.known_machine ? el("dt", {}, "known machine") : null,
       r.known_machine ? el("dd", { class: "known" }, r.known_machine.known ? `yes: nearest ${r.known_machine.nearest}` :
         `no: nearest ${r.known_machine.nearest} at ${fmt(r.known_machine.distance)}x the farthest of its own clips`) : null);
@@ -250,7 +278,8 @@
     const W = 640, H = 130, L = 30, R = 8, T = 8, B = 22;
     const end = r.windows[r.windows.length - 1].end_s || 1;
     const x = (t) => L + (W - L - R) * (t / end);
-    const y = (s) => T + (H - T - B) * (1 - s);
+    const [lo, hi] = scoreRange(r);
+    const y = (s) => T + (H - T - B) * (1 - (s - lo) / (hi - lo));
     const chart = svg("svg", { class: "timeline", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img",
       "aria-label": `anomaly score over time, ${r.windows.filter((w) => w.over_threshold).length} windows over the threshold` });
     chart.append(svg("rect", { class: "frame", x: L, y: T, width: W - L - R, height: H - T - B }));
@@ -265,7 +294,7 @@
       dot.append(svg("title", {}, `${seconds(w.start_s)}–${seconds(w.end_s)}: ${fmt(w.anomaly_score)}`));
       chart.append(dot);
     });
-    chart.append(svg("text", { x: 4, y: y(1) + 4 }, "1"), svg("text", { x: 4, y: y(0) }, "0"),
+    chart.append(svg("text", { x: 4, y: y(hi) + 4 }, fmt(hi, hi === 1 ? 0 : 1)), svg("text", { x: 4, y: y(lo) }, fmt(lo, lo === 0 ? 0 : 1)),
       svg("text", { x: L, y: H - 6 }, "0 s"), svg("text", { x: W - R, y: H - 6, "text-anchor": "end" }, seconds(end)),
       svg("text", { x: W - R - 4, y: y(r.threshold) - 4, "text-anchor": "end" }, `threshold ${fmt(r.threshold, 2)}`));
     const over = r.windows.filter((w) => w.over_threshold).length;

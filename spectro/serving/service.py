@@ -124,11 +124,14 @@ def _tensorflow_threads() -> tuple[int, int] | None:
             tf.config.threading.get_inter_op_parallelism_threads())
 
 
-def _classify(paths: list[str], threshold: float | None, predictor=None) -> list[dict[str, Any]]:
-    """``classify_files`` on server-written files with this worker's predictor (or ``predictor``)."""
+def _classify(paths: list[str], threshold: float | None, machine: str | None = None,
+              predictor=None) -> list[dict[str, Any]]:
+    """``classify_files`` on server-written files with this worker's predictor (or ``predictor``), every file
+    scored as ``machine`` when given (checked by :meth:`ModelService.checked_machine`)."""
     from spectro.inference.classify import classify_files
 
-    return classify_files([Path(p) for p in paths], predictor or _WORKER["predictor"], threshold=threshold)
+    return classify_files([Path(p) for p in paths], predictor or _WORKER["predictor"], threshold=threshold,
+                          machine=machine)
 
 
 def _spectrogram(path: str, settings: dict[str, Any], bands: int) -> str:
@@ -213,6 +216,8 @@ class ModelService:
     # -- describing the model -------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """What ``GET /api/model`` answers and the page's model panel shows."""
+        from spectro.inference.classify import machine_choices
+
         labels = self.labels
         config, run = self.config, self.run
         origin = Path(str(config.get("exported_from", "")))
@@ -244,6 +249,7 @@ class ModelService:
             "model": model,
             "task": labels.task,
             "machines": sorted({c.split("/", 1)[0] for c in labels.classes}),
+            "machine_choices": machine_choices(self.predictor),
             "classes": list(labels.classes),
             "abnormal_classes": [c for c, m in zip(labels.classes, labels.abnormal_mask) if m],
             "task_classes": list(labels.task_classes),
@@ -276,10 +282,23 @@ class ModelService:
         finally:
             self._free.put(predictor)
 
-    async def classify(self, uploads: list[Upload]) -> list[dict[str, Any]]:
-        """The ``spectro classify --json`` objects of the uploads, ``path`` being each client's file name."""
+    def checked_machine(self, machine: str | None) -> str | None:
+        """The request's ``machine`` (what ``spectro classify --machine`` takes), checked against the model before
+        any upload is read; a bad one is a 422 that says what the model accepts."""
+        from spectro.inference.classify import checked_machine, machine_choices
+
+        try:
+            return checked_machine(self.predictor, machine)
+        except SpectroError as exc:
+            choices = machine_choices(self.predictor)
+            accepted = f" (this model accepts: {', '.join(choices)})" if choices else ""
+            raise RequestError(str(exc).replace("--machine", "machine") + accepted, 422) from None
+
+    async def classify(self, uploads: list[Upload], machine: str | None = None) -> list[dict[str, Any]]:
+        """The ``spectro classify --json`` objects of the uploads, ``path`` being each client's file name; every
+        upload scored as ``machine`` when given (as ``spectro classify --machine``)."""
         with _request_errors(uploads):
-            results = await self._run(_classify, [str(u.path) for u in uploads], self.threshold)
+            results = await self._run(_classify, [str(u.path) for u in uploads], self.threshold, machine)
         for result, upload in zip(results, uploads):
             result["path"] = upload.name
         return results

@@ -128,6 +128,20 @@ def test_a_cnn_that_gives_every_normal_clip_the_same_probability_has_the_floor_f
     np.testing.assert_allclose(parts["fused"], [0.0, 0.0], atol=1e-5)  # rounding noise stays noise
 
 
+def test_a_fusion_without_any_spectrum_gaussian_round_trips(tmp_path):
+    """Every type with too few normal training clips for a spectrum Gaussian: the CNN scales alone are saved."""
+    spectra = _spectra(2, 1, shift=0.0)
+    fusion = Fusion.fit(types=["fan", "pump"], train_types=["fan", "pump"], train_modulation=spectra,
+                        train_probability=np.array([0.1, 0.2]), val_types=["fan"] * 3 + ["pump"] * 3,
+                        val_probability=np.array([0.1, 0.2, 0.3, 0.01, 0.02, 0.03]))
+    assert not any(t.has_modulation for t in fusion.types.values())
+    loaded = Fusion.load(fusion.save(tmp_path).parent)
+    assert loaded.to_dict() == fusion.to_dict()
+    parts = loaded.parts(["fan", "pump"], np.array([0.5, 0.5]), _spectra(2, 2, shift=0.0))
+    np.testing.assert_allclose(parts["fused"], parts["cnn"])  # the CNN part alone
+    assert np.isnan(parts["modulation"]).all()
+
+
 def test_file_round_trip_and_errors(tmp_path):
     fusion, _, _ = _fitted()
     path = fusion.save(tmp_path)

@@ -197,6 +197,7 @@ def test_model_description_and_health(lite_client, tiny_exports):
     assert model["features"] == config["features"] and model["input_shape"] == config["input_shape"]
     assert model["threshold"]["value"] == 0.5 and model["task"] == "failure"
     assert model["max_upload_mb"] == 50
+    assert model["machine_choices"] == []  # scored by the CNN's probability: no machine to choose
     assert model["model"]["file"] == "model_int8.tflite" and model["model"]["input_dtype"] == "uint8"
     assert model["backbone"]["alpha"] == 0.35
     health = lite_client.get("/api/health").json()
@@ -204,6 +205,48 @@ def test_model_description_and_health(lite_client, tiny_exports):
     digest = hashlib.sha256((tiny_exports["run"] / "model_int8.tflite").read_bytes()).hexdigest()[:12]
     assert health["model"] == {"run": tiny_exports["run"].name, "file": "model_int8.tflite", "format": "tflite",
                                "sha256": digest}
+
+
+def test_the_machine_parameter_is_classify_machine(tiny_exports, files, tmp_path, capsys):
+    """``?machine=`` scores every upload as that machine type, the objects ``classify --machine --json`` prints;
+    a type the run does not score, or a machine for a run scored by the CNN's probability, is a 422 before any
+    upload is read."""
+    from spectro.model.fusion import Fusion, TypeFusion
+    from spectro.runs import load_config, save_config
+
+    run = Path(shutil.copytree(tiny_exports["run"], tmp_path / "fused"))
+    # a fused score whose two types sit far apart: which one a file is scored as shows in its score
+    Fusion({"fan": TypeFusion([-4.0, 1.0], "validation"), "pump": TypeFusion([3.0, 0.5], "validation")}).save(run)
+    config = load_config(run)
+    config["anomaly_score"] = {"kind": "fused"}
+    save_config(run, config)
+    paths = [files["normal.wav"], files["image.png"]]
+    with TestClient(create_app(run, workers=1)) as client:
+        assert client.get("/api/model").json()["machine_choices"] == ["fan", "pump"]
+        answers = {}
+        for machine in ("pump", "fan/id_07"):
+            capsys.readouterr()
+            assert cli(["classify", *map(str, paths), "--model", str(run / "model_int8.tflite"), "--json",
+                        "--machine", machine]) == 0
+            expected = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+            assert {(r["machine_type"], r["machine_type_from"]) for r in expected} == {
+                (machine.split("/")[0], "--machine")}
+            response = client.post(f"/api/classify?machine={machine}",
+                                   files=[("file", (p.name, p.read_bytes())) for p in paths])
+            assert response.status_code == 200, response.text
+            _same_as_cli(response.json(), expected, [p.name for p in paths])
+            answers[machine.split("/")[0]] = response.json()
+        for fan, pump in zip(answers["fan"], answers["pump"]):  # each on its own type's scale
+            assert fan["anomaly_score"] != pytest.approx(pump["anomaly_score"], abs=0.1)
+        # without it: the recording's server-side path names no type, so the type the model finds most likely
+        assert _post(client, paths[:1]).json()[0]["machine_type_from"] == "the model"
+        bad = client.post("/api/classify?machine=turbine", files=[("file", ("a.wav", paths[0].read_bytes()))])
+        assert bad.status_code == 422
+        assert bad.json() == {"error": "machine turbine: this run scores the machine types fan, pump; got 'turbine' "
+                                       "(this model accepts: fan, pump)"}
+    with TestClient(create_app(tiny_exports["run"], workers=1)) as client:
+        answer = client.post("/api/classify?machine=pump", files=[("file", ("a.wav", paths[0].read_bytes()))])
+        assert answer.status_code == 422 and answer.json()["error"].startswith("machine is for normal-only runs")
 
 
 def test_model_description_has_the_evaluated_threshold_and_metrics(tiny_exports, tmp_path):

@@ -7,6 +7,7 @@ reports/test-artifacts/serve_page.png.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -33,14 +34,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_exports, tmp_path_factory):
-    """``spectro serve`` on the tiny run's int8 file, as a subprocess on 127.0.0.1: (base URL, log path)."""
+@contextlib.contextmanager
+def _serving(run: Path, log: Path):
+    """``spectro serve`` on ``run``'s int8 file, as a subprocess on 127.0.0.1: (base URL, log path)."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "server.log"
     with log.open("w") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "spectro", "serve", str(tiny_exports["run"]), "--port",
-                                    str(port)], stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+        process = subprocess.Popen([sys.executable, "-m", "spectro", "serve", str(run), "--port", str(port)],
+                                   stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -62,6 +62,19 @@ def server(tiny_exports, tmp_path_factory):
         except subprocess.TimeoutExpired:  # pragma: no cover
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_exports, tmp_path_factory):
+    """``spectro serve`` on the tiny run's int8 file: (base URL, log path)."""
+    with _serving(tiny_exports["run"], tmp_path_factory.mktemp("serve") / "server.log") as served:
+        yield served
+
+
+def _browser(p):
+    return p.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run"])
 
 
 def test_server_log_has_no_tensorflow_and_no_traceback(server):
@@ -86,9 +99,7 @@ def test_page_classifies_uploads_in_headless_chromium(server, tiny_images, tmp_p
     shot = ARTIFACTS / "serve_page.png"
     shot.unlink(missing_ok=True)
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run"])
+        browser = _browser(p)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             problems = []
@@ -101,6 +112,7 @@ def test_page_classifies_uploads_in_headless_chromium(server, tiny_images, tmp_p
             panel = page.inner_text("#model-body")
             assert "fan/bearing" in panel and "pump/leak" in panel and "model_int8.tflite" in panel
             assert "512 / 256 samples" in panel  # the feature settings
+            assert page.is_hidden("#machine-choice")  # scored by the CNN's probability: no machine to choose
             page.set_input_files("#files", [str(long_wav), str(png), str(bad)])
             page.wait_for_function("() => document.querySelectorAll('.card').length === 3 && ![...document."
                                    "querySelectorAll('.card')].some(c => c.dataset.state === 'pending')",
@@ -134,4 +146,46 @@ def test_page_classifies_uploads_in_headless_chromium(server, tiny_images, tmp_p
         finally:
             browser.close()
     assert shot.is_file() and shot.stat().st_size > 10_000
+    assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_the_page_scores_uploads_as_the_chosen_machine_on_a_standard_score_gauge(tiny_exports, tiny_images, tmp_path):
+    """A run with a fused score: the page offers its machine types, sends the choice (classify's --machine), says
+    which type a file was scored as, and draws the score (a standard score, not a probability) with the threshold
+    inside the gauge."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from spectro.model.fusion import Fusion, TypeFusion
+    from spectro.runs import DEFAULT_FUSED_THRESHOLD, load_config, save_config
+
+    run = Path(shutil.copytree(tiny_exports["run"], tmp_path / "fused"))
+    Fusion({"fan": TypeFusion([-4.0, 1.0], "validation"), "pump": TypeFusion([3.0, 0.5], "validation")}).save(run)
+    config = load_config(run)
+    config["anomaly_score"] = {"kind": "fused"}
+    save_config(run, config)
+    wav = write_wav(tmp_path / "clip.wav", tone_signal("bearing", 1.0, seed=7))
+    with _serving(run, tmp_path / "server.log") as (base, log), sync_api.sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(base + "/")
+            page.wait_for_selector("#machine-choice:not([hidden])", timeout=20_000)
+            assert page.eval_on_selector_all("#machine option", "os => os.map(o => o.value)") == ["", "fan", "pump"]
+            page.select_option("#machine", "pump")
+            page.set_input_files("#files", [str(wav)])
+            page.wait_for_function("() => [...document.querySelectorAll('.card')].some(c => c.dataset.state !== "
+                                   "'pending')", timeout=30_000)
+            card = page.query_selector(".card")
+            assert card.get_attribute("data-state") == "done", card.inner_text()
+            assert card.query_selector(".scored-as").inner_text() == "a pump (from --machine)"
+            score = float(card.query_selector(".score").inner_text())
+            # the threshold's tick and the fill stay inside the gauge (a probability's scale would put the
+            # fused threshold, about 1.95, at 195 %)
+            tick, fill, gauge = (card.query_selector(f".gauge {s}" if s else ".gauge").bounding_box()
+                                 for s in (".tick", ".fill", ""))
+            assert gauge["x"] <= tick["x"] <= gauge["x"] + gauge["width"]
+            assert fill["width"] <= gauge["width"] + 0.5
+            assert (score >= DEFAULT_FUSED_THRESHOLD) == (fill["width"] >= tick["x"] - gauge["x"])
+        finally:
+            browser.close()
     assert "Traceback" not in log.read_text()
