@@ -133,7 +133,7 @@ def checked_machine(predictor, machine: str | None) -> str | None:
         raise SpectroError("--machine is for normal-only runs (trained with --task normal-only) and runs with a "
                            f"fused anomaly score; this run's task is {predictor.labels.task} and its score the "
                            "CNN's probability")
-    _machine_type(Path(machine), predictor.fusion.types, machine)  # a type the run does not know: refused here
+    _given_type(machine, predictor.fusion.types)  # a type the run does not score: refused here
     return machine
 
 
@@ -145,16 +145,21 @@ def machine_choices(predictor) -> list[str]:
     return sorted(predictor.fusion.types) if predictor.fusion is not None else []
 
 
+def _given_type(machine: str, types) -> str:
+    """The machine type of ``--machine`` (``fan`` or ``fan/id_02``), refused when the run does not score it."""
+    name = machine.strip("/").split("/")[0]
+    if name not in types:
+        raise SpectroError(f"--machine {machine}: this run scores the machine types {', '.join(sorted(types))}; "
+                           f"got {name!r}")
+    return name
+
+
 def _machine_type(path: Path, types, machine: str | None) -> tuple[str | None, str]:
     """The machine type a fused run scores a file as, and where it came from: ``--machine``'s (``fan`` or
     ``fan/id_02``), else the last folder of the file's path that names one of the run's machine ``types``, else,
     for a PNG, of its source recording's path; ``(None, …)``: the type the CNN finds most likely."""
     if machine:
-        name = machine.strip("/").split("/")[0]
-        if name not in types:
-            raise SpectroError(f"--machine {machine}: this run scores the machine types {', '.join(sorted(types))}; "
-                               f"got {name!r}")
-        return name, "--machine"
+        return _given_type(machine, types), "--machine"
     from spectro.inference.normal import named_path
 
     def folder(p: Path) -> str | None:  # the last folder of a path named like one of the run's types
