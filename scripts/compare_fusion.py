@@ -36,7 +36,7 @@ def _scores(run: Path, images: Path | None) -> dict[str, np.ndarray]:
 
     predictor = load_predictor(run)
     features = feature_settings(predictor.config)
-    rows = [r for r in read_splits(run) if r.split in ("val", "test") or not r.is_abnormal]
+    rows = list(read_splits(run))
     probability = predictor.labels.anomaly_score(
         predictor.predict_clips(read_images(rows, settings=features, shape=predictor.image_shape)[0]))
     spectra_rows, spectra_settings = rows, features
@@ -49,9 +49,12 @@ def _scores(run: Path, images: Path | None) -> dict[str, np.ndarray]:
     abnormal = np.array([r.is_abnormal for r in rows])
     machine = np.array([r.machine for r in rows])
     train, val = (split == "train") & ~abnormal, (split == "val") & ~abnormal
+    failed = (split == "train") & abnormal
     fusion = Fusion.fit(types=predictor.labels.machine_types, train_types=machine[train],
                         train_modulation=modulation[train], train_probability=probability[train],
-                        val_types=machine[val], val_probability=probability[val])
+                        val_types=machine[val], val_probability=probability[val], abnormal_types=machine[failed],
+                        abnormal_labels=[r.label for r, f in zip(rows, failed) if f],
+                        abnormal_modulation=modulation[failed])
     test = split == "test"
     parts = fusion.parts(machine[test], probability[test], modulation[test])
     return {"machine": machine[test], "abnormal": abnormal[test], "CNN probability": probability[test],

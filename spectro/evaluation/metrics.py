@@ -306,8 +306,16 @@ def model_metrics(rows: Sequence, probs: np.ndarray, labels, *, threshold=None, 
 def score_figures(rows: Sequence, y_abnormal: np.ndarray, scores: np.ndarray, *,
                   max_fpr: float = PAUC_MAX_FPR) -> dict[str, Any]:
     """AUC and pAUC of one anomaly score over all images and per machine, machine id and SNR:
-    ``{"overall": {"n", "auc", "pauc"}, "by_machine": {group: {...}}, ...}``."""
-    y, s = _binary(y_abnormal, scores)
+    ``{"overall": {"n", "auc", "pauc"}, "by_machine": {group: {...}}, ...}``. A NaN score is a clip the scorer
+    does not apply to (a fused run's spectrum part for a machine type it does not join): such clips are left out,
+    and ``n`` counts the others."""
+    scores, y_abnormal = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(y_abnormal).ravel()
+    if not len(rows) == len(y_abnormal) == len(scores):
+        raise SpectroError(f"need one label and score per row, got {len(rows)} rows, {len(y_abnormal)} labels and "
+                           f"{len(scores)} scores")
+    applies = ~np.isnan(scores)
+    rows = [r for r, keep in zip(rows, applies) if keep]
+    y, s = _binary(y_abnormal[applies], scores[applies])
 
     def figures(sel: np.ndarray) -> dict[str, Any]:
         return {"n": int(sel.sum()), "auc": anomaly_auc(y[sel], s[sel]),

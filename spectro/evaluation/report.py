@@ -168,7 +168,8 @@ def evaluation(run: Path, metrics: dict | None, reason: str) -> str:
 
         table = [[label, *(cell(pick(metrics["scorers"][n])) for n in names)] for label, pick in groups]
         what = ("AUC / pAUC of the run's anomaly score, <b>fused</b>, and of its parts (cnn: the CNN's probability "
-                "alone; modulation: the clip's modulation spectrum)" if "fused" in names else
+                "alone; modulation: the clip's modulation spectrum, for the machine types it joins)"
+                if "fused" in names else
                 f"AUC / pAUC of every normal-only scorer (the run's default: <b>{_e(t.get('scorer'))}</b>)")
         parts.append(f"<h3>Scorers</h3><p>{what}.</p>" + _table(["group", *names], table))
     if "failure_type_accuracy" in o:

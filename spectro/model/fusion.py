@@ -22,7 +22,17 @@ for ``spectro classify``), else the one the CNN's classes find most likely:
 ``fused = max(cnn, modulation)`` — the rule of a normal-only run's ``combined``
 (:mod:`spectro.model.references`): a clip far out in either view is far out, and a view blind to a failure does
 not dilute the one that sees it. A type with fewer than :data:`MIN_CLIPS` normal training clips carrying spectra
-is scored by ``cnn`` alone. docs/small-data.md and docs/benchmarks.md have the measurements.
+is scored by ``cnn`` alone.
+
+The spectrum part joins a type's score only where it **sees a failure** of the type's training split: some
+failure label (with :data:`MIN_CLIPS` clips or more) whose abnormal training clips it ranks above the type's
+normal training clips (each held out fold by fold, as for its scale) with an AUC of :data:`MIN_MODULATION_AUC`
+or more. The maximum takes each part's false alarms too: a part blind to every failure of a type (a pump's
+clogging and leakage change the spectrum's shape, which the CNN sees, not its loudness wobble) only adds its
+chance outliers to the type's normal clips. The CNN is not judged this way: its training clips are the ones it
+learned. A type without failure labels to judge by keeps the spectrum part (nothing recorded says it is blind,
+and it is then the only part that was not trained away from the type's failures). docs/small-data.md and
+docs/benchmarks.md have the measurements.
 
 The fused score is a standard score, not a probability: about 5 % of normal clips score above
 :data:`DEFAULT_THRESHOLD` when both parts are standard normal and independent; ``spectro evaluate`` chooses the
@@ -50,6 +60,9 @@ FOLDS = 5
 # the CNN part's robust standard deviation in log-odds, at least: a model whose normal clips all get the same
 # probability (saturated, or one that learned nothing) would otherwise make rounding noise a huge score
 MIN_CNN_SD = 0.1
+# the spectrum part joins a type's score where some failure label's training clips reach this AUC against its
+# normal ones; a chance spectrum reaches it with 10 clips of each about 1 time in 100 (AUC's sd 0.13 there)
+MIN_MODULATION_AUC = 0.8
 PARTS = ("cnn", "modulation")
 _EPS = 1e-7
 
@@ -70,18 +83,37 @@ class TypeFusion:
     precision: np.ndarray | None = None
     modulation_scale: list[float] | None = None  # [median, robust sd] of log distances, held out fold by fold
     clips: int = 0  # normal training clips with spectra
+    # the spectrum part's best AUC on a failure label of the training split (None: no label to judge by)
+    modulation_auc: float | None = None
 
     @property
     def has_modulation(self) -> bool:
         return self.mean is not None
 
+    @property
+    def modulation_joins(self) -> bool:
+        """Whether the spectrum part counts in the fused score (fitted, and not blind to the recorded failures)."""
+        return self.has_modulation and (self.modulation_auc is None or self.modulation_auc >= MIN_MODULATION_AUC)
+
     def parts(self, probability: np.ndarray, modulation: np.ndarray | None) -> dict[str, np.ndarray]:
-        """Each part's standard score of clips (``modulation`` only with the spectra and a fitted Gaussian)."""
+        """Each part's standard score of clips (``modulation`` only with the spectra, a fitted Gaussian, and where
+        it joins: :attr:`modulation_joins`)."""
         out = {"cnn": (logit(probability) - self.cnn_scale[0]) / self.cnn_scale[1]}
-        if self.has_modulation and modulation is not None:
+        if self.modulation_joins and modulation is not None:
             logs = np.log(np.maximum(mahalanobis(modulation, self.mean, self.precision), 1e-12))
             out["modulation"] = (logs - self.modulation_scale[0]) / self.modulation_scale[1]
         return out
+
+
+def _best_failure_auc(normal: np.ndarray, abnormal: np.ndarray, labels: np.ndarray) -> float | None:
+    """The highest AUC of ``abnormal`` scores of one failure label against the ``normal`` ones, over the labels with
+    at least :data:`MIN_CLIPS` clips (``None`` without such a label)."""
+    from sklearn.metrics import roc_auc_score
+
+    aucs = [roc_auc_score(np.r_[np.zeros(len(normal)), np.ones(int((labels == label).sum()))],
+                          np.r_[normal, abnormal[labels == label]])
+            for label in sorted(set(labels.tolist())) if (labels == label).sum() >= MIN_CLIPS]
+    return float(max(aucs)) if aucs else None
 
 
 @dataclass
@@ -92,12 +124,21 @@ class Fusion:
 
     @classmethod
     def fit(cls, *, types, train_types, train_modulation: np.ndarray | None, train_probability: np.ndarray | None,
-            val_types, val_probability: np.ndarray) -> Fusion:
+            val_types, val_probability: np.ndarray, abnormal_types=(), abnormal_labels=(),
+            abnormal_modulation: np.ndarray | None = None) -> Fusion:
         """One entry for each machine type of ``types`` (every type the CNN can name) from the **normal** clips of
         the training split (their machine types, modulation spectra ``(n, bins)`` or ``None``, and the CNN's
         anomaly probabilities, needed only where a type has fewer than :data:`MIN_CLIPS` validation normals) and
         of the validation split (types, probabilities). A type without enough normal clips of its own takes the
-        CNN scale of all types' normal clips together."""
+        CNN scale of all types' normal clips together. The **abnormal** training clips (machine types, failure
+        labels, spectra) decide where the spectrum part joins (:attr:`TypeFusion.modulation_joins`)."""
+        abnormal_types = np.asarray(list(abnormal_types), dtype=str)
+        abnormal_labels = np.asarray(list(abnormal_labels), dtype=str)
+        if len(abnormal_labels) != len(abnormal_types) or (
+                abnormal_modulation is not None and len(abnormal_modulation) != len(abnormal_types)):
+            raise SpectroError(f"need one failure label and spectrum per abnormal training clip "
+                               f"({len(abnormal_types)}), got {len(abnormal_labels)} and "
+                               f"{'none' if abnormal_modulation is None else len(abnormal_modulation)}")
         train_types = np.asarray(list(train_types), dtype=str)
         val_types = np.asarray(list(val_types), dtype=str)
         val_probability = np.asarray(val_probability, dtype=np.float64)
@@ -134,9 +175,14 @@ class Fusion:
                 held = np.zeros(len(spectra))
                 for f in np.unique(folds):
                     held[folds == f] = Gaussian(spectra[folds != f]).distance(spectra[folds == f])
-                fit = Gaussian(spectra).fit
-                fused.mean, fused.precision = fit.location_, fit.precision_
+                gaussian = Gaussian(spectra)
+                fused.mean, fused.precision = gaussian.fit.location_, gaussian.fit.precision_
                 fused.modulation_scale, fused.clips = log_scales(held), len(spectra)
+                mine = abnormal_types == name
+                if abnormal_modulation is not None and mine.any():
+                    fused.modulation_auc = _best_failure_auc(
+                        held, gaussian.distance(np.asarray(abnormal_modulation[mine], dtype=np.float64)),
+                        abnormal_labels[mine])
             out[name] = fused
         if not out:
             raise SpectroError("no machine types to fit the anomaly score for")
@@ -188,7 +234,8 @@ class Fusion:
     def to_dict(self) -> dict:
         """What ``config.json`` records of the fusion (the file holds the arrays)."""
         return {name: {"cnn_scale": t.cnn_scale, "cnn_scale_from": t.cnn_scale_from,
-                       "modulation_scale": t.modulation_scale, "modulation_clips": t.clips}
+                       "modulation_scale": t.modulation_scale, "modulation_clips": t.clips,
+                       "modulation_training_auc": t.modulation_auc, "modulation_joins": t.modulation_joins}
                 for name, t in sorted(self.types.items())}
 
     def save(self, folder: str | Path) -> Path:
@@ -206,6 +253,9 @@ class Fusion:
             "modulation_scales": np.array([self.types[n].modulation_scale for n in fitted],
                                           dtype=np.float64).reshape(-1, 2),
             "clips": np.array([self.types[n].clips for n in fitted], dtype=np.int64),
+            # NaN: no failure label to judge the spectrum part by (it joins)
+            "modulation_aucs": np.array([np.nan if (auc := self.types[n].modulation_auc) is None else auc
+                                         for n in fitted], dtype=np.float64),
         }
         return save_arrays(Path(folder) / FUSION_NAME, arrays)
 
@@ -219,10 +269,13 @@ class Fusion:
             with np.load(path) as data:
                 types = {str(n): TypeFusion([float(a), float(b)], str(f))
                          for n, (a, b), f in zip(data["types"], data["cnn_scales"], data["cnn_from"])}
-                for n, mean, precision, (a, b), clips in zip(data["fitted"], data["means"], data["precisions"],
-                                                             data["modulation_scales"], data["clips"]):
+                # runs fitted before the spectrum part was judged have no AUCs: it joins everywhere, as it did
+                aucs = data["modulation_aucs"] if "modulation_aucs" in data else np.full(len(data["fitted"]), np.nan)
+                for n, mean, precision, (a, b), clips, auc in zip(data["fitted"], data["means"], data["precisions"],
+                                                                  data["modulation_scales"], data["clips"], aucs):
                     t = types[str(n)]
                     t.mean, t.precision, t.modulation_scale, t.clips = mean, precision, [float(a), float(b)], int(clips)
+                    t.modulation_auc = None if np.isnan(auc) else float(auc)
         except (OSError, ValueError, KeyError) as exc:
             raise SpectroError(f"{path}: unreadable anomaly-score fusion ({type(exc).__name__}: {exc})") from None
         if not types:
