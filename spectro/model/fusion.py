@@ -61,8 +61,9 @@ FOLDS = 5
 # probability (saturated, or one that learned nothing) would otherwise make rounding noise a huge score
 MIN_CNN_SD = 0.1
 # the spectrum part joins a type's score where some failure label's training clips reach this AUC against its
-# normal ones; a chance spectrum reaches it with 10 clips of each about 1 time in 100 (AUC's sd 0.13 there)
-MIN_MODULATION_AUC = 0.8
+# normal ones: a blind spectrum reaches it with 10 clips of each 3 times in 100, with 20 of each 3 in 1000; the
+# fan's unbalance, which the CNN does not hear, reached 0.77 to 0.98 on three synthetic families
+MIN_MODULATION_AUC = 0.75
 PARTS = ("cnn", "modulation")
 _EPS = 1e-7
 

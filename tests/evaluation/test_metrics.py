@@ -268,3 +268,21 @@ def test_model_metrics_of_a_normal_only_run_by_hand():
     assert out["scorers"]["other"]["overall"]["auc"] == pytest.approx(metrics.anomaly_auc(
         [r.is_abnormal for r in rows], other))
     assert out["scorers"]["main"]["by_machine_id"]["pump/id_00"]["auc"] == pytest.approx(1.0)  # 1.5 normal < 2.5
+
+
+def test_a_scorer_is_judged_on_the_clips_it_applies_to():
+    """A fused run's spectrum part joins some machine types only: NaN marks a clip it does not score, and the
+    figures count the others (a NaN in the run's own score is still refused)."""
+    rows, _, _ = _model_case()
+    part = np.array([0.1, 0.9, 0.2, np.nan, np.nan, np.nan])  # the fans' scores only
+    figures = metrics.score_figures(rows, [r.is_abnormal for r in rows], part)
+    assert figures["overall"]["n"] == 3
+    assert figures["overall"]["auc"] == pytest.approx(1.0)  # normal 0.1 below bearing 0.9 and 0.2
+    assert set(figures["by_machine"]) == {"fan"}
+    assert figures["by_machine_id"]["fan/id_00"]["auc"] == pytest.approx(1.0)
+    nowhere = metrics.score_figures(rows, [r.is_abnormal for r in rows], np.full(6, np.nan))
+    assert nowhere["overall"] == {"n": 0, "auc": None, "pauc": None} and nowhere["by_machine"] == {}
+    with pytest.raises(SpectroError, match="one label and score per row"):
+        metrics.score_figures(rows, [r.is_abnormal for r in rows], part[:5])
+    with pytest.raises(SpectroError, match="NaN or inf"):
+        metrics.anomaly_auc([r.is_abnormal for r in rows], part)

@@ -10,9 +10,10 @@ from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 from scipy.special import logit as scipy_logit
 from scipy.stats import median_abs_deviation
 from sklearn.covariance import LedoitWolf
+from sklearn.metrics import roc_auc_score
 
 from spectro.errors import SpectroError
-from spectro.model.fusion import DEFAULT_THRESHOLD, FUSION_NAME, MIN_CNN_SD, Fusion
+from spectro.model.fusion import DEFAULT_THRESHOLD, FUSION_NAME, MIN_CNN_SD, MIN_MODULATION_AUC, Fusion
 from spectro.model.labels import LabelSpace
 
 
@@ -84,6 +85,79 @@ def test_a_type_with_few_validation_normals_takes_its_training_normals_scale_and
     parts = fusion.parts(["valve", "fan"], np.array([0.4, 0.4]), _spectra(2, 5))
     assert np.isnan(parts["modulation"][0]) and parts["fused"][0] == pytest.approx(parts["cnn"][0])
     assert parts["fused"][1] == pytest.approx(max(parts["cnn"][1], parts["modulation"][1]))
+
+
+def _gated(abnormal_modulation=True):
+    """Fan: 12 normal training clips, 4 unbalance clips far out in the spectrum, 2 bearing clips (too few to judge
+    by). Pump: 12 normals and 6 clogging clips drawn like its normals (a spectrum blind to them). Valve: normal
+    clips only."""
+    fan, pump, valve = _spectra(12, 1), _spectra(12, 2, shift=3.0), _spectra(8, 3, shift=-2.0)
+    unbalance, bearing, clogging = _spectra(4, 4, shift=2.5), _spectra(2, 5), _spectra(6, 6, shift=3.0)
+    fusion = Fusion.fit(types=["fan", "pump", "valve"], train_types=["fan"] * 12 + ["pump"] * 12 + ["valve"] * 8,
+                        train_modulation=np.concatenate([fan, pump, valve]), train_probability=None,
+                        val_types=["fan"] * 3 + ["pump"] * 3 + ["valve"] * 3,
+                        val_probability=np.array([0.1, 0.2, 0.3] * 3),
+                        abnormal_types=["fan"] * 6 + ["pump"] * 6,
+                        abnormal_labels=["unbalance"] * 4 + ["bearing"] * 2 + ["clogging"] * 6,
+                        abnormal_modulation=np.concatenate([unbalance, bearing, clogging])
+                        if abnormal_modulation else None)
+    return fusion, dict(fan=fan, pump=pump, unbalance=unbalance, clogging=clogging)
+
+
+def _training_auc(normal, abnormal):
+    """AUC of abnormal clips' Mahalanobis distance (to a Ledoit-Wolf Gaussian of every normal clip) against the
+    normal clips' own, each held out fold by fold."""
+    fit = LedoitWolf().fit(normal)
+    inverse = np.linalg.inv(fit.covariance_)
+    distance = np.log([scipy_mahalanobis(x, fit.location_, inverse) for x in abnormal])
+    return roc_auc_score(np.r_[np.zeros(len(normal)), np.ones(len(abnormal))],
+                         np.r_[_held_out_log_distances(normal), distance])
+
+
+def test_the_spectrum_part_joins_a_machine_type_only_where_it_sees_a_failure_of_the_training_split():
+    fusion, spectra = _gated()
+    fan, pump, valve = fusion.types["fan"], fusion.types["pump"], fusion.types["valve"]
+    # the fan's best failure label is the unbalance (the bearing's 2 clips are too few to judge by)
+    assert fan.modulation_auc == pytest.approx(_training_auc(spectra["fan"], spectra["unbalance"]))
+    assert pump.modulation_auc == pytest.approx(_training_auc(spectra["pump"], spectra["clogging"]))
+    assert fan.modulation_auc >= MIN_MODULATION_AUC > pump.modulation_auc
+    assert valve.modulation_auc is None  # no failure recorded: nothing says the spectrum is blind
+    assert (fan.modulation_joins, pump.modulation_joins, valve.modulation_joins) == (True, False, True)
+    clips = np.concatenate([_spectra(2, 7), _spectra(2, 8, shift=9.0)])
+    probability = np.array([0.2, 0.3, 0.2, 0.3])
+    as_fan, as_pump = fusion.parts(["fan"] * 4, probability, clips), fusion.parts(["pump"] * 4, probability, clips)
+    assert not np.isnan(as_fan["modulation"]).any() and as_fan["fused"][2] > as_fan["cnn"][2]
+    assert np.isnan(as_pump["modulation"]).all()  # far out in the spectrum, and the pump's score ignores it
+    np.testing.assert_allclose(as_pump["fused"], as_pump["cnn"])
+    recorded = fusion.to_dict()
+    assert recorded["pump"]["modulation_joins"] is False
+    assert recorded["fan"]["modulation_training_auc"] == pytest.approx(fan.modulation_auc)
+    # without abnormal training spectra the part is not judged, and joins wherever it is fitted (as before)
+    unjudged, _ = _gated(abnormal_modulation=False)
+    assert all(t.modulation_auc is None and t.modulation_joins for t in unjudged.types.values())
+
+
+def test_where_the_spectrum_part_joins_survives_the_file_and_older_files_join_everywhere(tmp_path):
+    fusion, _ = _gated()
+    loaded = Fusion.load(fusion.save(tmp_path).parent)
+    assert loaded.to_dict() == fusion.to_dict()
+    clips = _spectra(3, 9, shift=5.0)
+    for kind in ("fan", "pump", "valve"):
+        np.testing.assert_equal(loaded.parts([kind] * 3, np.array([0.1, 0.5, 0.9]), clips)["modulation"],
+                                fusion.parts([kind] * 3, np.array([0.1, 0.5, 0.9]), clips)["modulation"])
+    # a fusion.npz written before the spectrum part was judged has no AUCs
+    with np.load(tmp_path / FUSION_NAME) as data:
+        older = {k: data[k] for k in data.files if k != "modulation_aucs"}
+    np.savez(tmp_path / FUSION_NAME, **older)
+    assert all(t.modulation_joins for t in Fusion.load(tmp_path).types.values())
+
+
+def test_a_wrong_number_of_abnormal_labels_or_spectra_is_refused():
+    for labels, spectra in ((["leak"], _spectra(2, 1)), (["leak", "leak"], _spectra(1, 1))):
+        with pytest.raises(SpectroError, match="one failure label and spectrum per abnormal training clip"):
+            Fusion.fit(types=["fan"], train_types=["fan"] * 4, train_modulation=_spectra(4, 2),
+                       train_probability=None, val_types=["fan"] * 3, val_probability=np.array([0.1, 0.2, 0.3]),
+                       abnormal_types=["fan", "fan"], abnormal_labels=labels, abnormal_modulation=spectra)
 
 
 def test_the_machine_type_is_the_one_the_cnn_finds_most_likely():

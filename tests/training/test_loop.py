@@ -22,6 +22,7 @@ from spectro.data.manifest import read_manifest, write_manifest
 from spectro.errors import SpectroError
 from spectro.features.png import read_pixels
 from spectro.features.settings import FeatureSettings
+from spectro.model.fusion import MIN_MODULATION_AUC
 from spectro.model.labels import LabelSpace
 from spectro.runs import (
     CHECKPOINT_NAME,
@@ -270,6 +271,14 @@ def test_config_metrics_have_the_keys_and_figures_of_metrics_json(trained, tmp_p
     # the images carry modulation spectra: the score is fused, and train knows no threshold but the default one
     assert load_config(run)["anomaly_score"]["kind"] == "fused"
     assert test["at_threshold"]["threshold"] == pytest.approx(NormalDist().inv_cdf(0.95 ** 0.5))
+    # each type's spectrum part was judged on its abnormal training clips (3 or more of fan/bearing, of pump/leak),
+    # and its figures count the test clips of the types it joins
+    judged = load_config(run)["anomaly_score"]["types"]
+    assert all(t["modulation_training_auc"] is not None for t in judged.values())
+    joins = {n for n, t in judged.items() if t["modulation_training_auc"] >= MIN_MODULATION_AUC}
+    assert joins == {n for n, t in judged.items() if t["modulation_joins"]}
+    assert stored["test"]["scorers"]["modulation"]["overall"]["n"] == sum(
+        r.machine in joins for r in read_splits(run, "test"))
     for name in ("cnn", "modulation", "fused"):
         assert stored["test"]["scorers"][name]["overall"]["auc"] == pytest.approx(
             evaluated["scorers"][name]["overall"]["auc"], abs=1e-6), name
