@@ -31,11 +31,15 @@ or more. The maximum takes each part's false alarms too: a part blind to every f
 clogging and leakage change the spectrum's shape, which the CNN sees, not its loudness wobble) only adds its
 chance outliers to the type's normal clips. The CNN is not judged this way: its training clips are the ones it
 learned. A type without failure labels to judge by keeps the spectrum part (nothing recorded says it is blind,
-and it is then the only part that was not trained away from the type's failures). docs/small-data.md and
-docs/benchmarks.md have the measurements.
+and the CNN has seen none of the type's failures). docs/small-data.md and docs/benchmarks.md have the
+measurements.
 
-The fused score is a standard score, not a probability: about 5 % of normal clips score above
-:data:`DEFAULT_THRESHOLD` when both parts are standard normal and independent; ``spectro evaluate`` chooses the
+A type scored by one part takes :func:`as_larger_of_two` of it: the larger-of-two score that is exactly as rare
+among normal clips. So one threshold passes the same share of every type's normal clips, whichever parts the
+type has, and the types' scores rank together.
+
+The fused score is a standard score, not a probability: about 5 % of each type's normal clips score above
+:data:`DEFAULT_THRESHOLD` when its parts are standard normal and independent; ``spectro evaluate`` chooses the
 run's threshold on its validation split as for any score.
 
 The file ``fusion.npz`` (:data:`spectro.runs.FUSION_NAME`) holds, per machine type, the CNN part's scale and,
@@ -72,6 +76,19 @@ def logit(p) -> np.ndarray:
     """``log(p / (1 − p))`` of probabilities, clipped to ``[1e-7, 1 − 1e-7]`` first."""
     p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1.0 - _EPS)
     return np.log(p) - np.log1p(-p)
+
+
+def as_larger_of_two(z) -> np.ndarray:
+    """Standard scores moved onto the scale of the larger of two independent ones: ``x`` with
+    ``P(max(Z1, Z2) >= x) = P(Z >= z)`` for standard normal ``Z``, i.e. ``Φ(x)² = Φ(z)``. Monotone, so it keeps
+    a type's ranking; computed from the lower tail below 0 and the upper tail above (exact to ``|z|`` of 35)."""
+    from scipy.special import log_ndtr, ndtr, ndtri
+
+    z = np.clip(np.asarray(z, dtype=np.float64), -35.0, 35.0)
+    upper = ndtr(-np.abs(z))  # P(Z >= |z|)
+    high = -ndtri(upper / (1.0 + np.sqrt(1.0 - upper)))  # 1 - sqrt(1 - q), without cancelling
+    low = ndtri(np.exp(0.5 * log_ndtr(z)))
+    return np.where(z > 0, high, low)
 
 
 @dataclass
@@ -205,7 +222,10 @@ class Fusion:
                                    f"{', '.join(sorted(self.types))})")
             for part, value in fused.parts(probability[sel], None if modulation is None else modulation[sel]).items():
                 out[part][sel] = value
-        out["fused"] = np.fmax(out["cnn"], out["modulation"])  # fmax: a missing part (NaN) does not count
+        # a type scored by the CNN part alone is put on the scale of the larger of two: the same share of normal
+        # clips passes any threshold whichever parts a type has (one threshold serves every type of the run)
+        alone = np.isnan(out["modulation"])
+        out["fused"] = np.where(alone, as_larger_of_two(out["cnn"]), np.fmax(out["cnn"], out["modulation"]))
         return out
 
     def score(self, types, probability: np.ndarray, modulation: np.ndarray | None) -> np.ndarray:

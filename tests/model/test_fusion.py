@@ -4,17 +4,31 @@ from, the machine type the CNN names, and the file."""
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
 import pytest
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 from scipy.special import logit as scipy_logit
-from scipy.stats import median_abs_deviation
+from scipy.stats import median_abs_deviation, norm
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
 from spectro.errors import SpectroError
-from spectro.model.fusion import DEFAULT_THRESHOLD, FUSION_NAME, MIN_CNN_SD, MIN_MODULATION_AUC, Fusion
+from spectro.model.fusion import (
+    DEFAULT_THRESHOLD,
+    FUSION_NAME,
+    MIN_CNN_SD,
+    MIN_MODULATION_AUC,
+    Fusion,
+    as_larger_of_two,
+)
 from spectro.model.labels import LabelSpace
+
+
+def _alone(z):
+    """A one-part type's fused score: the larger-of-two score as likely as ``z`` (Φ(x)² = Φ(z), scipy's normal)."""
+    return norm.ppf(np.sqrt(norm.cdf(z)))
 
 
 def _z(values, reference):
@@ -83,7 +97,7 @@ def test_a_type_with_few_validation_normals_takes_its_training_normals_scale_and
         [np.median(scipy_logit(train_p)), median_abs_deviation(scipy_logit(train_p), scale="normal")])
     assert not fusion.types["valve"].has_modulation
     parts = fusion.parts(["valve", "fan"], np.array([0.4, 0.4]), _spectra(2, 5))
-    assert np.isnan(parts["modulation"][0]) and parts["fused"][0] == pytest.approx(parts["cnn"][0])
+    assert np.isnan(parts["modulation"][0]) and parts["fused"][0] == pytest.approx(_alone(parts["cnn"][0]))
     assert parts["fused"][1] == pytest.approx(max(parts["cnn"][1], parts["modulation"][1]))
 
 
@@ -128,7 +142,7 @@ def test_the_spectrum_part_joins_a_machine_type_only_where_it_sees_a_failure_of_
     as_fan, as_pump = fusion.parts(["fan"] * 4, probability, clips), fusion.parts(["pump"] * 4, probability, clips)
     assert not np.isnan(as_fan["modulation"]).any() and as_fan["fused"][2] > as_fan["cnn"][2]
     assert np.isnan(as_pump["modulation"]).all()  # far out in the spectrum, and the pump's score ignores it
-    np.testing.assert_allclose(as_pump["fused"], as_pump["cnn"])
+    np.testing.assert_allclose(as_pump["fused"], _alone(as_pump["cnn"]), rtol=1e-7)
     recorded = fusion.to_dict()
     assert recorded["pump"]["modulation_joins"] is False
     assert recorded["fan"]["modulation_training_auc"] == pytest.approx(fan.modulation_auc)
@@ -199,7 +213,8 @@ def test_a_cnn_that_gives_every_normal_clip_the_same_probability_has_the_floor_f
                         val_types=["fan"] * 4, val_probability=np.full(4, 0.25))
     assert fusion.types["fan"].cnn_scale == pytest.approx([np.log(1 / 3), MIN_CNN_SD])
     parts = fusion.parts(["fan", "fan"], np.array([0.25, 0.2500001]), None)
-    np.testing.assert_allclose(parts["fused"], [0.0, 0.0], atol=1e-5)  # rounding noise stays noise
+    np.testing.assert_allclose(parts["cnn"], [0.0, 0.0], atol=1e-5)  # rounding noise stays noise
+    np.testing.assert_allclose(parts["fused"], _alone([0.0, 0.0]), atol=1e-5)
 
 
 def test_a_fusion_without_any_spectrum_gaussian_round_trips(tmp_path):
@@ -212,7 +227,7 @@ def test_a_fusion_without_any_spectrum_gaussian_round_trips(tmp_path):
     loaded = Fusion.load(fusion.save(tmp_path).parent)
     assert loaded.to_dict() == fusion.to_dict()
     parts = loaded.parts(["fan", "pump"], np.array([0.5, 0.5]), _spectra(2, 2, shift=0.0))
-    np.testing.assert_allclose(parts["fused"], parts["cnn"])  # the CNN part alone
+    np.testing.assert_allclose(parts["fused"], _alone(parts["cnn"]), rtol=1e-7)  # the CNN part alone
     assert np.isnan(parts["modulation"]).all()
 
 
@@ -241,3 +256,18 @@ def test_the_default_threshold_passes_five_percent_of_two_independent_standard_n
     rng = np.random.default_rng(0)
     fused = np.maximum(rng.normal(size=200_000), rng.normal(size=200_000))
     assert np.mean(fused >= DEFAULT_THRESHOLD) == pytest.approx(0.05, abs=0.002)
+
+
+def test_a_type_scored_by_one_part_is_on_the_scale_of_the_larger_of_two():
+    """One threshold serves every type: a one-part type's normal clips pass it as often as a two-part type's."""
+    z = np.array([-30.0, -8.0, -2.0, -0.5, 0.0, 0.7, NormalDist().inv_cdf(0.95), 3.0, 8.0, 30.0, 60.0])
+    x = as_larger_of_two(z)
+    moderate = np.abs(z) <= 5  # scipy's Φ(z) near 1 loses digits further out
+    np.testing.assert_allclose(x[moderate], _alone(z[moderate]), rtol=1e-7)
+    # the far tails, where scipy's Φ rounds to 0 or 1: P(max >= x) = 1 - Φ(x)² against P(Z >= z), in logs
+    np.testing.assert_allclose(np.log(-np.expm1(2 * norm.logcdf(x[-3:-1]))), norm.logsf(z[-3:-1]), rtol=1e-6)
+    np.testing.assert_allclose(2 * norm.logcdf(x[0]), norm.logcdf(z[0]), rtol=1e-6)
+    assert np.isfinite(x).all() and (np.diff(x) > 0).all()  # monotone: a type's ranking is kept
+    assert x[6] == pytest.approx(DEFAULT_THRESHOLD)  # the 95th percentile of one score is the default threshold
+    rng = np.random.default_rng(1)
+    assert np.mean(as_larger_of_two(rng.normal(size=200_000)) >= DEFAULT_THRESHOLD) == pytest.approx(0.05, abs=0.002)
