@@ -58,7 +58,8 @@ def sparkline(values: list[float], *, width: int = 80) -> str:
 
 def format_text(result: dict[str, Any], *, max_listed: int = 8) -> str:
     """The human-readable lines for one result."""
-    lines = [f"{result['path']}: {result['verdict']}  anomaly score {result['anomaly_score']:.3f} "
+    score = round(result["anomaly_score"], 3) + 0.0  # + 0.0: a score just below 0 prints 0.000, not -0.000
+    lines = [f"{result['path']}: {result['verdict']}  anomaly score {score:.3f} "
              f"(threshold {result['threshold']:.3f})"
              + (f"  failure type {result['failure_type']}" if result["failure_type"] else "")]
     if "machine" in result:  # a normal-only run: which machine's normal references the file was scored against

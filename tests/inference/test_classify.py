@@ -308,3 +308,12 @@ def test_evaluate_and_classify_score_a_windowed_run_alike(tiny_window_run, tmp_p
     assert cli(["classify", *predicted, "--model", str(run), "--json"]) == 0
     for result in _json_lines(capsys.readouterr().out):
         assert result["anomaly_score"] == pytest.approx(predicted[result["path"]], abs=2e-6)
+
+
+def test_the_text_output_prints_a_score_just_below_zero_as_zero():
+    from spectro.commands.classify import format_text
+
+    result = {"path": "a.wav", "verdict": "normal", "anomaly_score": -0.0004, "threshold": 1.95,
+              "failure_type": None, "top_k": [["fan/normal", 0.9]]}
+    assert format_text(result).splitlines()[0] == "a.wav: normal  anomaly score 0.000 (threshold 1.950)"
+    assert "anomaly score -0.012" in format_text({**result, "anomaly_score": -0.0123})
