@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def _probe(data, train: np.ndarray, test: np.ndarray, tag: str) -> None:
     from sklearn.metrics import roc_auc_score
 
-    from spectro.model.fusion import FOLDS, Fusion
+    from spectro.model.fusion import Fusion, held_out_distances
     from spectro.model.references import Gaussian
 
     labels = np.array([r.label for r in data.rows])
@@ -35,11 +35,7 @@ def _probe(data, train: np.ndarray, test: np.ndarray, tag: str) -> None:
                         abnormal_labels=labels[failed], abnormal_modulation=data.modulation[failed])
     for name, fused in sorted(fusion.types.items()):
         spectra = data.modulation[normal & (data.machines == name)]
-        folds = np.arange(len(spectra)) % min(FOLDS, len(spectra))
-        held = np.zeros(len(spectra))
-        for f in np.unique(folds):
-            held[folds == f] = Gaussian(spectra[folds != f]).distance(spectra[folds == f])
-        gaussian = Gaussian(spectra)
+        held, gaussian = held_out_distances(spectra), Gaussian(spectra)
         cells = []
         for label in sorted(set(labels[failed & (data.machines == name)])):
             mine = failed & (data.machines == name) & (labels == label)

@@ -123,6 +123,16 @@ class TypeFusion:
         return out
 
 
+def held_out_distances(spectra: np.ndarray) -> np.ndarray:
+    """Each normal clip's Mahalanobis distance to a Gaussian of the others, fold by fold (clip ``i`` in fold
+    ``i % FOLDS``): what the spectrum part's scale and its training AUC are measured on."""
+    folds = np.arange(len(spectra)) % min(FOLDS, len(spectra))
+    held = np.zeros(len(spectra))
+    for f in np.unique(folds):
+        held[folds == f] = Gaussian(spectra[folds != f]).distance(spectra[folds == f])
+    return held
+
+
 def _best_failure_auc(normal: np.ndarray, abnormal: np.ndarray, labels: np.ndarray) -> float | None:
     """The highest AUC of ``abnormal`` scores of one failure label against the ``normal`` ones, over the labels with
     at least :data:`MIN_CLIPS` clips (``None`` without such a label)."""
@@ -189,10 +199,7 @@ class Fusion:
             spectra = None if train_modulation is None else np.asarray(train_modulation[train_types == name],
                                                                          dtype=np.float64)
             if spectra is not None and len(spectra) >= MIN_CLIPS:
-                folds = np.arange(len(spectra)) % min(FOLDS, len(spectra))
-                held = np.zeros(len(spectra))
-                for f in np.unique(folds):
-                    held[folds == f] = Gaussian(spectra[folds != f]).distance(spectra[folds == f])
+                held = held_out_distances(spectra)
                 gaussian = Gaussian(spectra)
                 fused.mean, fused.precision = gaussian.fit.location_, gaussian.fit.precision_
                 fused.modulation_scale, fused.clips = log_scales(held), len(spectra)
