@@ -401,9 +401,9 @@ def _fit_known_machines(run: Path, rows: list[ImageRow], features: FeatureSettin
 
 def _fit_fusion(run: Path, labels: LabelSpace, by_split, probs: dict, features, image_shape) -> Fusion | None:
     """Fit and write a supervised run's fused anomaly score (:mod:`spectro.model.fusion`) from its normal training
-    and validation clips (its abnormal training clips judge where the spectrum part joins), or ``None`` when the
-    images carry no modulation spectra (the score stays the CNN's probability). ``probs``: the pooled
-    probabilities of the validation clips (when there are any)."""
+    and validation clips (probabilities and spectra; its abnormal training clips judge where the spectrum part
+    joins), or ``None`` when the images carry no modulation spectra (the score stays the CNN's probability).
+    ``probs``: the pooled probabilities of the validation clips (when there are any)."""
     from spectro.features.reader import read_images
     from spectro.inference.predictors import KerasPredictor
 
@@ -423,6 +423,8 @@ def _fit_fusion(run: Path, labels: LabelSpace, by_split, probs: dict, features, 
                         train_modulation=read_modulation(train, settings=features), train_probability=train_p,
                         val_types=val_types,
                         val_probability=labels.anomaly_score(probs["val"][val_sel]) if val_sel else np.zeros(0),
+                        val_modulation=read_modulation([by_split["val"][i] for i in val_sel], settings=features)
+                        if val_sel else None,
                         abnormal_types=[r.machine for r in abnormal], abnormal_labels=[r.label for r in abnormal],
                         abnormal_modulation=read_modulation(abnormal, settings=features) if abnormal else None)
     fusion.save(run)

@@ -174,6 +174,34 @@ def test_a_wrong_number_of_abnormal_labels_or_spectra_is_refused():
                        abnormal_types=["fan", "fan"], abnormal_labels=labels, abnormal_modulation=spectra)
 
 
+def test_the_spectrum_parts_scale_takes_the_validation_normals_measured_against_the_gaussian_of_all_training_normals():
+    fan, pump = _spectra(12, 1), _spectra(10, 2, shift=3.0)
+    val_fan, val_pump = _spectra(6, 3, shift=0.7), _spectra(2, 4, shift=3.0)
+    fusion = Fusion.fit(types=["fan", "pump"], train_types=["fan"] * 12 + ["pump"] * 10,
+                        train_modulation=np.concatenate([fan, pump]), train_probability=None,
+                        val_types=["fan"] * 6 + ["pump"] * 3, val_probability=np.full(9, 0.1),
+                        val_modulation=np.concatenate([val_fan, val_pump, _spectra(1, 5, shift=3.0)]))
+    fit = LedoitWolf().fit(fan)
+    inverse = np.linalg.inv(fit.covariance_)
+    unseen = np.r_[_held_out_log_distances(fan), np.log([scipy_mahalanobis(x, fit.location_, inverse)
+                                                         for x in val_fan])]
+    assert fusion.types["fan"].modulation_scale == pytest.approx(
+        [np.median(unseen), median_abs_deviation(unseen, scale="normal")], rel=1e-6)
+    # the validation clips, shifted from the training normals, move the scale from what the folds alone give
+    alone = _held_out_log_distances(fan)
+    assert fusion.types["fan"].modulation_scale[0] > np.median(alone) + 0.05
+    # a type's own validation clips only
+    fit = LedoitWolf().fit(pump)
+    inverse = np.linalg.inv(fit.covariance_)
+    unseen = np.r_[_held_out_log_distances(pump), np.log([scipy_mahalanobis(x, fit.location_, inverse)
+                                                          for x in np.concatenate([val_pump,
+                                                                                   _spectra(1, 5, shift=3.0)])])]
+    assert fusion.types["pump"].modulation_scale[0] == pytest.approx(np.median(unseen), rel=1e-6)
+    with pytest.raises(SpectroError, match="one modulation spectrum per validation clip"):
+        Fusion.fit(types=["fan"], train_types=["fan"] * 4, train_modulation=_spectra(4, 2), train_probability=None,
+                   val_types=["fan"] * 3, val_probability=np.array([0.1, 0.2, 0.3]), val_modulation=_spectra(2, 1))
+
+
 def test_the_machine_type_is_the_one_the_cnn_finds_most_likely():
     labels = LabelSpace.from_pairs([("fan", "normal"), ("fan", "bearing"), ("pump", "normal"), ("pump", "leak")],
                                    task="failure")
