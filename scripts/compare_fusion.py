@@ -8,7 +8,9 @@ the CNN's probability, the CNN part, the spectrum part and the fused score. The 
 true one here (``spectro`` scores the type the CNN names; on these sets the two agree on nearly every clip).
 
 ``--images FOLDER``: read the modulation spectra from this image folder's PNGs (matched by
-``<machine>/<label>/<file>``), for runs trained on images rendered before PNGs carried them.
+``<machine>/<label>/<file>``), for runs trained on images rendered before PNGs carried them. ``--folds-only``: scale
+the spectrum part by the training normals fold by fold alone, without the validation normals (as runs trained before
+the validation normals joined that scale were fitted).
 
     python scripts/compare_fusion.py models/20261203-080147-failure-mobilenet_v2 --images reports/bench/synth_images
 """
@@ -27,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _scores(run: Path, images: Path | None) -> dict[str, np.ndarray]:
+def _scores(run: Path, images: Path | None, folds_only: bool = False) -> dict[str, np.ndarray]:
     from spectro.data.manifest import read_manifest
     from spectro.features.reader import read_images, read_modulation
     from spectro.inference.predictors import load_predictor
@@ -52,7 +54,8 @@ def _scores(run: Path, images: Path | None) -> dict[str, np.ndarray]:
     failed = (split == "train") & abnormal
     fusion = Fusion.fit(types=predictor.labels.machine_types, train_types=machine[train],
                         train_modulation=modulation[train], train_probability=probability[train],
-                        val_types=machine[val], val_probability=probability[val], abnormal_types=machine[failed],
+                        val_types=machine[val], val_probability=probability[val],
+                        val_modulation=None if folds_only else modulation[val], abnormal_types=machine[failed],
                         abnormal_labels=[r.label for r, f in zip(rows, failed) if f],
                         abnormal_modulation=modulation[failed])
     test = split == "test"
@@ -75,24 +78,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="supervised run folders (the folds of one set)")
     parser.add_argument("--images", type=Path, help="image folder to read the modulation spectra from")
+    parser.add_argument("--folds-only", action="store_true",
+                        help="scale the spectrum part by the training normals fold by fold alone (the earlier rule)")
     args = parser.parse_args()
     pooled: dict[str, list] = {}
     for run in args.runs:
-        for key, value in _scores(run, args.images).items():
+        for key, value in _scores(run, args.images, args.folds_only).items():
             pooled.setdefault(key, []).append(value)
     data = {k: np.concatenate(v) for k, v in pooled.items()}
     types = sorted(set(data["machine"].tolist()))
-    print(f"{len(args.runs)} run(s), {len(data['machine'])} test clips; test AUC")
-    print(f"{'score':<16}" + "".join(f"{t:>9}" for t in types))
+    from spectro.model.fusion import DEFAULT_THRESHOLD
+
+    print(f"{len(args.runs)} run(s), {len(data['machine'])} test clips; test AUC (all: the types together), and the "
+          f"share of normal test clips the fused score puts above {DEFAULT_THRESHOLD:.2f}")
+    print(f"{'score':<16}" + "".join(f"{t:>9}" for t in ["all", *types]))
     for name in ("CNN probability", "CNN part", "spectrum part", "fused"):
         cells = []
-        for t in types:
-            sel = data["machine"] == t
+        for t in ["all", *types]:
+            sel = np.ones(len(data["machine"]), bool) if t == "all" else data["machine"] == t
             ok = ~np.isnan(data[name][sel])
             cells.append(f"{roc_auc_score(data['abnormal'][sel][ok], data[name][sel][ok]):9.3f}" if ok.any()
                          else f"{'n/a':>9}")
         print(f"{name:<16}" + "".join(cells))
-
+    normal = ~data["abnormal"]
+    print(f"{'fused > ' + format(DEFAULT_THRESHOLD, '.2f'):<16}" + "".join(
+        f"{np.mean(data['fused'][normal & (np.ones(len(normal), bool) if t == 'all' else data['machine'] == t)] > DEFAULT_THRESHOLD):9.2f}"
+        for t in ["all", *types]))
 
 if __name__ == "__main__":
     main()
