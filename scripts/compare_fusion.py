@@ -101,9 +101,9 @@ def main() -> None:
                          else f"{'n/a':>9}")
         print(f"{name:<16}" + "".join(cells))
     normal = ~data["abnormal"]
-    print(f"{'fused > ' + format(DEFAULT_THRESHOLD, '.2f'):<16}" + "".join(
-        f"{np.mean(data['fused'][normal & (np.ones(len(normal), bool) if t == 'all' else data['machine'] == t)] > DEFAULT_THRESHOLD):9.2f}"
-        for t in ["all", *types]))
+    shares = [np.mean(data["fused"][normal & ((data["machine"] == t) | (t == "all"))] > DEFAULT_THRESHOLD)
+              for t in ["all", *types]]
+    print(f"{'fused > ' + format(DEFAULT_THRESHOLD, '.2f'):<16}" + "".join(f"{v:9.2f}" for v in shares))
 
 if __name__ == "__main__":
     main()

@@ -57,8 +57,9 @@ def _report(data, splits: list, tag: str) -> None:
             sel = tested & (data.machines == t)
             normals = score[sel & ~data.abnormal]
             medians, sds = zip(*scales[t])
+            auc = roc_auc_score(data.abnormal[sel], score[sel])
             cells.append(f"{t} {min(medians):.2f}–{max(medians):.2f}/{min(sds):.2f}–{max(sds):.2f} "
-                         f"{np.mean(normals > DEFAULT_THRESHOLD):.2f} {roc_auc_score(data.abnormal[sel], score[sel]):.3f}")
+                         f"{np.mean(normals > DEFAULT_THRESHOLD):.2f} {auc:.3f}")
         print(f"{tag:<9} {scale:<15} | " + " | ".join(cells))
 
 
