@@ -165,8 +165,8 @@ class Fusion:
         the training split (their machine types, modulation spectra ``(n, bins)`` or ``None``, and the CNN's
         anomaly probabilities, needed only where a type has fewer than :data:`MIN_CLIPS` validation normals) and
         of the validation split (types, probabilities, and spectra when there are: they join the spectrum part's
-        scale). A type without enough normal clips of its own takes the
-        CNN scale of all types' normal clips together. The **abnormal** training clips (machine types, failure
+        scale). A type without enough normal clips of its own takes the CNN scale of all types' normal clips
+        together. The **abnormal** training clips (machine types, failure
         labels, spectra) decide where the spectrum part joins (:attr:`TypeFusion.modulation_joins`)."""
         abnormal_types = np.asarray(list(abnormal_types), dtype=str)
         abnormal_labels = np.asarray(list(abnormal_labels), dtype=str)
