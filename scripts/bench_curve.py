@@ -46,6 +46,18 @@ def _subset(pool: np.ndarray, n: int, rng) -> np.ndarray | None:
     return None if len(pool) < n else np.sort(rng.choice(pool, n, replace=False))
 
 
+def curve_splits(base: np.ndarray, fine: np.ndarray, n: int) -> np.ndarray | None:
+    """The built-in set's ``base`` splits with the training clips cut to ``n`` per fine class (seeded by ``n``; the
+    others ``""``), or ``None`` when some class has fewer than ``n``."""
+    rng, splits = np.random.default_rng(n), base.copy()
+    splits[base == "train"] = ""
+    chosen = [_subset(np.flatnonzero((base == "train") & (fine == c)), n, rng) for c in sorted(set(fine))]
+    if any(c is None for c in chosen):
+        return None
+    splits[np.concatenate(chosen)] = "train"
+    return splits
+
+
 def _target(curve: dict) -> str:
     """``CNN >= baseline from 10 clips per class`` over the n of ``curve`` (n -> (CNN AUC, baseline AUC) or None)."""
     pairs = [(n, v) for n, v in curve.items() if v is not None and (n == "all" or n >= 10)]
@@ -142,15 +154,10 @@ def _synthetic(bench: _Bench, ns: list) -> tuple[list[str], dict]:
         if n == "all" and reused:
             results[n] = {m: [s] for m, s in ctx.state["small_synth_all"].items()}
             continue
-        splits = base.copy()
-        if n != "all":
-            rng = np.random.default_rng(n)
-            splits[base == "train"] = ""
-            chosen = [_subset(np.flatnonzero((base == "train") & (fine == c)), n, rng) for c in counts]
-            if any(c is None for c in chosen):
-                results[n] = None
-                continue
-            splits[np.concatenate(chosen)] = "train"
+        splits = base.copy() if n == "all" else curve_splits(base, fine, n)
+        if splits is None:
+            results[n] = None
+            continue
         # the baselines fit on the training clips only: the validation split is the same for every n; the CNN
         # trains once per seed (the same clips), since one training at 10 clips per class is a draw
         results[n] = {CNN: [], MEL: []}

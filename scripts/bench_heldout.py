@@ -35,9 +35,22 @@ def held_out_images(ctx) -> tuple[Path, dict]:
     return Path(ctx.state["held_out_images"]), sizes
 
 
-def run(ctx) -> str:
+def fold_splits(data: _Images, n_folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each fold's splits (``train``, ``val``: every 5th training clip, ``test``) and its test indices:
+    ``StratifiedKFold`` by clip over machine, id and label (shuffled, random_state 0)."""
     from sklearn.model_selection import StratifiedKFold
 
+    strata = np.array([f"{r.machine}/{r.machine_id}/{r.label}" for r in data.rows])
+    out = []
+    for train_idx, test_idx in StratifiedKFold(n_folds, shuffle=True, random_state=0).split(strata, strata):
+        splits = np.full(len(strata), "test", dtype=object)
+        splits[train_idx] = "train"
+        splits[train_idx[::5]] = "val"  # every 5th training clip validates (early stopping)
+        out.append((splits, test_idx))
+    return out
+
+
+def run(ctx) -> str:
     from spectro.model.backbones import ModelSettings
 
     bench = _Bench(ctx)
@@ -45,15 +58,11 @@ def run(ctx) -> str:
     images, sizes = held_out_images(ctx)
     data = _Images.read(images)
     n_clips = len(data.rows)
-    strata = np.array([f"{r.machine}/{r.machine_id}/{r.label}" for r in data.rows])
-    folds = list(StratifiedKFold(n_folds, shuffle=True, random_state=0).split(np.zeros(n_clips), strata))
     methods = (CNN, alone(CNN), MEL, RMS)  # alone: the CNN's probability, when the run's score is fused
     oof = {m: np.full(n_clips, np.nan) for m in methods}
     train_sizes = []
-    for k, (train_idx, test_idx) in enumerate(folds):
-        splits = np.full(n_clips, "test", dtype=object)
-        splits[train_idx] = "train"
-        splits[train_idx[::5]] = "val"  # every 5th training clip validates (early stopping)
+    folds = fold_splits(data, n_folds)
+    for k, (splits, test_idx) in enumerate(folds):
         train_sizes.append(int((splits == "train").sum()))
         scores = bench.scores([data], splits, f"heldout-fold{k}", {CNN: ModelSettings(weights="none")},
                               fit=("train",))

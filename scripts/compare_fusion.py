@@ -75,6 +75,8 @@ def read_manifest_settings(images: Path) -> int | None:
 def main() -> None:
     from sklearn.metrics import roc_auc_score
 
+    from spectro.model.fusion import DEFAULT_THRESHOLD
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="supervised run folders (the folds of one set)")
     parser.add_argument("--images", type=Path, help="image folder to read the modulation spectra from")
@@ -86,24 +88,21 @@ def main() -> None:
         for key, value in _scores(run, args.images, args.folds_only).items():
             pooled.setdefault(key, []).append(value)
     data = {k: np.concatenate(v) for k, v in pooled.items()}
-    types = sorted(set(data["machine"].tolist()))
-    from spectro.model.fusion import DEFAULT_THRESHOLD
-
+    types = ["all", *sorted(set(data["machine"].tolist()))]
+    chosen = {t: (data["machine"] == t) | (t == "all") for t in types}
     print(f"{len(args.runs)} run(s), {len(data['machine'])} test clips; test AUC (all: the types together), and the "
           f"share of normal test clips the fused score puts above {DEFAULT_THRESHOLD:.2f}")
-    print(f"{'score':<16}" + "".join(f"{t:>9}" for t in ["all", *types]))
+    print(f"{'score':<16}" + "".join(f"{t:>9}" for t in types))
     for name in ("CNN probability", "CNN part", "spectrum part", "fused"):
         cells = []
-        for t in ["all", *types]:
-            sel = np.ones(len(data["machine"]), bool) if t == "all" else data["machine"] == t
-            ok = ~np.isnan(data[name][sel])
-            cells.append(f"{roc_auc_score(data['abnormal'][sel][ok], data[name][sel][ok]):9.3f}" if ok.any()
+        for t in types:
+            sel = chosen[t] & ~np.isnan(data[name])
+            cells.append(f"{roc_auc_score(data['abnormal'][sel], data[name][sel]):9.3f}" if sel.any()
                          else f"{'n/a':>9}")
         print(f"{name:<16}" + "".join(cells))
-    normal = ~data["abnormal"]
-    shares = [np.mean(data["fused"][normal & ((data["machine"] == t) | (t == "all"))] > DEFAULT_THRESHOLD)
-              for t in ["all", *types]]
+    shares = [np.mean(data["fused"][chosen[t] & ~data["abnormal"]] > DEFAULT_THRESHOLD) for t in types]
     print(f"{'fused > ' + format(DEFAULT_THRESHOLD, '.2f'):<16}" + "".join(f"{v:9.2f}" for v in shares))
+
 
 if __name__ == "__main__":
     main()

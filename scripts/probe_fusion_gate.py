@@ -48,7 +48,7 @@ def _probe(data, train: np.ndarray, test: np.ndarray, tag: str) -> None:
 
 
 def main() -> None:
-    from bench_curve import _subset
+    from bench_curve import curve_splits
     from bench_small import _Images, synthetic_split
     from sklearn.model_selection import StratifiedKFold
 
@@ -66,11 +66,7 @@ def main() -> None:
         base = synthetic_split(data)
         fine = np.array([r.fine_class for r in data.rows])
         _probe(data, base == "train", base == "test", "all")
-        rng, chosen = np.random.default_rng(10), base.copy()  # the curve's subset at n = 10
-        chosen[base == "train"] = ""
-        chosen[np.concatenate([_subset(np.flatnonzero((base == "train") & (fine == c)), 10, rng)
-                               for c in sorted(set(fine))])] = "train"
-        _probe(data, chosen == "train", base == "test", "10/class")
+        _probe(data, curve_splits(base, fine, 10) == "train", base == "test", "10/class")
         return
     fine = np.array([r.fine_class for r in data.rows])
     for k, (train, _) in enumerate(StratifiedKFold(5, shuffle=True, random_state=0).split(fine, fine)):

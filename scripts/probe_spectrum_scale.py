@@ -64,9 +64,9 @@ def _report(data, splits: list, tag: str) -> None:
 
 
 def main() -> None:
-    from bench_curve import _subset
+    from bench_curve import curve_splits
+    from bench_heldout import fold_splits
     from bench_small import _Images, synthetic_split
-    from sklearn.model_selection import StratifiedKFold
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", type=Path, help="an image folder whose PNGs carry modulation spectra")
@@ -78,22 +78,11 @@ def main() -> None:
           "default threshold, AUC")
     if args.builtin:
         base = synthetic_split(data)
-        fine = np.array([r.fine_class for r in data.rows])
-        _report(data, [(base == "train", base == "val", base == "test")], "all")
-        rng, chosen = np.random.default_rng(10), base.copy()  # the curve's subset at n = 10
-        chosen[base == "train"] = ""
-        chosen[np.concatenate([_subset(np.flatnonzero((base == "train") & (fine == c)), 10, rng)
-                               for c in sorted(set(fine))])] = "train"
-        _report(data, [(chosen == "train", base == "val", base == "test")], "10/class")
+        chosen = curve_splits(base, np.array([r.fine_class for r in data.rows]), 10)
+        for tag, splits in (("all", base), ("10/class", chosen)):
+            _report(data, [(splits == "train", base == "val", base == "test")], tag)
         return
-    strata = [f"{r.machine}/{r.machine_id}/{r.label}" for r in data.rows]
-    splits = []
-    for train, test in StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros(len(strata)), strata):
-        masks = [np.zeros(len(strata), bool) for _ in range(3)]
-        masks[0][np.setdiff1d(train, train[::5])], masks[1][train[::5]], masks[2][test] = True, True, True
-        splits.append(tuple(masks))
-    _report(data, splits, "5 folds")
-
+    _report(data, [(s == "train", s == "val", s == "test") for s, _ in fold_splits(data, 5)], "5 folds")
 
 if __name__ == "__main__":
     main()

@@ -166,8 +166,8 @@ class Fusion:
         anomaly probabilities, needed only where a type has fewer than :data:`MIN_CLIPS` validation normals) and
         of the validation split (types, probabilities, and spectra when there are: they join the spectrum part's
         scale). A type without enough normal clips of its own takes the CNN scale of all types' normal clips
-        together. The **abnormal** training clips (machine types, failure
-        labels, spectra) decide where the spectrum part joins (:attr:`TypeFusion.modulation_joins`)."""
+        together. The **abnormal** training clips (machine types, failure labels, spectra) decide where the spectrum
+        part joins (:attr:`TypeFusion.modulation_joins`)."""
         abnormal_types = np.asarray(list(abnormal_types), dtype=str)
         abnormal_labels = np.asarray(list(abnormal_labels), dtype=str)
         if len(abnormal_labels) != len(abnormal_types) or (
@@ -213,10 +213,9 @@ class Fusion:
                 held = held_out_distances(spectra)
                 gaussian = Gaussian(spectra)
                 fused.mean, fused.precision = gaussian.fit.location_, gaussian.fit.precision_
-                val_spectra = None if val_modulation is None else np.asarray(val_modulation[val_types == name],
-                                                                             dtype=np.float64)
-                unseen = held if val_spectra is None or not len(val_spectra) else np.r_[
-                    held, gaussian.distance(val_spectra)]
+                unseen = held
+                if val_modulation is not None and (val_types == name).any():
+                    unseen = np.r_[held, gaussian.distance(val_modulation[val_types == name])]
                 fused.modulation_scale, fused.clips = log_scales(unseen), len(spectra)
                 mine = abnormal_types == name
                 if abnormal_modulation is not None and mine.any():

@@ -399,11 +399,13 @@ def _fit_known_machines(run: Path, rows: list[ImageRow], features: FeatureSettin
     KnownMachines.fit([machine_key(r.machine, r.machine_id) for r in rows], np.concatenate(stats)).save(run)
 
 
-def _fit_fusion(run: Path, labels: LabelSpace, by_split, probs: dict, features, image_shape) -> Fusion | None:
+def _fit_fusion(run: Path, labels: LabelSpace, by_split, probs: dict, spectra: dict, features,
+                image_shape) -> Fusion | None:
     """Fit and write a supervised run's fused anomaly score (:mod:`spectro.model.fusion`) from its normal training
     and validation clips (probabilities and spectra; its abnormal training clips judge where the spectrum part
     joins), or ``None`` when the images carry no modulation spectra (the score stays the CNN's probability).
-    ``probs``: the pooled probabilities of the validation clips (when there are any)."""
+    ``probs``, ``spectra``: the pooled probabilities and the modulation spectra of the validation clips (when there
+    are any)."""
     from spectro.features.reader import read_images
     from spectro.inference.predictors import KerasPredictor
 
@@ -423,8 +425,7 @@ def _fit_fusion(run: Path, labels: LabelSpace, by_split, probs: dict, features, 
                         train_modulation=read_modulation(train, settings=features), train_probability=train_p,
                         val_types=val_types,
                         val_probability=labels.anomaly_score(probs["val"][val_sel]) if val_sel else np.zeros(0),
-                        val_modulation=read_modulation([by_split["val"][i] for i in val_sel], settings=features)
-                        if val_sel else None,
+                        val_modulation=spectra["val"][val_sel] if val_sel else None,
                         abnormal_types=[r.machine for r in abnormal], abnormal_labels=[r.label for r in abnormal],
                         abnormal_modulation=read_modulation(abnormal, settings=features) if abnormal else None)
     fusion.save(run)
@@ -668,14 +669,15 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
             per_clip = len(window_columns(image_shape[1], window))
             windows = clean.predict(data.map(lambda x, y, w: x), verbose=0)
             probs[split] = pool(windows, np.repeat(np.arange(len(examples[split])), per_clip), len(examples[split]))
-    fusion = _fit_fusion(run, labels, by_split, probs, features, image_shape) if placement.chief and not normal_only \
-        else None
+    fusion = None
+    if placement.chief and not normal_only:
+        spectra = {split: read_modulation(by_split[split], settings=features) for split in probs}
+        fusion = _fit_fusion(run, labels, by_split, probs, spectra, features, image_shape)
     for split in probs:
         if fusion is None:
             metrics[split] = model_metrics(by_split[split], probs[split], labels, threshold=DEFAULT_THRESHOLD)
         else:
-            parts = fusion.of_probs(labels, probs[split], read_modulation(by_split[split], settings=features),
-                                    [r.machine for r in by_split[split]])
+            parts = fusion.of_probs(labels, probs[split], spectra[split], [r.machine for r in by_split[split]])
             metrics[split] = model_metrics(by_split[split], probs[split], labels, threshold=DEFAULT_FUSED_THRESHOLD,
                                            scores=parts["fused"], scorers={
                                                "cnn": labels.anomaly_score(probs[split]),
