@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-SECTIONS = ["images", "train", "small", "heldout", "curve", "normal", "scale", "export", "serve"]
+SECTIONS = ["images", "train", "small", "heldout", "curve", "pretrained", "normal", "scale", "export", "serve"]
 
 
 @dataclass
