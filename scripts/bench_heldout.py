@@ -50,6 +50,24 @@ def fold_splits(data: _Images, n_folds: int) -> list[tuple[np.ndarray, np.ndarra
     return out
 
 
+def out_of_fold(bench: _Bench, data: _Images, n_folds: int, method: str, settings) -> tuple[dict, list, list]:
+    """Every clip's out-of-fold score by the CNN ``method`` (``settings``: its ModelSettings; fused, and ``alone``
+    when the run's score is fused) and by the baselines, fitted on each fold's training clips; the folds
+    (:func:`fold_splits`) and their training-set sizes."""
+    methods = (method, alone(method), MEL, RMS)  # alone: the CNN's probability, when the run's score is fused
+    oof = {m: np.full(len(data.rows), np.nan) for m in methods}
+    train_sizes = []
+    folds = fold_splits(data, n_folds)
+    for k, (splits, test_idx) in enumerate(folds):
+        train_sizes.append(int((splits == "train").sum()))
+        name = f"heldout-fold{k}" if method == CNN else f"heldout-{method.split()[-1].strip('()').lower()}-fold{k}"
+        scores = bench.scores([data], splits, name, {method: settings}, fit=("train",))
+        for m in methods:
+            if m in scores:
+                oof[m][test_idx] = scores[m][0]
+    return {m: v for m, v in oof.items() if not np.isnan(v).all()}, folds, train_sizes
+
+
 def run(ctx) -> str:
     from spectro.model.backbones import ModelSettings
 
@@ -58,18 +76,8 @@ def run(ctx) -> str:
     images, sizes = held_out_images(ctx)
     data = _Images.read(images)
     n_clips = len(data.rows)
-    methods = (CNN, alone(CNN), MEL, RMS)  # alone: the CNN's probability, when the run's score is fused
-    oof = {m: np.full(n_clips, np.nan) for m in methods}
-    train_sizes = []
-    folds = fold_splits(data, n_folds)
-    for k, (splits, test_idx) in enumerate(folds):
-        train_sizes.append(int((splits == "train").sum()))
-        scores = bench.scores([data], splits, f"heldout-fold{k}", {CNN: ModelSettings(weights="none")},
-                              fit=("train",))
-        for method in methods:
-            if method in scores:
-                oof[method][test_idx] = scores[method][0]
-    methods = tuple(m for m in methods if not np.isnan(oof[m]).all())
+    oof, folds, train_sizes = out_of_fold(bench, data, n_folds, CNN, ModelSettings(weights="none"))
+    methods = tuple(oof)
 
     everything = np.ones(n_clips, bool)
     truth, groups = data.abnormal, _by_machine(data, everything)
