@@ -125,7 +125,8 @@ def load_backbone(settings: ModelSettings):
             reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
             keras_home = os.environ.get("KERAS_HOME", str(Path.home() / ".keras"))
             warnings.warn(f"ImageNet weights for {settings.backbone} unavailable ({reason}); training from random "
-                          f"initialisation. Supply them with --weights PATH or put the Keras weight file in "
+                          f"initialisation, which needs more recordings (pretrained weights matter most with tens "
+                          f"of clips per class). Supply them with --weights PATH or put the Keras weight file in "
                           f"{keras_home}/models/ (or pass --weights none to silence this)", SpectroWarning,
                           stacklevel=2)
             return _backbone(settings, None), "none"

@@ -39,6 +39,60 @@ def test_weights_given_by_path_are_loaded_and_base_frozen(weights_file):
     assert model.output_shape == (None, 3)
 
 
+IMAGENET_TINY = dict(alpha=0.35, image_size=96)  # a size Keras has ImageNet weights for: it looks for this file
+CACHED_NAME = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5"
+
+
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch):
+    """An empty Keras cache folder (``$KERAS_HOME``), where ``weights="imagenet"`` looks for its file first."""
+    from keras.src.backend import config
+
+    monkeypatch.setattr(config, "_KERAS_DIR", str(tmp_path))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_imagenet_weights_are_found_by_name_in_the_keras_cache(keras_home):
+    """``--weights imagenet`` offline: the file put where Keras caches downloads is loaded, no network needed."""
+    import h5py
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+
+    keras.utils.set_random_seed(11)
+    saved, _ = load_backbone(ModelSettings(weights="none", **IMAGENET_TINY))
+    (keras_home / "models").mkdir()
+    with h5py.File(keras_home / "models" / CACHED_NAME, "w") as f:  # the format of Keras' own weight files
+        legacy_h5_format.save_weights_to_hdf5_group(f, saved)
+    keras.utils.set_random_seed(12)  # a different init: only loading can make the weights equal
+    base, used = load_backbone(ModelSettings(weights="imagenet", **IMAGENET_TINY))
+    assert used == "imagenet"
+    for a, b in zip(base.get_weights(), saved.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_imagenet_weights_that_cannot_be_had_fall_back_to_random_init_with_one_warning(keras_home, monkeypatch):
+    import warnings
+
+    from keras.src.utils import file_utils
+
+    from spectro.errors import SpectroWarning
+
+    def offline(fname, origin=None, **kwargs):
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        base, used = load_backbone(ModelSettings(weights="imagenet", **IMAGENET_TINY))
+    assert used == "none" and base.trainable
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and caught[0].category is SpectroWarning
+    assert CACHED_NAME in messages[0]  # the reason names the file Keras wanted
+    assert "--weights PATH" in messages[0] and f"{keras_home}/models/" in messages[0]
+    assert "--weights none to silence" in messages[0]
+
+
 @pytest.mark.parametrize("settings, message", [
     (dict(weights="/nonexistent/w.weights.h5"), "not found"),
     (dict(backbone="resnet"), "unknown backbone"),
