@@ -197,7 +197,7 @@ def run(ctx) -> str:
         training = config["training"]
         lines.append(f"No run from the train section (e.g. `--only export`): trained one here on the synthetic "
                      f"dataset{' (quick sizes)' if ctx.quick else ''}, the default MobileNetV2 "
-                     f"(α {ModelSettings().alpha}, "
+                     f"(α {ModelSettings().width(pretrained=False)}, "
                      f"{ModelSettings().image_size} px), weights none, {training['steps']} steps and "
                      f"{training['qat_steps']} of quantisation-aware fine-tuning.")
     model_info = config.get("model", {})

@@ -99,7 +99,8 @@ def _throughput(ctx, images: Path, epochs: int) -> list[str]:
     rates["streaming (tf.data, PNG decoding, graph augmentation)"] = steps * 32 * epochs / sum(times[1:])
     memory, stream = rates.values()
     ratio = stream / memory
-    lines = [f"Default model (MobileNetV2 α {ModelSettings().alpha}, {ModelSettings().image_size} px, weights none), "
+    scratch = ModelSettings(weights="none")
+    lines = [f"Default model (MobileNetV2 α {scratch.width(pretrained=False)}, {scratch.image_size} px, weights none), "
              f"{len(rows)} images of {shape[0]}×{shape[1]} pixels, one random {window}-frame window of each per "
              f"epoch, batch 32, {epochs} timed epochs each (whole epochs: input preparation and training):", "",
              "| input path | images/s |", "|---|---:|"]

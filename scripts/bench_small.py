@@ -311,7 +311,7 @@ def defaults_line(bench: _Bench) -> str:
 
     model, settings = ModelSettings(weights="none"), bench.settings()
     return (f"The defaults as a user without internet gets them: `ModelSettings(weights=\"none\")` "
-            f"({model.backbone} α={model.alpha} at {model.image_size} px, "
+            f"({model.backbone} α={model.width(pretrained=False)} at {model.image_size} px, "
             + (f"{model.window_seconds:g} s windows, a clip scored by the mean of its windows' probabilities"
                if model.window_seconds else "whole images")
             + f") and `TrainSettings()` (task {settings.task}, {settings.steps} steps of batch {settings.batch_size}, "

@@ -5,7 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from spectro.model.backbones import BACKBONES, EMBEDDINGS, RESIZE_METHODS, ModelSettings
+from spectro.model.backbones import (
+    BACKBONES,
+    EMBEDDINGS,
+    PRETRAINED_ALPHA,
+    RESIZE_METHODS,
+    SCRATCH_ALPHA,
+    ModelSettings,
+)
 from spectro.model.labels import NORMAL_ONLY, TASKS
 from spectro.model.references import SCORERS
 from spectro.paths import IMAGES_DIR, MODELS_DIR
@@ -75,7 +82,9 @@ def add_arguments(parser) -> None:
                         help=f"{NORMAL_ONLY}: what the scores compare: the backbone's stride-8 and stride-16 stage "
                              "maps averaged over time (stages), or its pooled features before the head (pool)")
     parser.add_argument("--backbone", choices=BACKBONES, default=m.backbone, help="Keras application backbone")
-    parser.add_argument("--alpha", type=float, default=m.alpha, help="MobileNet width multiplier")
+    parser.add_argument("--alpha", type=float, default=m.alpha,
+                        help=f"MobileNet width multiplier (default: {PRETRAINED_ALPHA:g} with pretrained weights, "
+                             f"{SCRATCH_ALPHA:g} from random initialisation, also when ImageNet weights cannot be had)")
     parser.add_argument("--image-size", type=int, default=m.image_size,
                         help="square size the model resizes the spectrogram to (ImageNet weights: 96..224)")
     parser.add_argument("--resize", choices=RESIZE_METHODS, default=m.resize,

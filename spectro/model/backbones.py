@@ -7,6 +7,7 @@ its own preprocessing — resize to ``image_size`` square, gray → 3 channels, 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import warnings
@@ -25,6 +26,8 @@ EMBEDDING_NAME = "pool"  # the pooled backbone features before the head (the "po
 EMBEDDINGS = ("stages", "pool")
 STAGE_STRIDES = (8, 16)
 SCALE_NAME = "scale_to_pm1"
+PRETRAINED_ALPHA = 1.0  # ModelSettings.alpha None: the width with pretrained weights
+SCRATCH_ALPHA = 0.75  # and from random initialisation
 
 
 @dataclass(frozen=True)
@@ -32,9 +35,11 @@ class ModelSettings:
     """Backbone choice and head shape (stored in the run's ``config.json`` under ``model``)."""
 
     backbone: str = "mobilenet_v2"
-    # 0.75 at 96 px: wide enough to learn the synthetic set in the default epochs, small enough to train in
-    # minutes on a laptop CPU and to give an int8 file under a third of float32's size (docs/quantization.md)
-    alpha: float = 0.75
+    # The width multiplier; None: by the weights (:meth:`width`), 1.0 for pretrained weights and 0.75 from random
+    # initialisation. 0.75 at 96 px from scratch: wide enough to learn the synthetic set, small enough to train in
+    # minutes on a laptop CPU and to give an int8 file under a third of float32's size (docs/quantization.md).
+    # 1.0 pretrained: the ImageNet width the benchmarks measured with few clips per class (docs/small-data.md).
+    alpha: float | None = None
     image_size: int = 96
     weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file
     dropout: float = 0.2
@@ -61,10 +66,22 @@ class ModelSettings:
             raise SpectroError(f"unknown backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
         if not 32 <= self.image_size <= 1024:
             raise SpectroError(f"image size must be 32..1024 pixels, got {self.image_size}")
-        if not self.alpha > 0:
+        if self.alpha is not None and not self.alpha > 0:
             raise SpectroError(f"alpha must be > 0, got {self.alpha}")
         if self.resize not in RESIZE_METHODS:
             raise SpectroError(f"unknown resize method {self.resize!r}: expected one of {', '.join(RESIZE_METHODS)}")
+
+
+    def width(self, pretrained: bool) -> float:
+        """The width multiplier a backbone is built with: ``alpha``, or when it is None
+        :data:`PRETRAINED_ALPHA` for pretrained weights and :data:`SCRATCH_ALPHA` from random initialisation."""
+        if self.alpha is not None:
+            return self.alpha
+        return PRETRAINED_ALPHA if pretrained else SCRATCH_ALPHA
+
+    def resolved(self, weights_used: str) -> ModelSettings:
+        """These settings with the width the backbone was built with (what a run's ``config.json`` records)."""
+        return dataclasses.replace(self, alpha=self.width(weights_used != "none"))
 
 
 def check_embedding(name: str) -> None:
@@ -73,17 +90,19 @@ def check_embedding(name: str) -> None:
 
 
 def _backbone(settings: ModelSettings, weights):
+    """The backbone of ``settings`` (its width resolved for ``weights``: ``None`` is random initialisation)."""
     import keras
 
+    alpha = settings.width(weights is not None)
     shape = (settings.image_size, settings.image_size, 3)
     apps = keras.applications
     common = dict(include_top=False, weights=weights, input_shape=shape, pooling=None)
     if settings.backbone == "mobilenet_v2":
-        return apps.MobileNetV2(alpha=settings.alpha, **common)
+        return apps.MobileNetV2(alpha=alpha, **common)
     if settings.backbone == "mobilenet_v3_small":
-        return apps.MobileNetV3Small(alpha=settings.alpha, include_preprocessing=True, **common)
+        return apps.MobileNetV3Small(alpha=alpha, include_preprocessing=True, **common)
     if settings.backbone == "mobilenet_v3_large":
-        return apps.MobileNetV3Large(alpha=settings.alpha, include_preprocessing=True, **common)
+        return apps.MobileNetV3Large(alpha=alpha, include_preprocessing=True, **common)
     return apps.EfficientNetB0(**common)
 
 
@@ -138,7 +157,7 @@ def load_backbone(settings: ModelSettings):
         base = _quietly(_backbone, settings, str(path))
     except Exception as exc:
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise SpectroError(f"cannot load weights {path} into {settings.backbone} (alpha {settings.alpha}): "
+        raise SpectroError(f"cannot load weights {path} into {settings.backbone} (alpha {settings.width(True)}): "
                            f"{reason}") from None
     return base, str(path)
 

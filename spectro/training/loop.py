@@ -574,7 +574,7 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
         "image_shape": [int(v) for v in image_shape], "task": settings.task,
         **({"normal_only": {"objective": objective, "abnormal_trained_on": 0,
                             "abnormal_moved_out_of_training": moved}} if normal_only else {}),
-        "model": {**dataclasses.asdict(model_settings), "window_frames": int(window),
+        "model": {**dataclasses.asdict(model_settings.resolved(weights_used)), "window_frames": int(window),
                   "weights_requested": model_settings.weights, "weights_used": weights_used},
         "seed": settings.seed, "images": str(folder),
         "split": {"test_ids": list(settings.test_ids), "val_fraction": settings.val_fraction,

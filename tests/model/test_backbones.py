@@ -93,6 +93,39 @@ def test_imagenet_weights_that_cannot_be_had_fall_back_to_random_init_with_one_w
     assert "--weights none to silence" in messages[0]
 
 
+def test_the_width_follows_the_weights_unless_given():
+    from spectro.model.backbones import PRETRAINED_ALPHA, SCRATCH_ALPHA
+
+    assert ModelSettings().alpha is None
+    assert (PRETRAINED_ALPHA, SCRATCH_ALPHA) == (1.0, 0.75)
+    assert ModelSettings().width(pretrained=True) == 1.0 and ModelSettings().width(pretrained=False) == 0.75
+    assert ModelSettings(alpha=0.35).width(pretrained=True) == 0.35  # a width given is kept
+    assert ModelSettings(weights="none").resolved("none").alpha == 0.75
+    assert ModelSettings().resolved("imagenet").alpha == 1.0 and ModelSettings().resolved("/w.h5").alpha == 1.0
+    base, used = load_backbone(ModelSettings(weights="none", image_size=32))
+    assert used == "none" and base.name == "mobilenetv2_0.75_32"  # Keras names the model by its width and size
+
+
+def test_imagenet_weights_that_cannot_be_had_build_the_random_initialisation_width(keras_home, monkeypatch):
+    import warnings
+
+    from keras.src.utils import file_utils
+
+    wanted = []
+
+    def offline(fname, origin=None, **kwargs):
+        wanted.append(fname)
+        raise Exception("URL fetch failure: Network is unreachable")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base, used = load_backbone(ModelSettings(weights="imagenet", image_size=96))
+    # the pretrained width was asked for, and the fallback is the width random initialisation was measured at
+    assert wanted == ["mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5"]
+    assert used == "none" and base.name == "mobilenetv2_0.75_96"
+
+
 @pytest.mark.parametrize("settings, message", [
     (dict(weights="/nonexistent/w.weights.h5"), "not found"),
     (dict(backbone="resnet"), "unknown backbone"),

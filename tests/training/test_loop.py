@@ -446,6 +446,22 @@ def test_the_checkpoint_holds_the_best_epoch(early):
 
 
 @pytest.mark.slow
+def test_a_run_records_the_width_its_backbone_was_built_with(tiny_images, tmp_path):
+    import keras
+
+    from spectro.model.backbones import ModelSettings, load_keras_model
+    from spectro.training.loop import train
+
+    run = train(tiny_images, tmp_path, name="width", progress=False,
+                settings=TrainSettings(steps=2, eval_every=2, qat_steps=0, batch_size=8, check_learning=False),
+                model_settings=ModelSettings(image_size=32, weights="none"))  # no width given
+    assert load_config(run)["model"]["alpha"] == 0.75
+    expected = keras.applications.MobileNetV2(alpha=0.75, input_shape=(32, 32, 3), include_top=False, weights=None)
+    base = load_keras_model(run / MODEL_NAME).get_layer("backbone")
+    assert base.count_params() == expected.count_params()
+
+
+@pytest.mark.slow
 def test_pretrained_run_trains_the_head_then_fine_tunes_the_whole_base(tiny_images, tmp_path):
     import keras
 
