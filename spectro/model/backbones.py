@@ -71,7 +71,6 @@ class ModelSettings:
         if self.resize not in RESIZE_METHODS:
             raise SpectroError(f"unknown resize method {self.resize!r}: expected one of {', '.join(RESIZE_METHODS)}")
 
-
     def width(self, pretrained: bool) -> float:
         """The width multiplier a backbone is built with: ``alpha``, or when it is None
         :data:`PRETRAINED_ALPHA` for pretrained weights and :data:`SCRATCH_ALPHA` from random initialisation."""
@@ -158,7 +157,7 @@ def load_backbone(settings: ModelSettings):
     except Exception as exc:
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise SpectroError(f"cannot load weights {path} into {settings.backbone} (alpha {settings.width(True)}): "
-                           f"{reason}") from None
+                           f"{reason}; weights of another width need --alpha") from None
     return base, str(path)
 
 
