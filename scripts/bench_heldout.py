@@ -50,18 +50,19 @@ def fold_splits(data: _Images, n_folds: int) -> list[tuple[np.ndarray, np.ndarra
     return out
 
 
-def out_of_fold(bench: _Bench, data: _Images, n_folds: int, method: str, settings) -> tuple[dict, list, list]:
+def out_of_fold(bench: _Bench, data: _Images, method: str, settings, *, tag: str = "heldout"
+                ) -> tuple[dict, list, list]:
     """Every clip's out-of-fold score by the CNN ``method`` (``settings``: its ModelSettings; fused, and ``alone``
     when the run's score is fused) and by the baselines, fitted on each fold's training clips; the folds
-    (:func:`fold_splits`) and their training-set sizes."""
+    (:func:`fold_splits`, :data:`FOLDS` of them, 2 in a quick run) and their training-set sizes. ``tag`` names the
+    fold runs (``<tag>-fold<k>``)."""
     methods = (method, alone(method), MEL, RMS)  # alone: the CNN's probability, when the run's score is fused
     oof = {m: np.full(len(data.rows), np.nan) for m in methods}
     train_sizes = []
-    folds = fold_splits(data, n_folds)
+    folds = fold_splits(data, 2 if bench.ctx.quick else FOLDS)
     for k, (splits, test_idx) in enumerate(folds):
         train_sizes.append(int((splits == "train").sum()))
-        name = f"heldout-fold{k}" if method == CNN else f"heldout-{method.split()[-1].strip('()').lower()}-fold{k}"
-        scores = bench.scores([data], splits, name, {method: settings}, fit=("train",))
+        scores = bench.scores([data], splits, f"{tag}-fold{k}", {method: settings}, fit=("train",))
         for m in methods:
             if m in scores:
                 oof[m][test_idx] = scores[m][0]
@@ -72,12 +73,11 @@ def run(ctx) -> str:
     from spectro.model.backbones import ModelSettings
 
     bench = _Bench(ctx)
-    n_folds = 2 if ctx.quick else FOLDS
     images, sizes = held_out_images(ctx)
     data = _Images.read(images)
     n_clips = len(data.rows)
-    oof, folds, train_sizes = out_of_fold(bench, data, n_folds, CNN, ModelSettings(weights="none"))
-    methods = tuple(oof)
+    oof, folds, train_sizes = out_of_fold(bench, data, CNN, ModelSettings(weights="none"))
+    methods, n_folds = tuple(oof), len(folds)
 
     everything = np.ones(n_clips, bool)
     truth, groups = data.abnormal, _by_machine(data, everything)

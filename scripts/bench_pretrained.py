@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 from bench_curve import _mean_cell, _seeds, curve_splits
-from bench_heldout import FOLDS, held_out_images, out_of_fold
+from bench_heldout import held_out_images, out_of_fold
 from bench_small import (
     IMAGENET,
     MEL,
@@ -40,13 +40,11 @@ TITLE = "Small data with ImageNet weights (issue 18)"
 
 
 def _heldout(bench: _Bench, settings) -> tuple[list[str], str]:
-    ctx = bench.ctx
-    n_folds = 2 if ctx.quick else FOLDS
-    images, _ = held_out_images(ctx)
+    images, _ = held_out_images(bench.ctx)
     data = _Images.read(images)
-    oof, _, train_sizes = out_of_fold(bench, data, n_folds, IMAGENET, settings)
+    oof, folds, train_sizes = out_of_fold(bench, data, IMAGENET, settings, tag="heldout-imagenet")
     truth, groups = data.abnormal, _by_machine(data, np.ones(len(data.rows), bool))
-    lines = [f"**The held-out family** (`{images}`: the heldout section's images and its {n_folds} folds by clip, "
+    lines = [f"**The held-out family** (`{images}`: the heldout section's images and its {len(folds)} folds by clip, "
              f"{min(train_sizes)}–{max(train_sizes)} training clips each; AUC / pAUC (0.1) over the pooled "
              "out-of-fold scores; the baselines fit on each fold's training clips)", "",
              "| machine | clips (abn.) | " + " | ".join(f"{m} AUC / pAUC" for m in oof) + " |",

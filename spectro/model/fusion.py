@@ -213,9 +213,9 @@ class Fusion:
                 held = held_out_distances(spectra)
                 gaussian = Gaussian(spectra)
                 fused.mean, fused.precision = gaussian.fit.location_, gaussian.fit.precision_
-                unseen = held
-                if val_modulation is not None and (val_types == name).any():
-                    unseen = np.r_[held, gaussian.distance(val_modulation[val_types == name])]
+                unseen, own_val = held, val_types == name
+                if val_modulation is not None and own_val.any():
+                    unseen = np.r_[held, gaussian.distance(val_modulation[own_val])]
                 fused.modulation_scale, fused.clips = log_scales(unseen), len(spectra)
                 mine = abnormal_types == name
                 if abnormal_modulation is not None and mine.any():

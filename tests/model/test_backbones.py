@@ -71,17 +71,26 @@ def test_imagenet_weights_are_found_by_name_in_the_keras_cache(keras_home):
         np.testing.assert_array_equal(a, b)
 
 
-def test_imagenet_weights_that_cannot_be_had_fall_back_to_random_init_with_one_warning(keras_home, monkeypatch):
-    import warnings
-
+@pytest.fixture
+def offline(keras_home, monkeypatch):
+    """No network: Keras' download fails as it does here; the list collects the file names Keras asked for."""
     from keras.src.utils import file_utils
+
+    wanted = []
+
+    def get_file(fname, origin=None, **kwargs):
+        wanted.append(fname)
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(file_utils, "get_file", get_file)
+    return wanted
+
+
+def test_imagenet_weights_that_cannot_be_had_fall_back_to_random_init_with_one_warning(keras_home, offline):
+    import warnings
 
     from spectro.errors import SpectroWarning
 
-    def offline(fname, origin=None, **kwargs):
-        raise Exception(f"URL fetch failure on {origin}: None -- [Errno 101] Network is unreachable")
-
-    monkeypatch.setattr(file_utils, "get_file", offline)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         base, used = load_backbone(ModelSettings(weights="imagenet", **IMAGENET_TINY))
@@ -106,23 +115,14 @@ def test_the_width_follows_the_weights_unless_given():
     assert used == "none" and base.name == "mobilenetv2_0.75_32"  # Keras names the model by its width and size
 
 
-def test_imagenet_weights_that_cannot_be_had_build_the_random_initialisation_width(keras_home, monkeypatch):
+def test_imagenet_weights_that_cannot_be_had_build_the_random_initialisation_width(offline):
     import warnings
 
-    from keras.src.utils import file_utils
-
-    wanted = []
-
-    def offline(fname, origin=None, **kwargs):
-        wanted.append(fname)
-        raise Exception("URL fetch failure: Network is unreachable")
-
-    monkeypatch.setattr(file_utils, "get_file", offline)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         base, used = load_backbone(ModelSettings(weights="imagenet", image_size=96))
     # the pretrained width was asked for, and the fallback is the width random initialisation was measured at
-    assert wanted == ["mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5"]
+    assert offline == ["mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5"]
     assert used == "none" and base.name == "mobilenetv2_0.75_96"
 
 
