@@ -321,7 +321,8 @@ def defaults_line(bench: _Bench) -> str:
             "one that did not learn is marked **did not learn**). A CNN's figures are its run's anomaly score: with "
             "images that carry modulation spectra (the default), the larger of the CNN's and the spectrum's robust "
             "standard scores per machine type, the spectrum's only for types where it told a training failure from "
-            "normal (`spectro.model.fusion`); where a table shows the CNN's probability "
+            "normal, calibrated per type on the validation clips into a log-odds of a failure "
+            "(`spectro.model.fusion`); where a table shows the CNN's probability "
             "alone, it is marked *alone, without the spectrum*."
             + (" **--quick**: tiny sizes and steps, a smoke run whose figures mean nothing." if bench.ctx.quick
                else ""))

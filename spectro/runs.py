@@ -66,6 +66,9 @@ LATEST = "latest"
 DEFAULT_THRESHOLD = 0.5
 # a fused score (spectro.model.fusion): the 95th percentile of the larger of two independent standard normal scores
 DEFAULT_FUSED_THRESHOLD = NormalDist().inv_cdf(0.95 ** 0.5)
+# a calibrated fused score (spectro.model.fusion): a log-odds, 0 where a clip is as like its type's failures as its
+# normal clips
+DEFAULT_CALIBRATED_THRESHOLD = 0.0
 
 
 def resolve_run(path: str | Path | None = None) -> Path:
@@ -153,16 +156,23 @@ def save_arrays(path: str | Path, arrays: dict[str, Any]) -> Path:
 
 
 def fused(config: dict[str, Any]) -> bool:
-    """Whether the run's anomaly score is fused (:mod:`spectro.model.fusion`): a standard score, not a
-    probability."""
+    """Whether the run's anomaly score is fused (:mod:`spectro.model.fusion`): a log-odds where it is calibrated,
+    else a standard score; not a probability either way."""
     return (config.get("anomaly_score") or {}).get("kind") == "fused"
 
 
+def default_threshold(config: dict[str, Any]) -> float:
+    """The anomaly-score threshold before ``evaluate`` chooses one: 0.5 for the CNN's probability,
+    :data:`DEFAULT_CALIBRATED_THRESHOLD` for a calibrated fused score, :data:`DEFAULT_FUSED_THRESHOLD` for a fused
+    one that is not (trained before the calibration, or without failure clips to calibrate on)."""
+    if not fused(config):
+        return DEFAULT_THRESHOLD
+    return DEFAULT_CALIBRATED_THRESHOLD if config["anomaly_score"].get("calibrated") else DEFAULT_FUSED_THRESHOLD
+
+
 def threshold(config: dict[str, Any]) -> float:
-    """The anomaly-score decision threshold stored by ``evaluate``; before evaluation 0.5, or for a fused score
-    :data:`DEFAULT_FUSED_THRESHOLD`."""
-    default = DEFAULT_FUSED_THRESHOLD if fused(config) else DEFAULT_THRESHOLD
-    return float((config.get("threshold") or {}).get("value", default))
+    """The anomaly-score decision threshold stored by ``evaluate``; before evaluation :func:`default_threshold`."""
+    return float((config.get("threshold") or {}).get("value", default_threshold(config)))
 
 
 SPLITS = ("train", "val", "test")

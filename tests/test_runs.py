@@ -11,6 +11,8 @@ from spectro.data.manifest import ImageRow
 from spectro.errors import SpectroError
 from spectro.runs import (
     CONFIG_NAME,
+    DEFAULT_CALIBRATED_THRESHOLD,
+    DEFAULT_FUSED_THRESHOLD,
     DEFAULT_THRESHOLD,
     HISTORY_NAME,
     LATEST,
@@ -81,6 +83,17 @@ def test_config_save_update_and_threshold(tmp_path):
     (tmp_path / CONFIG_NAME).write_text("{not json")
     with pytest.raises(SpectroError, match="not valid JSON"):
         load_config(tmp_path)
+
+
+def test_the_default_threshold_follows_what_the_score_is():
+    """0.5 for the CNN's probability, 0 for a calibrated fused score (a log-odds), 1.95 for a fused standard score
+    (a run trained before the calibration, or without failure clips to calibrate on); a chosen one wins."""
+    assert threshold({}) == DEFAULT_THRESHOLD == 0.5
+    assert threshold({"anomaly_score": {"kind": "fused", "calibrated": True}}) == DEFAULT_CALIBRATED_THRESHOLD == 0.0
+    for uncalibrated in ({"kind": "fused"}, {"kind": "fused", "calibrated": False}):
+        assert threshold({"anomaly_score": uncalibrated}) == pytest.approx(DEFAULT_FUSED_THRESHOLD)
+    assert DEFAULT_FUSED_THRESHOLD == pytest.approx(1.954, abs=1e-3)
+    assert threshold({"anomaly_score": {"kind": "fused", "calibrated": True}, "threshold": {"value": 1.2}}) == 1.2
 
 
 @HOME_SET

@@ -45,13 +45,26 @@ A type scored by one part takes :func:`as_larger_of_two` of it: the larger-of-tw
 among normal clips. So one threshold passes the same share of every type's normal clips, whichever parts the
 type has, and the types' scores rank together.
 
-The fused score is a standard score, not a probability: about 5 % of each type's normal clips score above
-:data:`DEFAULT_THRESHOLD` when its parts are standard normal and independent; ``spectro evaluate`` chooses the
-run's threshold on its validation split as for any score.
+**Calibrated per machine type.** The larger-of-two score says how rare a clip is among its type's normal clips,
+so every type's normal clips pass a threshold at the same rate; but a run's overall ranking (and one threshold for
+every type) puts a type whose CNN is unsure (its failures close to its normal clips) among another type's failures.
+Where the validation split holds both classes, each type's score is therefore mapped to the **log-odds of
+"abnormal"** by a logistic regression on the type's validation clips (C = 1, the two classes weighed equally:
+:data:`CALIBRATION_C`): ``score = slope × fused + intercept``. The map is increasing, so it keeps each type's
+ranking; a type with fewer than :data:`MIN_CLIPS` validation clips of either class (or whose own fit does not
+increase) takes the fit of all types' validation clips together, and a run whose validation split lacks that too is
+not calibrated (every type keeps the standard score, so the types' scores stay comparable). Measured on models
+trained at 10 clips per class and on the held-out family's folds (docs/small-data.md): the types and the folds rank
+together better, and no type's own ranking changes.
 
-The file ``fusion.npz`` (:data:`spectro.runs.FUSION_NAME`) holds, per machine type, the CNN part's scale and,
-when fitted, the spectrum Gaussian's mean and precision and its scale, so scoring needs numpy alone; a run
-without it (trained before, or on images without modulation spectra) is scored by the CNN's probability.
+The calibrated score is a log-odds: 0 (:data:`spectro.runs.DEFAULT_CALIBRATED_THRESHOLD`) is where a clip is as
+like its type's validation failures as its normal clips. An uncalibrated fused score is a standard score: about
+5 % of each type's normal clips score above :data:`DEFAULT_THRESHOLD` when its parts are standard normal and
+independent. Either way ``spectro evaluate`` chooses the run's threshold on its validation split as for any score.
+
+The file ``fusion.npz`` (:data:`spectro.runs.FUSION_NAME`) holds, per machine type, the CNN part's scale,
+when fitted, the spectrum Gaussian's mean and precision and its scale, and the calibration, so scoring needs numpy
+alone; a run without it (trained before, or on images without modulation spectra) is scored by the CNN's probability.
 """
 
 from __future__ import annotations
@@ -75,6 +88,10 @@ MIN_CNN_SD = 0.1
 # normal ones: a blind spectrum reaches it with 10 clips of each 3 times in 100, with 20 of each 3 in 1000; the
 # fan's unbalance, which the CNN does not hear, reached 0.77 to 0.98 on three synthetic families
 MIN_MODULATION_AUC = 0.75
+# the calibration's logistic regression: C = 1 (the regularisation the probe in scripts/compare_fusion.py measured;
+# 0.1 and 10 ranked within 0.003 of it), the classes weighed equally so that 0 does not follow the validation
+# split's balance of normal and failure clips
+CALIBRATION_C = 1.0
 PARTS = ("cnn", "modulation")
 _EPS = 1e-7
 
@@ -110,6 +127,8 @@ class TypeFusion:
     clips: int = 0  # normal training clips with spectra
     # the spectrum part's best AUC on a failure label of the training split (None: no label to judge by)
     modulation_auc: float | None = None
+    calibration: list[float] | None = None  # [slope, intercept]: the fused score's log-odds of "abnormal"
+    calibrated_from: str | None = None  # "the type" (its own validation clips) or "all types"
 
     @property
     def has_modulation(self) -> bool:
@@ -160,14 +179,16 @@ class Fusion:
     @classmethod
     def fit(cls, *, types, train_types, train_modulation: np.ndarray | None, train_probability: np.ndarray | None,
             val_types, val_probability: np.ndarray, val_modulation: np.ndarray | None = None, abnormal_types=(),
-            abnormal_labels=(), abnormal_modulation: np.ndarray | None = None) -> Fusion:
+            abnormal_labels=(), abnormal_modulation: np.ndarray | None = None, val_abnormal=None) -> Fusion:
         """One entry for each machine type of ``types`` (every type the CNN can name) from the **normal** clips of
         the training split (their machine types, modulation spectra ``(n, bins)`` or ``None``, and the CNN's
         anomaly probabilities, needed only where a type has fewer than :data:`MIN_CLIPS` validation normals) and
         of the validation split (types, probabilities, and spectra when there are: they join the spectrum part's
         scale). A type without enough normal clips of its own takes the CNN scale of all types' normal clips
         together. The **abnormal** training clips (machine types, failure labels, spectra) decide where the spectrum
-        part joins (:attr:`TypeFusion.modulation_joins`)."""
+        part joins (:attr:`TypeFusion.modulation_joins`). ``val_abnormal`` (one flag per validation clip; ``None``:
+        all normal) adds the validation split's failure clips: they calibrate the score (:meth:`calibrate`), and
+        only its normal clips set the scales."""
         abnormal_types = np.asarray(list(abnormal_types), dtype=str)
         abnormal_labels = np.asarray(list(abnormal_labels), dtype=str)
         if len(abnormal_labels) != len(abnormal_types) or (
@@ -187,6 +208,12 @@ class Fusion:
         if val_modulation is not None and len(val_modulation) != len(val_types):
             raise SpectroError(f"need one modulation spectrum per validation clip ({len(val_types)}), got "
                                f"{len(val_modulation)}")
+        checked = np.zeros(len(val_types), bool) if val_abnormal is None else np.asarray(val_abnormal, dtype=bool)
+        if len(checked) != len(val_types):
+            raise SpectroError(f"need one abnormal flag per validation clip ({len(val_types)}), got {len(checked)}")
+        all_val = (val_types, val_probability, val_modulation)
+        val_types, val_probability = val_types[~checked], val_probability[~checked]
+        val_modulation = None if val_modulation is None else val_modulation[~checked]
 
         def floored(values) -> list[float]:
             median, sd = robust_scale(logit(values))
@@ -225,10 +252,45 @@ class Fusion:
             out[name] = fused
         if not out:
             raise SpectroError("no machine types to fit the anomaly score for")
-        return cls(out)
+        fusion = cls(out)
+        if checked.any():
+            fusion.calibrate(all_val[0], checked, fusion.parts(all_val[0], all_val[1], all_val[2],
+                                                               calibrated=False)["fused"])
+        return fusion
 
-    def parts(self, types, probability: np.ndarray, modulation: np.ndarray | None) -> dict[str, np.ndarray]:
-        """Each part's score of clips of machine ``types`` (NaN where a part does not apply) and ``fused``."""
+    def calibrate(self, types, abnormal, fused: np.ndarray) -> bool:
+        """Fit each type's calibration from the uncalibrated ``fused`` scores of labelled clips (the validation
+        split's: machine ``types``, ``abnormal`` flags): a logistic regression on the type's own clips where they
+        hold :data:`MIN_CLIPS` of each class and its slope is positive, else on all clips together; no type is
+        calibrated when that fit is impossible too. Returns whether the run is calibrated."""
+        from sklearn.linear_model import LogisticRegression
+
+        types, abnormal = np.asarray(list(types), dtype=str), np.asarray(abnormal, dtype=bool)
+        fused = np.asarray(fused, dtype=np.float64)
+
+        def fit(sel) -> list[float] | None:
+            if min(int(abnormal[sel].sum()), int((~abnormal[sel]).sum())) < MIN_CLIPS:
+                return None
+            model = LogisticRegression(C=CALIBRATION_C, class_weight="balanced").fit(fused[sel, None], abnormal[sel])
+            slope, intercept = float(model.coef_[0, 0]), float(model.intercept_[0])
+            return [slope, intercept] if slope > 0 else None
+
+        pooled = fit(np.ones(len(types), bool))
+        for name, t in self.types.items():
+            own = fit(types == name) if pooled is not None else None
+            t.calibration = own or pooled
+            t.calibrated_from = None if pooled is None else "the type" if own else "all types"
+        return self.calibrated
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the score is calibrated (a log-odds of "abnormal" for every type), not a standard score."""
+        return all(t.calibration is not None for t in self.types.values())
+
+    def parts(self, types, probability: np.ndarray, modulation: np.ndarray | None, *,
+              calibrated: bool = True) -> dict[str, np.ndarray]:
+        """Each part's score of clips of machine ``types`` (NaN where a part does not apply) and ``fused``: the
+        run's anomaly score, calibrated where the run is (``calibrated=False``: the standard score before)."""
         types = np.asarray(list(types), dtype=str)
         probability = np.asarray(probability, dtype=np.float64)
         if len(types) != len(probability) or (modulation is not None and len(modulation) != len(types)):
@@ -247,6 +309,10 @@ class Fusion:
         # clips passes any threshold whichever parts a type has (one threshold serves every type of the run)
         alone = np.isnan(out["modulation"])
         out["fused"] = np.where(alone, as_larger_of_two(out["cnn"]), np.fmax(out["cnn"], out["modulation"]))
+        if calibrated and self.calibrated:
+            for name in sorted(set(types.tolist())):
+                slope, intercept = self.types[name].calibration
+                out["fused"][types == name] = slope * out["fused"][types == name] + intercept
         return out
 
     def score(self, types, probability: np.ndarray, modulation: np.ndarray | None) -> np.ndarray:
@@ -277,7 +343,8 @@ class Fusion:
         """What ``config.json`` records of the fusion (the file holds the arrays)."""
         return {name: {"cnn_scale": t.cnn_scale, "cnn_scale_from": t.cnn_scale_from,
                        "modulation_scale": t.modulation_scale, "modulation_clips": t.clips,
-                       "modulation_training_auc": t.modulation_auc, "modulation_joins": t.modulation_joins}
+                       "modulation_training_auc": t.modulation_auc, "modulation_joins": t.modulation_joins,
+                       "calibration": t.calibration, "calibrated_from": t.calibrated_from}
                 for name, t in sorted(self.types.items())}
 
     def save(self, folder: str | Path) -> Path:
@@ -298,6 +365,10 @@ class Fusion:
             # NaN: no failure label to judge the spectrum part by (it joins)
             "modulation_aucs": np.array([np.nan if (auc := self.types[n].modulation_auc) is None else auc
                                          for n in fitted], dtype=np.float64),
+            # NaN: not calibrated (the score is the standard score)
+            "calibrations": np.array([self.types[n].calibration or [np.nan, np.nan] for n in names],
+                                     dtype=np.float64).reshape(-1, 2),
+            "calibrated_from": np.array([self.types[n].calibrated_from or "" for n in names], dtype=str),
         }
         return save_arrays(Path(folder) / FUSION_NAME, arrays)
 
@@ -318,6 +389,12 @@ class Fusion:
                     t = types[str(n)]
                     t.mean, t.precision, t.modulation_scale, t.clips = mean, precision, [float(a), float(b)], int(clips)
                     t.modulation_auc = None if np.isnan(auc) else float(auc)
+                if "calibrations" in data:  # runs fitted before the calibration keep the standard score
+                    for n, (slope, intercept), source in zip(data["types"], data["calibrations"],
+                                                             data["calibrated_from"]):
+                        if not np.isnan(slope):
+                            types[str(n)].calibration = [float(slope), float(intercept)]
+                            types[str(n)].calibrated_from = str(source)
         except (OSError, ValueError, KeyError) as exc:
             raise SpectroError(f"{path}: unreadable anomaly-score fusion ({type(exc).__name__}: {exc})") from None
         if not types:

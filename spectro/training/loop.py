@@ -43,12 +43,11 @@ from spectro.model.windows import pool, window_columns, window_frames
 from spectro.paths import IMAGES_DIR, MODELS_DIR
 from spectro.runs import (
     CHECKPOINT_NAME,
-    DEFAULT_FUSED_THRESHOLD,
-    DEFAULT_THRESHOLD,
     HISTORY_NAME,
     MODEL_NAME,
     SPLITS,
     TRAINING_PLOT_NAME,
+    default_threshold,
     point_latest,
     read_history,
     save_config,
@@ -403,20 +402,21 @@ def _fit_fusion(run: Path, labels: LabelSpace, by_split, probs: dict, spectra: d
                 image_shape) -> Fusion | None:
     """Fit and write a supervised run's fused anomaly score (:mod:`spectro.model.fusion`) from its normal training
     and validation clips (probabilities and spectra; its abnormal training clips judge where the spectrum part
-    joins), or ``None`` when the images carry no modulation spectra (the score stays the CNN's probability).
-    ``probs``, ``spectra``: the pooled probabilities and the modulation spectra of the validation clips (when there
-    are any)."""
+    joins, its abnormal validation clips calibrate it), or ``None`` when the images carry no modulation spectra
+    (the score stays the CNN's probability). ``probs``, ``spectra``: the pooled probabilities and the modulation
+    spectra of the validation clips (when there are any)."""
     from spectro.features.reader import read_images
     from spectro.inference.predictors import KerasPredictor
 
     train = [r for r in by_split["train"] if not r.is_abnormal]
     if not train or features.modulation_hz is None or not labels.abnormal_mask.any():
         return None
-    val_sel = [i for i, r in enumerate(by_split["val"]) if not r.is_abnormal] if "val" in probs else []
-    val_types = [by_split["val"][i].machine for i in val_sel]
+    val = by_split["val"] if "val" in probs else []
+    val_types = [r.machine for r in val]
+    normal_types = [r.machine for r in val if not r.is_abnormal]
     types = labels.machine_types
     train_p = None
-    if any(val_types.count(t) < FUSION_MIN_CLIPS for t in types):  # some type's CNN scale needs training normals
+    if any(normal_types.count(t) < FUSION_MIN_CLIPS for t in types):  # some type's CNN scale needs training normals
         predictor = KerasPredictor(run / MODEL_NAME, run)
         train_p = labels.anomaly_score(predictor.predict_clips(read_images(train, settings=features,
                                                                            shape=image_shape)[0]))
@@ -424,8 +424,8 @@ def _fit_fusion(run: Path, labels: LabelSpace, by_split, probs: dict, spectra: d
     fusion = Fusion.fit(types=types, train_types=[r.machine for r in train],
                         train_modulation=read_modulation(train, settings=features), train_probability=train_p,
                         val_types=val_types,
-                        val_probability=labels.anomaly_score(probs["val"][val_sel]) if val_sel else np.zeros(0),
-                        val_modulation=spectra["val"][val_sel] if val_sel else None,
+                        val_probability=labels.anomaly_score(probs["val"]) if val else np.zeros(0),
+                        val_modulation=spectra["val"] if val else None, val_abnormal=[r.is_abnormal for r in val],
                         abnormal_types=[r.machine for r in abnormal], abnormal_labels=[r.label for r in abnormal],
                         abnormal_modulation=read_modulation(abnormal, settings=features) if abnormal else None)
     fusion.save(run)
@@ -673,17 +673,17 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
     if placement.chief and not normal_only:
         spectra = {split: read_modulation(by_split[split], settings=features) for split in probs}
         fusion = _fit_fusion(run, labels, by_split, probs, spectra, features, image_shape)
+    if fusion is not None:
+        config["anomaly_score"] = {"kind": "fused", "calibrated": fusion.calibrated, "types": fusion.to_dict()}
     for split in probs:
         if fusion is None:
-            metrics[split] = model_metrics(by_split[split], probs[split], labels, threshold=DEFAULT_THRESHOLD)
+            metrics[split] = model_metrics(by_split[split], probs[split], labels, threshold=default_threshold(config))
         else:
             parts = fusion.of_probs(labels, probs[split], spectra[split], [r.machine for r in by_split[split]])
-            metrics[split] = model_metrics(by_split[split], probs[split], labels, threshold=DEFAULT_FUSED_THRESHOLD,
+            metrics[split] = model_metrics(by_split[split], probs[split], labels, threshold=default_threshold(config),
                                            scores=parts["fused"], scorers={
                                                "cnn": labels.anomaly_score(probs[split]),
                                                **{k: v for k, v in parts.items() if k != "cnn"}})
-    if fusion is not None:
-        config["anomaly_score"] = {"kind": "fused", "types": fusion.to_dict()}
     checked = next((split for split in ("val", "test") if split in probs), None)
     if settings.check_learning and checked is not None and not normal_only:
         learning = check_learning(by_split[checked], probs[checked], labels, split=checked)

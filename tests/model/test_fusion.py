@@ -299,3 +299,95 @@ def test_a_type_scored_by_one_part_is_on_the_scale_of_the_larger_of_two():
     assert x[6] == pytest.approx(DEFAULT_THRESHOLD)  # the 95th percentile of one score is the default threshold
     rng = np.random.default_rng(1)
     assert np.mean(as_larger_of_two(rng.normal(size=200_000)) >= DEFAULT_THRESHOLD) == pytest.approx(0.05, abs=0.002)
+
+
+def _calibration_set(rng, fan_failure_shift: float = 1.5):
+    """Validation and test clips of two machine types, by their CNN log-odds: the fan's CNN is unsure (its
+    failures ``fan_failure_shift`` robust sds above its normal clips), the pump's sure (8 above), and the pump's
+    normal clips sit far lower (as a pump's do: −6 against −0.5)."""
+    def clips(n_normal, n_abnormal):
+        types = ["fan"] * (n_normal + n_abnormal) + ["pump"] * (n_normal + n_abnormal)
+        abnormal = np.r_[np.zeros(n_normal), np.ones(n_abnormal), np.zeros(n_normal), np.ones(n_abnormal)] > 0
+        log_odds = np.r_[rng.normal(-0.5, 1, n_normal), rng.normal(-0.5 + fan_failure_shift, 1, n_abnormal),
+                         rng.normal(-6, 1, n_normal), rng.normal(2, 1, n_abnormal)]
+        return np.array(types), abnormal, 1 / (1 + np.exp(-log_odds))
+    return clips(20, 20), clips(200, 200)
+
+
+def test_the_score_is_the_log_odds_of_a_logistic_regression_per_type_on_its_validation_clips():
+    """Each type's score is scikit-learn's balanced logistic regression (C = 1) of "abnormal" on the standard
+    score of its validation clips, whose normal clips alone set the scale; the types then rank together."""
+    from sklearn.linear_model import LogisticRegression
+
+    (val_types, val_abnormal, val_p), (types, abnormal, p) = _calibration_set(np.random.default_rng(3))
+    fusion = Fusion.fit(types=["fan", "pump"], train_types=[], train_modulation=None, train_probability=None,
+                        val_types=val_types, val_probability=val_p, val_abnormal=val_abnormal)
+    assert fusion.calibrated
+    # the standard score (tested against scipy above), here checked where scipy's Φ keeps its digits
+    val_standard = fusion.parts(val_types, val_p, None, calibrated=False)["fused"]
+    standard = fusion.parts(types, p, None, calibrated=False)["fused"]
+    score = fusion.score(types, p, None)
+    for kind in ("fan", "pump"):
+        normal = scipy_logit(val_p[(val_types == kind) & ~val_abnormal])
+        assert fusion.types[kind].cnn_scale == pytest.approx([np.median(normal),
+                                                             median_abs_deviation(normal, scale="normal")])
+        z = _z(scipy_logit(p[types == kind]), normal)
+        np.testing.assert_allclose(standard[types == kind][np.abs(z) < 5], _alone(z[np.abs(z) < 5]), rtol=1e-6)
+        own = val_types == kind
+        fit = LogisticRegression(C=1.0, class_weight="balanced").fit(val_standard[own, None], val_abnormal[own])
+        assert fusion.types[kind].calibration == pytest.approx([fit.coef_[0, 0], fit.intercept_[0]], rel=1e-4)
+        assert fusion.types[kind].calibrated_from == "the type"
+        np.testing.assert_allclose(score[types == kind], fit.decision_function(standard[types == kind, None]),
+                                   rtol=1e-4, atol=1e-4)
+        # each type's own ranking is kept
+        assert roc_auc_score(abnormal[types == kind], score[types == kind]) == pytest.approx(
+            roc_auc_score(abnormal[types == kind], standard[types == kind]))
+    # the fan's unsure failures no longer sit above the pump's normal clips' chance outliers in one ranking
+    assert roc_auc_score(abnormal, score) > roc_auc_score(abnormal, standard) + 0.01  # 0.940 -> 0.962
+
+
+def test_a_type_without_its_own_calibration_takes_that_of_all_types_and_without_failures_none():
+    from sklearn.linear_model import LogisticRegression
+
+    (val_types, val_abnormal, val_p), _ = _calibration_set(np.random.default_rng(4))
+    # valve: normal validation clips only, and two failures of it (fewer than three: not a fit of its own)
+    val_types = np.r_[val_types, ["valve"] * 8]
+    val_abnormal = np.r_[val_abnormal, np.zeros(6, bool), np.ones(2, bool)]
+    val_p = np.r_[val_p, np.random.default_rng(5).uniform(0.05, 0.3, 8)]
+    kwargs = dict(types=["fan", "pump", "valve"], train_types=[], train_modulation=None, train_probability=None,
+                  val_types=val_types, val_probability=val_p)
+    fusion = Fusion.fit(**kwargs, val_abnormal=val_abnormal)
+    assert [fusion.types[k].calibrated_from for k in ("fan", "pump", "valve")] == ["the type", "the type", "all types"]
+    standard = fusion.parts(val_types, val_p, None, calibrated=False)["fused"]
+    pooled = LogisticRegression(C=1.0, class_weight="balanced").fit(standard[:, None], val_abnormal)
+    assert fusion.types["valve"].calibration == pytest.approx([pooled.coef_[0, 0], pooled.intercept_[0]], rel=1e-4)
+    assert fusion.to_dict()["valve"]["calibrated_from"] == "all types"
+    # a type whose failures score below its normal clips (a decreasing fit would reverse its ranking): all types'
+    flipped = val_abnormal.copy()
+    flipped[val_types == "fan"] = ~val_abnormal[val_types == "fan"]
+    assert Fusion.fit(**kwargs, val_abnormal=flipped).types["fan"].calibrated_from == "all types"
+    # no failure clips in the validation split (or two): the standard score, for every type
+    for few in (None, np.r_[np.zeros(len(val_types) - 2, bool), np.ones(2, bool)]):
+        plain = Fusion.fit(**kwargs, val_abnormal=few)
+        assert not plain.calibrated and all(t.calibration is None for t in plain.types.values())
+        normal = ~np.zeros(len(val_types), bool) if few is None else ~few
+        np.testing.assert_allclose(plain.score(val_types[normal], val_p[normal], None),
+                                   plain.parts(val_types[normal], val_p[normal], None, calibrated=False)["fused"])
+    with pytest.raises(SpectroError, match="one abnormal flag per validation clip"):
+        Fusion.fit(**kwargs, val_abnormal=val_abnormal[:-1])
+
+
+def test_a_calibration_round_trips_and_a_file_without_one_keeps_the_standard_score(tmp_path):
+    (val_types, val_abnormal, val_p), (types, _, p) = _calibration_set(np.random.default_rng(6))
+    fusion = Fusion.fit(types=["fan", "pump"], train_types=[], train_modulation=None, train_probability=None,
+                        val_types=val_types, val_probability=val_p, val_abnormal=val_abnormal)
+    loaded = Fusion.load(fusion.save(tmp_path).parent)
+    assert loaded.calibrated and loaded.to_dict() == fusion.to_dict()
+    np.testing.assert_allclose(loaded.score(types, p, None), fusion.score(types, p, None))
+    # a run fitted before the calibration: its file has no calibrations, its score stays the standard score
+    with np.load(tmp_path / FUSION_NAME) as data:
+        old = {k: data[k] for k in data.files if k not in ("calibrations", "calibrated_from")}
+    np.savez(tmp_path / FUSION_NAME, **old)
+    before = Fusion.load(tmp_path)
+    assert not before.calibrated
+    np.testing.assert_allclose(before.score(types, p, None), fusion.parts(types, p, None, calibrated=False)["fused"])

@@ -291,6 +291,14 @@ def _fused(cnn: float, modulation) -> float:
     return max(cnn, float(modulation)) if modulation is not None else float(norm.ppf(np.sqrt(norm.cdf(cnn))))
 
 
+def _calibrated(fusion, machine_type: str, fused: float) -> float:
+    """The fused score through the type's calibration (``slope × fused + intercept``) when the run has one."""
+    if not fusion.calibrated:
+        return fused
+    slope, intercept = fusion.types[machine_type].calibration
+    return slope * fused + intercept
+
+
 def test_evaluate_and_classify_score_a_supervised_run_by_the_fused_score_alike(trained, tmp_path):
     import csv
     import shutil
@@ -310,6 +318,7 @@ def test_evaluate_and_classify_score_a_supervised_run_by_the_fused_score_alike(t
     with (copy / "predictions.csv").open() as handle:
         predicted = list(csv.DictReader(handle))
     fusion = Fusion.load(copy)
+    assert load_config(copy)["anomaly_score"]["calibrated"] == fusion.calibrated
     results, _ = classify_paths([p["path"] for p in predicted], copy, threshold=2.5)  # not a probability: allowed
     for row, result in zip(predicted, results):
         assert result["anomaly_score"] == pytest.approx(float(row["anomaly_score"]), abs=1e-5)
@@ -320,7 +329,8 @@ def test_evaluate_and_classify_score_a_supervised_run_by_the_fused_score_alike(t
         # the larger of it and the spectrum's
         assert (result["machine_type"], result["machine_type_from"]) == (row["machine"], "the path")
         median, sd = fusion.types[row["machine"]].cnn_scale
-        expected = _fused((logit(np.clip(cnn, 1e-7, 1 - 1e-7)) - median) / sd, row["score_modulation"] or None)
+        standard = _fused((logit(np.clip(cnn, 1e-7, 1 - 1e-7)) - median) / sd, row["score_modulation"] or None)
+        expected = _calibrated(fusion, row["machine"], standard)
         assert float(row["anomaly_score"]) == pytest.approx(expected, rel=1e-3, abs=1e-3)
     # --machine names the type for every file; one the run does not know is refused
     other = next(t for t in fusion.types if t != predicted[0]["machine"])
@@ -329,21 +339,61 @@ def test_evaluate_and_classify_score_a_supervised_run_by_the_fused_score_alike(t
     median, sd = fusion.types[other].cnn_scale
     cnn = logit(np.clip(forced[0]["scores"]["cnn"], 1e-7, 1 - 1e-7))
     assert forced[0]["anomaly_score"] == pytest.approx(
-        _fused((cnn - median) / sd, forced[0]["scores"].get("modulation")), rel=1e-3, abs=1e-3)
+        _calibrated(fusion, other, _fused((cnn - median) / sd, forced[0]["scores"].get("modulation"))),
+        rel=1e-3, abs=1e-3)
     with pytest.raises(SpectroError, match="machine types"):
         classify_paths([predicted[0]["path"]], copy, machine="turbine")
+
+
+def test_the_fused_score_is_calibrated_on_the_validation_splits_failures(trained, tmp_path):
+    """Training's fusion takes the validation split's failure clips: given one that holds three or more of each
+    class (the tiny run's validation and test clips together), every type is calibrated, with the normal clips
+    alone setting its scales; the tiny run's own validation split holds too few failures, so its score stays
+    the standard score."""
+    import shutil
+
+    from spectro.features.reader import read_images, read_modulation
+    from spectro.inference.predictors import load_predictor
+    from spectro.model.fusion import Fusion
+    from spectro.runs import default_threshold, feature_settings
+    from spectro.training.loop import _fit_fusion
+
+    _, run, _ = trained
+    config = load_config(run)
+    assert config["anomaly_score"]["calibrated"] is False and default_threshold(config) == pytest.approx(1.954, abs=1e-3)
+    copy = Path(shutil.copytree(run, tmp_path / "run"))
+    by_split = {"train": read_splits(run, "train"), "val": read_splits(run, "val") + read_splits(run, "test")}
+    predictor, features = load_predictor(copy), feature_settings(config)
+    labels = predictor.labels
+    probs = {"val": predictor.predict_clips(read_images(by_split["val"], settings=features,
+                                                        shape=predictor.image_shape)[0])}
+    spectra = {"val": read_modulation(by_split["val"], settings=features)}
+    fusion = _fit_fusion(copy, labels, by_split, probs, spectra, features, predictor.image_shape)
+    assert Counter(r.is_abnormal for r in by_split["val"]) == {True: 4, False: 4}
+    assert fusion.calibrated and Fusion.load(copy).to_dict() == fusion.to_dict()
+    for name, t in fusion.types.items():  # two clips of each class per type: all types' fit
+        assert Counter(r.is_abnormal for r in by_split["val"] if r.machine == name) == {True: 2, False: 2}
+        assert t.calibrated_from == "all types"
+    normal = [r for r in by_split["val"] if not r.is_abnormal]
+    scales_of_normals = Fusion.fit(
+        types=labels.machine_types, train_types=[r.machine for r in by_split["train"] if not r.is_abnormal],
+        train_modulation=None, train_probability=None, val_types=[r.machine for r in normal],
+        val_probability=labels.anomaly_score(probs["val"][[not r.is_abnormal for r in by_split["val"]]]))
+    for name, t in fusion.types.items():
+        assert t.cnn_scale == pytest.approx(scales_of_normals.types[name].cnn_scale)
 
 
 def test_an_exported_fused_run_scores_through_litert_as_through_keras(trained, tmp_path):
     from spectro.export.tflite import ExportSettings, export_run
     from spectro.inference.classify import classify_paths
-    from spectro.runs import DEFAULT_FUSED_THRESHOLD, FUSION_NAME
+    from spectro.runs import FUSION_NAME, default_threshold
 
     _, run, _ = trained
     device = tmp_path / "device"
     export_run(run, ExportSettings(quantize=("none",), verify=False, latency_runs=1), out=device, progress=False)
     assert (device / FUSION_NAME).is_file()
-    assert load_config(device)["threshold"]["value"] == pytest.approx(DEFAULT_FUSED_THRESHOLD)
+    assert load_config(device)["threshold"]["value"] == pytest.approx(default_threshold(load_config(run)))
+    assert load_config(device)["anomaly_score"] == load_config(run)["anomaly_score"]
     pngs = [r.path for r in read_splits(run, "test")]
     lite, _ = classify_paths(pngs, device / "model.tflite")
     keras_results, _ = classify_paths(pngs, run)
