@@ -4,8 +4,9 @@ For each run: the CNN's pooled probabilities of its training normals, validation
 modulation spectra, and :class:`spectro.model.fusion.Fusion` fitted from the run's own splits as ``spectro
 train`` fits it (validation normals scale the CNN part; training normals give the spectrum's Gaussian). Prints
 test AUC per machine type, pooled over the runs' test clips (several runs: the folds of one cross-validation):
-the CNN's probability, the CNN part, the spectrum part, the fused score, and a probe not built into spectro: the fused
-score calibrated per type on the run's validation clips. The machine type of a clip is its
+the CNN's probability, the CNN part, the spectrum part, the fused standard score before the calibration, and the
+run's score (``fused, calibrated``: calibrated per type on the run's validation clips, as ``spectro train`` does
+since the calibration was built). The machine type of a clip is its
 true one here (``spectro`` scores the type the CNN names; on these sets the two agree on nearly every clip).
 
 ``--images FOLDER``: read the modulation spectra from this image folder's PNGs (matched by
@@ -59,29 +60,14 @@ def _scores(run: Path, images: Path | None, folds_only: bool = False) -> dict[st
                         val_modulation=None if folds_only else modulation[val], abnormal_types=machine[failed],
                         abnormal_labels=[r.label for r, f in zip(rows, failed) if f],
                         abnormal_modulation=modulation[failed])
-    test, checked = split == "test", split == "val"
-    parts = fusion.parts(machine[test], probability[test], modulation[test])
+    checked = split == "val"  # the calibration takes the validation split's failures too, its scales the normals
+    standard = fusion.parts(machine[checked], probability[checked], modulation[checked], calibrated=False)["fused"]
+    fusion.calibrate(machine[checked], abnormal[checked], standard)
+    test = split == "test"
+    parts = fusion.parts(machine[test], probability[test], modulation[test], calibrated=False)
     return {"machine": machine[test], "abnormal": abnormal[test], "CNN probability": probability[test],
             "CNN part": parts["cnn"], "spectrum part": parts["modulation"], "fused": parts["fused"],
-            "fused, calibrated": _calibrated(machine[test], parts["fused"], machine[checked], abnormal[checked],
-                                             fusion.score(machine[checked], probability[checked],
-                                                          modulation[checked]))}
-
-
-def _calibrated(types, fused, val_types, val_abnormal, val_fused) -> np.ndarray:
-    """A probe, not the product's score: each type's fused score mapped to the log-odds of "abnormal" by a logistic
-    regression (C = 1) on the type's validation clips (both classes), so that types rank together by how likely
-    a clip is abnormal rather than by how rare it is among normal clips (docs/small-data.md); NaN for a type whose
-    validation clips lack a class."""
-    from sklearn.linear_model import LogisticRegression
-
-    out = np.full(len(fused), np.nan)
-    for name in set(types.tolist()):
-        own = val_types == name
-        if len(set(val_abnormal[own].tolist())) == 2:
-            fit = LogisticRegression(C=1.0).fit(val_fused[own, None], val_abnormal[own])
-            out[types == name] = fit.decision_function(fused[types == name, None])
-    return out
+            "fused, calibrated": fusion.score(machine[test], probability[test], modulation[test])}
 
 
 def read_manifest_settings(images: Path) -> int | None:
@@ -96,6 +82,7 @@ def main() -> None:
     from sklearn.metrics import roc_auc_score
 
     from spectro.model.fusion import DEFAULT_THRESHOLD
+    from spectro.runs import DEFAULT_CALIBRATED_THRESHOLD
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="supervised run folders (the folds of one set)")
@@ -111,7 +98,8 @@ def main() -> None:
     types = ["all", *sorted(set(data["machine"].tolist()))]
     chosen = {t: (data["machine"] == t) | (t == "all") for t in types}
     print(f"{len(args.runs)} run(s), {len(data['machine'])} test clips; test AUC (all: the types together), and the "
-          f"share of normal test clips the fused score puts above {DEFAULT_THRESHOLD:.2f}")
+          f"share of normal test clips the fused score puts above {DEFAULT_THRESHOLD:.2f}, the calibrated above "
+          f"{DEFAULT_CALIBRATED_THRESHOLD:.2f}")
     print(f"{'score':<16}" + "".join(f"{t:>9}" for t in types))
     for name in ("CNN probability", "CNN part", "spectrum part", "fused", "fused, calibrated"):
         cells = []
@@ -120,8 +108,10 @@ def main() -> None:
             cells.append(f"{roc_auc_score(data['abnormal'][sel], data[name][sel]):9.3f}" if sel.any()
                          else f"{'n/a':>9}")
         print(f"{name:<16}" + "".join(cells))
-    shares = [np.mean(data["fused"][chosen[t] & ~data["abnormal"]] > DEFAULT_THRESHOLD) for t in types]
-    print(f"{'fused > ' + format(DEFAULT_THRESHOLD, '.2f'):<16}" + "".join(f"{v:9.2f}" for v in shares))
+    for name, limit in (("fused", DEFAULT_THRESHOLD), ("fused, calibrated", DEFAULT_CALIBRATED_THRESHOLD)):
+        shares = [np.mean(data[name][chosen[t] & ~data["abnormal"]] > limit) for t in types]
+        label = f"{name.split(',')[-1].strip()} > {limit:.2f}"
+        print(f"{label:<16}" + "".join(f"{v:9.2f}" for v in shares))
 
 
 if __name__ == "__main__":

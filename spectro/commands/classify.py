@@ -33,7 +33,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--top-k", type=int, default=3, help="how many classes to list per file")
     parser.add_argument("--threshold", type=float, default=None,
                         help="anomaly-score threshold; when not given, the one 'spectro evaluate' stored in the run's "
-                             "config.json (before evaluation 0.5 for a probability, 1.95 for a run's fused score)")
+                             "config.json (before evaluation 0.5 for a probability, 0 for a run's calibrated fused "
+                             "score, 1.95 for an uncalibrated one)")
     parser.add_argument("--window-hop", type=float, default=None, metavar="SECONDS",
                         help="hop between windows of a long recording; when not given, the model's segment hop "
                              "if it was trained on segments with one, else half a window")
@@ -54,6 +55,16 @@ def sparkline(values: list[float], *, width: int = 80) -> str:
         edges = np.linspace(0, len(v), width + 1).astype(int)
         v = np.array([v[a:b].max() for a, b in zip(edges[:-1], edges[1:])])
     return "".join(SPARK[min(len(SPARK) - 1, int(x * len(SPARK)))] for x in v)
+
+
+def around(scores: list[float], threshold: float) -> list[float]:
+    """Scores that are not probabilities (normal-only distances, fused scores: both come with their parts in
+    ``scores``) moved onto [0, 1] for :func:`sparkline` with the threshold half-way up: a positive threshold's
+    0 at the bottom and twice it at the top; a threshold of 0 or below (a log-odds) in the middle of the
+    scores' widest distance from it."""
+    values = np.asarray(scores, dtype=float)
+    width = threshold if threshold > 0 else max(float(np.max(np.abs(values - threshold))), 1e-12)
+    return list(0.5 + 0.5 * (values - threshold) / width)
 
 
 def format_text(result: dict[str, Any], *, max_listed: int = 8) -> str:
@@ -80,12 +91,10 @@ def format_text(result: dict[str, Any], *, max_listed: int = 8) -> str:
     windows = result.get("windows")
     if windows:
         flagged = [w for w in windows if w["over_threshold"]]
-        # scores that are not probabilities (normal-only distances, fused standard scores; both come with their
-        # parts in "scores"): the sparkline puts the threshold half-way up
-        scale = 1.0 if "scores" not in result else 0.5 / max(result["threshold"], 1e-12)
+        scores = [w["anomaly_score"] for w in windows]
         lines[0] += f"  [max over {len(windows)} windows]"
         lines.append(f"  score over time {windows[0]['start_s']:.1f}-{windows[-1]['end_s']:.1f} s: "
-                     f"{sparkline([w['anomaly_score'] * scale for w in windows])}")
+                     f"{sparkline(scores if 'scores' not in result else around(scores, result['threshold']))}")
         listed = ", ".join(f"#{w['index']} {w['start_s']:.1f}-{w['end_s']:.1f} s ({w['anomaly_score']:.2f})"
                            for w in flagged[:max_listed])
         more = f", and {len(flagged) - max_listed} more" if len(flagged) > max_listed else ""

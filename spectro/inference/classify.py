@@ -15,7 +15,8 @@ output's ``machine`` and ``reference`` say which and how. The ``--json`` objects
 and ``scores`` (every scorer).
 
 A supervised run whose anomaly score is fused (:mod:`spectro.model.fusion`) scores each clip or span by the
-larger of the CNN's and its modulation spectrum's standard scores, for the file's machine type: ``--machine``'s,
+larger of the CNN's and its modulation spectrum's standard scores, calibrated into a log-odds of a failure where the
+run is, for the file's machine type: ``--machine``'s,
 else the last folder of its path (a PNG's: or of its source recording's) named like one of the run's types, else
 the one the CNN names. Its objects add ``scores`` (``cnn``: the CNN's probability, ``modulation``: the spectrum's
 standard score), ``machine_type`` and ``machine_type_from`` (``--machine``, ``the path``, ``the image's source

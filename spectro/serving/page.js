@@ -131,7 +131,7 @@
   }
 
   // the range a score is drawn in: [0, 1] for a probability, else one that holds 0, twice the threshold and every
-  // score of the file (a fused or normal-only score is a standard score, not a probability)
+  // score of the file (a fused score, a log-odds or a standard score, and a normal-only one are not probabilities)
   function scoreRange(r) {
     const scores = [r.anomaly_score, ...(r.windows || []).map((w) => w.anomaly_score)];
     if (r.threshold <= 1 && scores.every((s) => s >= 0 && s <= 1)) return [0, 1];

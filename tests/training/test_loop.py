@@ -360,7 +360,8 @@ def test_the_fused_score_is_calibrated_on_the_validation_splits_failures(trained
 
     _, run, _ = trained
     config = load_config(run)
-    assert config["anomaly_score"]["calibrated"] is False and default_threshold(config) == pytest.approx(1.954, abs=1e-3)
+    assert config["anomaly_score"]["calibrated"] is False
+    assert default_threshold(config) == pytest.approx(1.954, abs=1e-3)
     copy = Path(shutil.copytree(run, tmp_path / "run"))
     by_split = {"train": read_splits(run, "train"), "val": read_splits(run, "val") + read_splits(run, "test")}
     predictor, features = load_predictor(copy), feature_settings(config)
