@@ -60,7 +60,9 @@ def _scores(run: Path, images: Path | None, folds_only: bool = False) -> dict[st
                         val_modulation=None if folds_only else modulation[val], abnormal_types=machine[failed],
                         abnormal_labels=[r.label for r, f in zip(rows, failed) if f],
                         abnormal_modulation=modulation[failed])
-    checked = split == "val"  # the calibration takes the validation split's failures too, its scales the normals
+    # the calibration as Fusion.fit makes it from the whole validation split, spectra included (also where
+    # --folds-only keeps the validation normals out of the spectrum part's scale)
+    checked = split == "val"
     standard = fusion.parts(machine[checked], probability[checked], modulation[checked], calibrated=False)["fused"]
     fusion.calibrate(machine[checked], abnormal[checked], standard)
     test = split == "test"
