@@ -208,12 +208,12 @@ class Fusion:
         if val_modulation is not None and len(val_modulation) != len(val_types):
             raise SpectroError(f"need one modulation spectrum per validation clip ({len(val_types)}), got "
                                f"{len(val_modulation)}")
-        checked = np.zeros(len(val_types), bool) if val_abnormal is None else np.asarray(val_abnormal, dtype=bool)
-        if len(checked) != len(val_types):
-            raise SpectroError(f"need one abnormal flag per validation clip ({len(val_types)}), got {len(checked)}")
-        all_val = (val_types, val_probability, val_modulation)
-        val_types, val_probability = val_types[~checked], val_probability[~checked]
-        val_modulation = None if val_modulation is None else val_modulation[~checked]
+        failed = np.zeros(len(val_types), bool) if val_abnormal is None else np.asarray(val_abnormal, dtype=bool)
+        if len(failed) != len(val_types):
+            raise SpectroError(f"need one abnormal flag per validation clip ({len(val_types)}), got {len(failed)}")
+        labelled = (val_types, val_probability, val_modulation)  # the whole split: what the calibration fits on
+        val_types, val_probability = val_types[~failed], val_probability[~failed]  # the normal clips: the scales
+        val_modulation = None if val_modulation is None else val_modulation[~failed]
 
         def floored(values) -> list[float]:
             median, sd = robust_scale(logit(values))
@@ -253,16 +253,15 @@ class Fusion:
         if not out:
             raise SpectroError("no machine types to fit the anomaly score for")
         fusion = cls(out)
-        if checked.any():
-            fusion.calibrate(all_val[0], checked, fusion.parts(all_val[0], all_val[1], all_val[2],
-                                                               calibrated=False)["fused"])
+        if failed.any():
+            fusion.calibrate(labelled[0], failed, fusion.parts(*labelled, calibrated=False)["fused"])
         return fusion
 
-    def calibrate(self, types, abnormal, fused: np.ndarray) -> bool:
+    def calibrate(self, types, abnormal, fused: np.ndarray) -> None:
         """Fit each type's calibration from the uncalibrated ``fused`` scores of labelled clips (the validation
         split's: machine ``types``, ``abnormal`` flags): a logistic regression on the type's own clips where they
         hold :data:`MIN_CLIPS` of each class and its slope is positive, else on all clips together; no type is
-        calibrated when that fit is impossible too. Returns whether the run is calibrated."""
+        calibrated when that fit is impossible too (:attr:`calibrated`)."""
         from sklearn.linear_model import LogisticRegression
 
         types, abnormal = np.asarray(list(types), dtype=str), np.asarray(abnormal, dtype=bool)
@@ -280,7 +279,6 @@ class Fusion:
             own = fit(types == name) if pooled is not None else None
             t.calibration = own or pooled
             t.calibrated_from = None if pooled is None else "the type" if own else "all types"
-        return self.calibrated
 
     @property
     def calibrated(self) -> bool:

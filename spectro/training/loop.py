@@ -676,14 +676,13 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
     if fusion is not None:
         config["anomaly_score"] = {"kind": "fused", "calibrated": fusion.calibrated, "types": fusion.to_dict()}
     for split in probs:
-        if fusion is None:
-            metrics[split] = model_metrics(by_split[split], probs[split], labels, threshold=default_threshold(config))
-        else:
+        fused = {}  # a fused run: its score, and each part's beside it (the CNN's as its probability)
+        if fusion is not None:
             parts = fusion.of_probs(labels, probs[split], spectra[split], [r.machine for r in by_split[split]])
-            metrics[split] = model_metrics(by_split[split], probs[split], labels, threshold=default_threshold(config),
-                                           scores=parts["fused"], scorers={
-                                               "cnn": labels.anomaly_score(probs[split]),
-                                               **{k: v for k, v in parts.items() if k != "cnn"}})
+            fused = {"scores": parts["fused"], "scorers": {"cnn": labels.anomaly_score(probs[split]),
+                                                         **{k: v for k, v in parts.items() if k != "cnn"}}}
+        metrics[split] = model_metrics(by_split[split], probs[split], labels, threshold=default_threshold(config),
+                                       **fused)
     checked = next((split for split in ("val", "test") if split in probs), None)
     if settings.check_learning and checked is not None and not normal_only:
         learning = check_learning(by_split[checked], probs[checked], labels, split=checked)
