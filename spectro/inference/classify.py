@@ -237,7 +237,9 @@ def classify_paths(paths: list[str | Path], model: str | Path, *, threshold: flo
     model : path
         A run folder, a ``.keras`` or a ``.tflite`` file.
     threshold : float, optional
-        Anomaly-score threshold in [0, 1]; default: the one stored in the run's ``config.json``.
+        Anomaly-score threshold; default: the one stored in the run's ``config.json``. In [0, 1] where the score
+        is the CNN's probability; any number for a fused score (a log-odds or a standard score) and for a
+        normal-only run's scores, which can be negative.
     progress : bool, optional
         Show a progress bar; default: for 20 files or more.
 
@@ -250,8 +252,8 @@ def classify_paths(paths: list[str | Path], model: str | Path, *, threshold: flo
 
     if top_k < 1:
         raise SpectroError(f"--top-k must be >= 1, got {top_k}")
-    if threshold is not None and not 0 <= threshold:
-        raise SpectroError(f"--threshold must be >= 0 (in [0, 1] for supervised runs), got {threshold}")
+    if threshold is not None and not np.isfinite(threshold):
+        raise SpectroError(f"--threshold must be a finite number, got {threshold}")
     if hop_seconds is not None and not hop_seconds > 0:
         raise SpectroError(f"--window-hop must be > 0 seconds, got {hop_seconds}")
     files = expand_inputs(paths)
@@ -260,7 +262,8 @@ def classify_paths(paths: list[str | Path], model: str | Path, *, threshold: flo
         raise SpectroError(f"{model}: no such model (expected a run folder, a .keras or a .tflite file; "
                            "train one with 'spectro train')")
     predictor = load_predictor(model)
-    if threshold is not None and threshold > 1 and not predictor.labels.normal_only and not fused(predictor.config):
+    if (threshold is not None and not 0 <= threshold <= 1 and not predictor.labels.normal_only
+            and not fused(predictor.config)):
         raise SpectroError(f"--threshold must be in [0, 1] (an anomaly probability), got {threshold}")
     machine = checked_machine(predictor, machine)
     results = classify_files(files, predictor, threshold=threshold, top_k=top_k, hop_seconds=hop_seconds,

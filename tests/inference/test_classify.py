@@ -199,6 +199,8 @@ def _write(path: Path, data: bytes) -> Path:
     ("empty folder", "no .png, .wav"),
     ("bad top-k", "--top-k must be >= 1"),
     ("bad threshold", "--threshold must be in [0, 1]"),
+    ("negative probability threshold", "--threshold must be in [0, 1] (an anomaly probability), got -0.1"),
+    ("nan threshold", "--threshold must be a finite number, got nan"),
 ])
 def test_classify_errors(case, match, tiny_run, tiny_images, tmp_path, capsys):
     from PIL import Image
@@ -243,6 +245,10 @@ def test_classify_errors(case, match, tiny_run, tiny_images, tmp_path, capsys):
         extra = ["--top-k", "0"]
     elif case == "bad threshold":
         extra = ["--threshold", "1.5"]
+    elif case == "negative probability threshold":
+        extra = ["--threshold", "-0.1"]
+    elif case == "nan threshold":
+        extra = ["--threshold", "nan"]
     assert cli(["classify", str(target), "--model", model, *extra]) == 2
     assert match in _one_line_error(capsys)
 

@@ -332,6 +332,10 @@ def test_evaluate_and_classify_score_a_supervised_run_by_the_fused_score_alike(t
         standard = _fused((logit(np.clip(cnn, 1e-7, 1 - 1e-7)) - median) / sd, row["score_modulation"] or None)
         expected = _calibrated(fusion, row["machine"], standard)
         assert float(row["anomaly_score"]) == pytest.approx(expected, rel=1e-3, abs=1e-3)
+    # a fused score is a log-odds or a standard score, not a probability: a threshold below 0 is allowed too
+    low, _ = classify_paths([p["path"] for p in predicted[:4]], copy, threshold=-1.0)
+    assert [r["threshold"] for r in low] == [-1.0] * 4
+    assert [r["verdict"] for r in low] == ["ABNORMAL" if r["anomaly_score"] >= -1.0 else "normal" for r in low]
     # --machine names the type for every file; one the run does not know is refused
     other = next(t for t in fusion.types if t != predicted[0]["machine"])
     forced, _ = classify_paths([predicted[0]["path"]], copy, machine=f"{other}/id_09")
