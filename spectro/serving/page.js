@@ -130,12 +130,13 @@
     return select && select.value ? `api/classify?machine=${encodeURIComponent(select.value)}` : "api/classify";
   }
 
-  // the range a score is drawn in: [0, 1] for a probability, else one that holds 0, twice the threshold and every
-  // score of the file (a fused score, a log-odds or a standard score, and a normal-only one are not probabilities)
+  // the range a score is drawn in: [0, 1] for a probability, else one that holds 0, the threshold, twice a positive
+  // threshold and every score of the file (a fused score, a log-odds or a standard score, and a normal-only one are
+  // not probabilities, and their threshold can be below 0)
   function scoreRange(r) {
     const scores = [r.anomaly_score, ...(r.windows || []).map((w) => w.anomaly_score)];
-    if (r.threshold <= 1 && scores.every((s) => s >= 0 && s <= 1)) return [0, 1];
-    const lo = Math.min(0, ...scores);
+    if (r.threshold >= 0 && r.threshold <= 1 && scores.every((s) => s >= 0 && s <= 1)) return [0, 1];
+    const lo = Math.min(0, r.threshold, ...scores);
     const hi = Math.max(r.threshold > 0 ? 2 * r.threshold : 1, ...scores);
     return [lo, hi > lo ? hi : lo + 1];
   }
