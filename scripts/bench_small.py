@@ -226,17 +226,14 @@ def _real(bench: _Bench) -> list[str]:
     imagenet = pretrained_settings(ctx) if IMAGENET_FOLDS else None  # about 10 min a fold on 2 cores
     if imagenet is not None:
         models[IMAGENET] = imagenet
-    # alone: a CNN's probability, beside its run's fused score (when the run's score is fused)
-    methods = [*(m for model in models for m in (model, alone(model))), MEL, RMS]
-    oof = {m: [np.full(n_clips, np.nan), np.full(n_clips, np.nan)] for m in methods}
+    oof = {}  # method -> out-of-fold scores (recorded, shifted), in the order bench.scores gives the methods
     for k, (train_idx, test_idx) in enumerate(folds):
         splits = np.full(n_clips, "test", dtype=object)
         splits[train_idx] = "train"
         splits[train_idx[::5]] = "val"  # every 5th training clip validates (early stopping)
         for method, versions in bench.scores([data, shifted], splits, f"mimii-fold{k}", models).items():
-            for column, score in zip(oof[method], versions):
+            for column, score in zip(oof.setdefault(method, [np.full(n_clips, np.nan) for _ in versions]), versions):
                 column[test_idx] = score
-    oof = {m: columns for m, columns in oof.items() if not np.isnan(columns[0]).all()}
 
     ctx.state["small_real_oof"] = {m: oof[m][0] for m in (CNN, MEL)}  # the curve's "all" column
 

@@ -63,8 +63,7 @@ def _scores(run: Path, images: Path | None, folds_only: bool = False) -> dict[st
     # the calibration as Fusion.fit makes it from the whole validation split, spectra included (also where
     # --folds-only keeps the validation normals out of the spectrum part's scale)
     checked = split == "val"
-    standard = fusion.parts(machine[checked], probability[checked], modulation[checked], calibrated=False)["fused"]
-    fusion.calibrate(machine[checked], abnormal[checked], standard)
+    fusion.calibrate(machine[checked], probability[checked], modulation[checked], abnormal=abnormal[checked])
     test = split == "test"
     parts = fusion.parts(machine[test], probability[test], modulation[test], calibrated=False)
     return {"machine": machine[test], "abnormal": abnormal[test], "CNN probability": probability[test],

@@ -254,18 +254,19 @@ class Fusion:
             raise SpectroError("no machine types to fit the anomaly score for")
         fusion = cls(out)
         if failed.any():
-            fusion.calibrate(labelled[0], failed, fusion.parts(*labelled, calibrated=False)["fused"])
+            fusion.calibrate(*labelled, abnormal=failed)
         return fusion
 
-    def calibrate(self, types, abnormal, fused: np.ndarray) -> None:
-        """Fit each type's calibration from the uncalibrated ``fused`` scores of labelled clips (the validation
-        split's: machine ``types``, ``abnormal`` flags): a logistic regression on the type's own clips where they
-        hold :data:`MIN_CLIPS` of each class and its slope is positive, else on all clips together; no type is
-        calibrated when that fit is impossible too (:attr:`calibrated`)."""
+    def calibrate(self, types, probability: np.ndarray, modulation: np.ndarray | None, *, abnormal) -> None:
+        """Fit each type's calibration on labelled clips (the validation split's: machine ``types``, the CNN's
+        ``probability``, the ``modulation`` spectra, ``abnormal`` flags) from their standard fused score: a logistic
+        regression on the type's own clips where they hold :data:`MIN_CLIPS` of each class and its slope is
+        positive, else on all clips together; no type is calibrated when that fit is impossible too
+        (:attr:`calibrated`)."""
         from sklearn.linear_model import LogisticRegression
 
+        fused = self.parts(types, probability, modulation, calibrated=False)["fused"]
         types, abnormal = np.asarray(list(types), dtype=str), np.asarray(abnormal, dtype=bool)
-        fused = np.asarray(fused, dtype=np.float64)
 
         def fit(sel) -> list[float] | None:
             if min(int(abnormal[sel].sum()), int((~abnormal[sel]).sum())) < MIN_CLIPS:
