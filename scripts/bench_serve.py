@@ -4,6 +4,11 @@
 its own keep-alive connection, sending 10 s WAVs to ``POST /api/classify`` (request bodies built beforehand).
 Every answer is compared with the in-process :func:`spectro.inference.classify.classify_files` answer for the
 same file, which is also the reference time per clip.
+
+The *hostile mix* (issue 44): 16 clients on the default int8 server, one request in ten a small upload whose header
+declares an expensive file (a WAV at 1 Hz, a PNG 2,000,000 frames wide, a decompression bomb); the good requests'
+median latency against the same 16 clients sending good requests only, measured just before on the same server,
+and the server's and its workers' peak memory against what the limits allow.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ TITLE = "Serving: spectro serve over HTTP"
 
 CLIENTS = (1, 8)
 SECONDS = 10.0
+HOSTILE_CLIENTS = 16
+HOSTILE_EVERY = 10  # one request in ten
 
 
 def _run(ctx) -> tuple[Path, str]:
@@ -300,6 +307,255 @@ def _in_process_ms(model: Path, paths: list[Path], repeats: int) -> tuple[float,
     return 1000 * statistics.median(times), answers, lambda i: classify_files([paths[i]], predictor, threshold=thr)
 
 
+# -- the hostile mix ---------------------------------------------------------------------------------------------
+
+def _png(width: int, height: int, text: dict[str, str], idat: bytes | None = None) -> bytes:
+    """An 8-bit grayscale PNG of zeros compressed row by row (never held as pixels); ``idat`` replaces the data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    if idat is None:
+        compressor, row = zlib.compressobj(9), bytes(width + 1)
+        idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    return b"".join([b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)),
+                     *(chunk(b"tEXt", k.encode("latin-1") + b"\0" + v.encode("latin-1")) for k, v in text.items()),
+                     chunk(b"IDAT", idat), chunk(b"IEND", b"")])
+
+
+def _hostile_files(settings) -> dict[str, bytes]:
+    """Small uploads that cost minutes and gigabytes where the header is not checked first (issue 44's probe)."""
+    import io
+    import struct
+
+    import numpy as np
+    import soundfile as sf
+
+    from spectro.features import png as spectro_png
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(40_000, dtype=np.float32), 16000, format="WAV", subtype="PCM_16")
+    one_hz = bytearray(buffer.getvalue())  # 80 KB...
+    one_hz[24:32] = struct.pack("<II", 1, 2)  # ...declared at 1 Hz: 40,000 s once resampled
+    text = {spectro_png.KEY_SETTINGS: settings.to_json(), spectro_png.KEY_HASH: settings.hash(),
+            spectro_png.KEY_SOURCE: "", spectro_png.KEY_SEGMENT: "0"}
+    if settings.modulation_hz is not None:
+        from spectro.features.modulation import encode
+
+        text[spectro_png.KEY_MODULATION] = encode(np.zeros(settings.modulation_hz))
+    import zlib
+
+    return {"1 Hz WAV": bytes(one_hz), f"{settings.n_mels} x 2,000,000 PNG": _png(2_000_000, settings.n_mels, text),
+            "decompression bomb PNG": _png(30_000, 30_000, text, idat=zlib.compress(bytes(1000)))}
+
+
+def _multipart_bytes(name: str, content: bytes) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    head = f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\r\n".encode()
+    return head + content + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and every process below it (shared pages counted in each: an upper figure)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    tree, grew = {pid}, True
+    while grew:
+        grew = False
+        for p, parent in parents.items():
+            if parent in tree and p not in tree:
+                tree.add(p)
+                grew = True
+    total = 0
+    for p in tree:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+class _PeakMemory:
+    """Samples :func:`_tree_rss` every 20 ms in a thread while in use; ``peak`` in bytes."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _tree_rss(self.pid))
+            self._stop.wait(0.02)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(5)
+
+
+def _mixed_load(port: int, bodies: list[tuple[bytes, str]], expected: list[dict], hostile: list[tuple[str, bytes, str]],
+                *, clients: int, requests: int, every: int | None) -> dict:
+    """``requests`` requests from ``clients`` threads (each its own keep-alive connection); with ``every``, request
+    ``i`` with ``i % every == every - 1`` is the next hostile upload. Good answers are compared with ``expected``,
+    hostile ones must be a 4xx JSON error."""
+    lock = threading.Lock()
+    next_index, good_ms, wrong, failed, refused, hostile_ms = [0], [], [], [], {}, []
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        try:
+            while True:
+                with lock:
+                    i = next_index[0]
+                    if i >= requests:
+                        return
+                    next_index[0] += 1
+                is_hostile = every is not None and i % every == every - 1
+                if is_hostile:
+                    name, body, content_type = hostile[(i // every) % len(hostile)]
+                else:
+                    body, content_type = bodies[i % len(bodies)]
+                start = time.perf_counter()
+                try:
+                    conn.request("POST", "/api/classify", body, {"Content-Type": content_type})
+                    answer = conn.getresponse()
+                    data = answer.read()
+                except (OSError, http.client.HTTPException) as exc:
+                    failed.append(f"request {i}: {type(exc).__name__}: {exc}")
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                    continue
+                elapsed = time.perf_counter() - start
+                if answer.will_close:
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                if is_hostile:
+                    error = json.loads(data).get("error") if data.startswith(b"{") else None
+                    if 400 <= answer.status < 500 and isinstance(error, str):
+                        with lock:
+                            refused[name] = (answer.status, error)
+                            hostile_ms.append(1000 * elapsed)
+                    else:
+                        failed.append(f"hostile {name}: HTTP {answer.status} {data[:200]!r}")
+                    continue
+                if answer.status != 200:
+                    failed.append(f"request {i}: HTTP {answer.status} {data[:200]!r}")
+                    continue
+                if json.loads(data) != [expected[i % len(expected)]]:
+                    wrong.append(i)
+                with lock:
+                    good_ms.append(1000 * elapsed)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    n_hostile = sum(1 for i in range(requests) if every is not None and i % every == every - 1)
+    return {"sent": requests, "good_sent": requests - n_hostile, "good": len(good_ms), "hostile_sent": n_hostile,
+            "hostile_refused": len(hostile_ms), "wrong": len(wrong), "failed": failed, "refused": refused,
+            "wall_s": time.perf_counter() - started, "p50_ms": statistics.median(good_ms) if good_ms else float("nan"),
+            "hostile_max_ms": max(hostile_ms) if hostile_ms else float("nan")}
+
+
+def _hostile_mix(ctx, model: Path, bodies: list[tuple[bytes, str]], expected: list[dict]) -> list[str]:
+    """The hostile-mix lines of the section (see the module's docstring)."""
+    from spectro.features.limits import InputLimits
+    from spectro.runs import feature_settings, load_config
+    from spectro.serving.service import ServeLimits
+
+    settings = feature_settings(load_config(model.parent))
+    files = _hostile_files(settings)
+    hostile = [(name, *_multipart_bytes(name.replace(" ", "_") + (".wav" if "WAV" in name else ".png"), content))
+               for name, content in files.items()]
+    sizes = ", ".join(f"{name} ({len(content) / 1e3:.0f} kB)" for name, content in files.items())
+    requests = 80 if ctx.quick else 320
+    server = _Server(model, ctx.work / "serve_hostile.log")
+    try:
+        workers = int(server.health["workers"])
+        one = _mixed_load(server.port, bodies, expected, hostile, clients=1, requests=len(bodies), every=None)
+        idle = _tree_rss(server.process.pid)
+        _wait_quiet(30 if ctx.quick else 120)
+        with _PeakMemory(server.process.pid) as good_memory:
+            good = _mixed_load(server.port, bodies, expected, hostile, clients=HOSTILE_CLIENTS, requests=requests,
+                               every=None)
+        _wait_quiet(30 if ctx.quick else 120)
+        with _PeakMemory(server.process.pid) as mixed_memory:
+            mixed = _mixed_load(server.port, bodies, expected, hostile, clients=HOSTILE_CLIENTS, requests=requests,
+                                every=HOSTILE_EVERY)
+    finally:
+        server.stop()
+    limits, inputs = ServeLimits(), InputLimits()
+    # what one request may make a worker hold, for 16-bit WAVs as here: S samples, S <= the upload limit / 2 bytes
+    # and <= max_seconds at the model's rate; per sample 2 B (int16) + 4 B (its float32 channel), the STFT's
+    # n_fft/2+1 complex64 bins per hop (8 B each) and their float32 power (4 B each)
+    samples = min(limits.max_bytes // 2, int(inputs.max_seconds * settings.sr))
+    per_sample = 6 + (settings.n_fft // 2 + 1) * 12 / settings.hop_length
+    per_worker = samples * per_sample
+    bound = idle + workers * per_worker
+    lost = sum(r["good_sent"] - r["good"] for r in (one, good, mixed)) + mixed["hostile_sent"] - mixed[
+        "hostile_refused"]
+    wrong = sum(r["wrong"] for r in (one, good, mixed))
+    ratio = mixed["p50_ms"] / good["p50_ms"] if good["p50_ms"] else float("nan")
+    peak = max(good_memory.peak, mixed_memory.peak)
+    mib = 2**20
+    refused = "; ".join(f"{name}: HTTP {status} \"{error[:90]}…\"" for name, (status, error) in
+                        sorted(mixed["refused"].items()))
+    lines = [
+        f"Hostile mix (issue 44): the `.tflite` int8 server with its default limits ({limits.max_upload_mb:g} MiB, "
+        f"{limits.max_files} files, {inputs.max_seconds:g} s, {inputs.min_sr}–{inputs.max_sr} Hz, "
+        f"≤ {inputs.max_channels} channels, --timeout {limits.timeout:g} s) and {workers} workers; "
+        f"{HOSTILE_CLIENTS} clients, {requests} requests, one in {HOSTILE_EVERY} a hostile upload taken in turn "
+        f"from: {sizes}."
+        " *Unloaded* is the same server and clients sending good requests only, just before.",
+        "",
+        "| load | good answered/sent | hostile refused (4xx)/sent | good p50 latency (ms) | wrong answers | "
+        "peak memory, server + workers (MiB) |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| 1 client, good only | {one['good']}/{one['good_sent']} | – | {one['p50_ms']:.1f} | {one['wrong']} | – |",
+        f"| {HOSTILE_CLIENTS} clients, good only (unloaded) | {good['good']}/{good['good_sent']} | – | "
+        f"{good['p50_ms']:.1f} | {good['wrong']} | {good_memory.peak / mib:.0f} |",
+        f"| {HOSTILE_CLIENTS} clients, 1 in {HOSTILE_EVERY} hostile | {mixed['good']}/{mixed['good_sent']} | "
+        f"{mixed['hostile_refused']}/{mixed['hostile_sent']} | {mixed['p50_ms']:.1f} | {mixed['wrong']} | "
+        f"{mixed_memory.peak / mib:.0f} |",
+        "",
+        f"- good requests' median latency under the hostile mix / unloaded: {ratio:.2f}× (target ≤ 2×) → "
+        f"{'met' if ratio <= 2 else 'MISSED'}; lost {lost}, answered with another's result {wrong} (target 0, 0) → "
+        f"{'met' if lost == 0 and wrong == 0 else 'MISSED'}; slowest refusal of a hostile upload "
+        f"{mixed['hostile_max_ms']:.0f} ms",
+        f"- peak memory of the server and its workers {peak / mib:.0f} MiB; bound from the limits "
+        f"{bound / mib:.0f} MiB "
+        f"→ {'met' if peak <= bound else 'MISSED'}. The bound: the idle server and workers ({idle / mib:.0f} MiB, "
+        f"measured after the first requests) + {workers} workers × what one request may make a worker hold. For "
+        f"16-bit WAVs like these that is S × {per_sample:.1f} B, S = min(upload limit / 2 B, --max-seconds × "
+        f"{settings.sr} Hz) = {samples:,} samples: 2 B (int16) + 4 B (float32 channel) per sample, and "
+        f"{settings.n_fft // 2 + 1} STFT bins per {settings.hop_length}-sample hop at 8 B (complex64) + 4 B (power) "
+        f"= {per_worker / mib:.0f} MiB per worker (issue 44 measured the 1 Hz WAV, unchecked, at about 5 GB in one "
+        "worker). The upload limit bounds the bytes, not the decoded length, of compressed FLAC/OGG: for "
+        "those the header's duration × rate × channels is what the limits bound.",
+        f"- refusals: {refused}",
+    ]
+    if mixed["failed"] or good["failed"] or one["failed"]:
+        failures = mixed["failed"] + good["failed"] + one["failed"]
+        lines.append(f"- {len(failures)} failed, e.g. {failures[0][:300]}")
+    return lines
+
+
 def run(ctx) -> str:
     from spectro.runs import MODEL_NAME, load_config
 
@@ -373,6 +629,8 @@ def run(ctx) -> str:
         notes.append(f"{label}: {distinct} distinct answers among the {len(paths)} clips")
     for label, r in failures:
         notes.append(f"{label}, {r['clients']} client(s): {len(r['failed'])} failed, e.g. {r['failed'][0]}")
+    _wait_quiet(30 if ctx.quick else 120)
+    hostile_lines = _hostile_mix(ctx, int8, bodies, reference[int8][1])
 
     lines = [
         f"Run `{run_dir.name}` ({run_note}): {info.get('backbone', '?')} α {info.get('alpha', '?')}, "
@@ -405,5 +663,7 @@ def run(ctx) -> str:
         *checks,
         "",
         "Notes: " + "; ".join(notes) + ".",
+        "",
+        *hostile_lines,
     ]
     return "\n".join(lines)

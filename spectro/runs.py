@@ -25,13 +25,21 @@ extended by ``spectro enroll`` (:class:`spectro.model.references.References` rea
 
 Every run trained since the known-machine check exists also holds ``known_machines.npz``: per machine key, its
 training (and enrolled) clips' mel statistics and their Gaussian and bound (:mod:`spectro.model.known`).
+
+A run is whole or absent: ``spectro train`` writes it into a hidden folder beside its final one
+(:func:`staging_folder`) and renames it when it is complete (:func:`finish_run`); ``models/latest`` only ever
+points at a whole run. Every reader checks what it reads: :func:`load_config` refuses a ``config.json`` whose keys
+have the wrong types, and :func:`resolve_run` the run folders that lack a file the reader needs, each in one line.
+Which model file a run means is one rule, :data:`MODEL_RULE` (:func:`spectro.inference.predictors.find_model`).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -39,6 +47,7 @@ from typing import Any
 from spectro.data.manifest import ImageRow, read_csv_rows
 from spectro.errors import SpectroError
 from spectro.features.settings import FeatureSettings
+from spectro.model.labels import LABELS_NAME, TASKS
 from spectro.paths import MODELS_DIR
 
 CONFIG_NAME = "config.json"
@@ -60,8 +69,15 @@ KNOWN_NAME = "known_machines.npz"  # the known-machine check's profiles (spectro
 FUSION_NAME = "fusion.npz"  # a supervised run's fused anomaly score (spectro.model.fusion)
 # ``spectro export --quantize MODE`` writes these names, so all three variants live side by side
 TFLITE_NAMES = {"none": "model.tflite", "dynamic": "model_dynamic.tflite", "int8": "model_int8.tflite"}
-# what a run folder given without a file name resolves to, in this order
-MODEL_SEARCH_ORDER = (MODEL_NAME, TFLITE_NAMES["none"], TFLITE_NAMES["int8"], TFLITE_NAMES["dynamic"])
+# which model file classify, serve, evaluate and export use (spectro.inference.predictors.find_model): said in
+# each command's --help and in serve's GET /api/model
+MODEL_RULE = (f"a run folder means its {MODEL_NAME} (the model that training, evaluation, the threshold and the "
+              "report describe); a .tflite file is used only when named, e.g. RUN/model_int8.tflite")
+# what each file of a run is, for the one-line refusal of a run folder that lacks one its reader needs
+RUN_FILES = {MODEL_NAME: "the Keras model", LABELS_NAME: "the class labels", SPLITS_NAME: "the image splits",
+             CONFIG_NAME: "the run's settings"}
+# what every run written by ``spectro train`` holds: a reader of the whole run (the report) needs them all
+WHOLE_RUN = (MODEL_NAME, LABELS_NAME, SPLITS_NAME)
 LATEST = "latest"
 DEFAULT_THRESHOLD = 0.5
 # a fused score (spectro.model.fusion): the 95th percentile of the larger of two independent standard normal scores
@@ -71,13 +87,15 @@ DEFAULT_FUSED_THRESHOLD = NormalDist().inv_cdf(0.95 ** 0.5)
 DEFAULT_CALIBRATED_THRESHOLD = 0.0
 
 
-def resolve_run(path: str | Path | None = None) -> Path:
-    """The run folder for ``path``: a run folder, ``models/latest``, or a model file inside a run.
+def resolve_run(path: str | Path | None = None, *, needs: Iterable[str] = ()) -> Path:
+    """The run folder for ``path``: a run folder, ``models/latest``, or a model file inside a run; its
+    ``config.json`` checked (:func:`load_config`) and the files its reader ``needs`` there.
 
     Raises
     ------
     SpectroError
-        When nothing there looks like a run (no ``config.json``).
+        When nothing there looks like a run (no ``config.json``), its ``config.json`` is damaged, or one of
+        ``needs`` is missing.
     """
     path = Path(path) if path is not None else MODELS_DIR / LATEST
     if path.is_file():
@@ -89,17 +107,109 @@ def resolve_run(path: str | Path | None = None) -> Path:
     if not (path / CONFIG_NAME).is_file():
         raise SpectroError(f"{path}: not a spectro run folder (no {CONFIG_NAME}); expected a folder written by "
                            f"'spectro train'")
+    load_config(path)
+    for name in needs:
+        if not (path / name).is_file():
+            what = RUN_FILES.get(name, name)
+            raise SpectroError(f"{path}: no {name} ({what}); expected a whole run written by 'spectro train' "
+                               "(train it again)")
     return path
 
 
 def load_config(run: str | Path) -> dict[str, Any]:
+    """The run's ``config.json``, checked (:func:`check_config`).
+
+    Raises
+    ------
+    SpectroError
+        Missing, not JSON, or a key of the wrong type, in one line naming the file and the key.
+    """
     path = Path(run) / CONFIG_NAME
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except FileNotFoundError:
         raise SpectroError(f"{path}: missing (expected a run folder written by 'spectro train')") from None
     except json.JSONDecodeError as exc:
         raise SpectroError(f"{path}: not valid JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise SpectroError(f"{path}: cannot be read ({reason})") from None
+    return check_config(config, path)
+
+
+def _found(value: Any) -> str:
+    """What a JSON value is, for an error message: its type and, when short, the value."""
+    kind = {dict: "an object", list: "a list", str: "a text", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+    shown = json.dumps(value, default=str)
+    return f"{kind} ({shown})" if len(shown) <= 40 else kind
+
+
+def _shape(value: Any) -> bool:
+    return (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# the blocks every reader may open: each must be an object when present
+_OBJECTS = ("model", "training", "split", "metrics", "anomaly_score", "normal_only", "distribute", "export")
+
+
+def check_config(config: Any, path: str | Path = CONFIG_NAME) -> dict[str, Any]:
+    """``config`` (a run's ``config.json``, read from ``path``) when every key a reader uses has the type it
+    expects: ``features`` valid feature settings, ``input_shape`` (and ``image_shape``) two positive integers with
+    the features' mel bands first, ``task`` one of the tasks, ``threshold`` an object whose ``value`` is a number
+    (``null``: per machine), the other blocks objects.
+
+    Raises
+    ------
+    SpectroError
+        One line: the file, the key, what was expected and what was found.
+    """
+    def bad(key: str, expected: str, found: Any) -> SpectroError:
+        return SpectroError(f"{path}: '{key}' should be {expected}, found {_found(found)}; the run's config is "
+                            "damaged (train the run again, or restore its config.json)")
+
+    if not isinstance(config, dict):
+        raise SpectroError(f"{path}: should be a JSON object of the run's settings, found {_found(config)}")
+    for key in ("features", "input_shape"):
+        if key not in config:
+            raise SpectroError(f"{path}: no '{key}' (every run written by 'spectro train' has one); the run's config "
+                               "is damaged")
+    if not isinstance(config["features"], dict):
+        raise bad("features", "an object of feature settings", config["features"])
+    try:
+        features = FeatureSettings.from_dict(config["features"])
+    except (SpectroError, TypeError, ValueError) as exc:
+        raise SpectroError(f"{path}: 'features' are not valid feature settings ({str(exc).splitlines()[0]})") from None
+    for key in ("input_shape", "image_shape"):
+        if key in config and not _shape(config[key]):
+            raise bad(key, "two positive integers [mel bands, frames]", config[key])
+        if key in config and config[key][0] != features.n_mels:
+            raise bad(key, f"{features.n_mels} mel bands first (the features' n_mels)", config[key])
+    if "task" in config and config["task"] not in TASKS:
+        raise bad("task", f"one of {', '.join(TASKS)}", config["task"])
+    for key in _OBJECTS:
+        if key in config and not isinstance(config[key], dict):
+            raise bad(key, "an object", config[key])
+    block = config.get("threshold")
+    if block is not None:
+        if not isinstance(block, dict):
+            raise bad("threshold", "an object with a 'value'", block)
+        if block.get("value") is not None and not _number(block["value"]):
+            raise bad("threshold.value", "a number (or null: per machine)", block["value"])
+    score = config.get("anomaly_score") or {}
+    if "kind" in score and not isinstance(score["kind"], str):
+        raise bad("anomaly_score.kind", "a text", score["kind"])
+    if "embedding" in (config.get("model") or {}) and not isinstance(config["model"]["embedding"], str):
+        raise bad("model.embedding", "a text", config["model"]["embedding"])
+    for key in ("images", "created", "exported_from"):
+        if key in config and not isinstance(config[key], str):
+            raise bad(key, "a text", config[key])
+    return config
 
 
 def save_config(run: str | Path, config: dict[str, Any]) -> Path:
@@ -222,6 +332,30 @@ def read_history(run: str | Path) -> dict[str, list[float]]:
         if key != "epoch":
             history[key] = values
     return history
+
+
+def staging_folder(final: str | Path) -> Path:
+    """Where ``spectro train`` writes the run ``final`` until it is whole: a hidden folder beside it, named for this
+    process (``.<name>.partial-<pid>``), so no reader and no listing of the runs ever sees half a run."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.partial-{os.getpid()}")
+
+
+def finish_run(staging: str | Path, final: str | Path) -> Path:
+    """Rename the whole run ``staging`` to ``final`` (an empty folder there is replaced) and return ``final``.
+
+    Raises
+    ------
+    SpectroError
+        ``final`` appeared meanwhile and is not empty.
+    """
+    final = Path(final)
+    try:
+        os.replace(staging, final)
+    except OSError as exc:
+        raise SpectroError(f"{final}: cannot put the finished run there ({exc.strerror}); choose another "
+                           "--name") from None
+    return final.resolve()
 
 
 def point_latest(models_dir: str | Path, run: str | Path) -> Path:

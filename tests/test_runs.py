@@ -1,7 +1,9 @@
-"""Run folders: splits.csv, history.csv, config.json, resolving a run and the ``latest`` link."""
+"""Run folders: splits.csv, history.csv, config.json and its checks, resolving a run, the files a reader needs,
+a run written whole (staging folder, rename) and the ``latest`` link."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 
 from spectro.data.manifest import ImageRow
 from spectro.errors import SpectroError
+from spectro.features.settings import FeatureSettings
 from spectro.runs import (
     CONFIG_NAME,
     DEFAULT_CALIBRATED_THRESHOLD,
@@ -18,12 +21,16 @@ from spectro.runs import (
     LATEST,
     MODEL_NAME,
     SPLITS_NAME,
+    WHOLE_RUN,
+    check_config,
+    finish_run,
     load_config,
     point_latest,
     read_history,
     read_splits,
     resolve_run,
     save_config,
+    staging_folder,
     threshold,
     update_config,
     write_splits,
@@ -73,9 +80,15 @@ def test_read_history_gives_the_numeric_columns_per_epoch(tmp_path):
     assert read_history(tmp_path) == {"loss": [1.5, 1.0], "val_loss": [1.6, 1.2]}
 
 
+def _config(**keys) -> dict:
+    """The smallest config.json every reader accepts, with ``keys`` set."""
+    return {"features": FeatureSettings(n_mels=32, n_fft=512, hop_length=256).to_dict(), "input_shape": [32, 63],
+            "task": "failure", **keys}
+
+
 def test_config_save_update_and_threshold(tmp_path):
-    save_config(tmp_path, {"task": "failure", "input_shape": [32, 63]})
-    assert load_config(tmp_path) == {"task": "failure", "input_shape": [32, 63]}
+    save_config(tmp_path, _config())
+    assert load_config(tmp_path) == _config()
     assert threshold(load_config(tmp_path)) == DEFAULT_THRESHOLD
     config = update_config(tmp_path, threshold={"value": 0.3, "method": "youden"})
     assert config == load_config(tmp_path) and threshold(config) == 0.3
@@ -100,7 +113,7 @@ def test_the_default_threshold_follows_what_the_score_is():
 def test_resolve_run_takes_a_folder_a_file_in_it_or_latest(tmp_path, monkeypatch):
     run = tmp_path / "models" / "r1"
     run.mkdir(parents=True)
-    save_config(run, {})
+    save_config(run, _config())
     (run / MODEL_NAME).write_bytes(b"")
     assert resolve_run(run) == run.resolve() and resolve_run(run / MODEL_NAME) == run.resolve()
     link = point_latest(tmp_path / "models", run)
@@ -120,3 +133,127 @@ def test_resolve_run_refusals(tmp_path, monkeypatch, case, match):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SpectroError, match=match):
         resolve_run(None if case == "no latest" else tmp_path / "nope" if case == "missing" else tmp_path)
+
+
+# -- config.json is checked by every reader (load_config) ------------------------------------------------------
+def _features(**keys) -> dict:
+    return {**_config()["features"], **keys}
+
+
+@pytest.mark.parametrize("config, match", [
+    ([_config()], r"should be a JSON object of the run's settings, found a list"),
+    ("text", r"should be a JSON object of the run's settings, found a text"),
+    (_config(features="x"), "'features' should be an object of feature settings, found a text " r'\("x"\)'),
+    (_config(features=_features(sr="abc")), r"'features' are not valid feature settings \(.*sr"),
+    (_config(features=_features(n_mels=[64])), r"'features' are not valid feature settings \(.*n_mels"),
+    (_config(threshold={"value": "0.3", "method": "youden"}),
+     r"'threshold.value' should be a number \(or null: per machine\), found a text " r'\("0.3"\)'),
+    (_config(threshold={"value": True}), r"'threshold.value' should be a number .*found a boolean"),
+    (_config(threshold=0.3), r"'threshold' should be an object with a 'value', found a number \(0.3\)"),
+    ({k: v for k, v in _config().items() if k != "features"}, r"no 'features' \(every run written by"),
+    ({k: v for k, v in _config().items() if k != "input_shape"}, r"no 'input_shape'"),
+    (_config(input_shape=[32]), r"'input_shape' should be two positive integers \[mel bands, frames\], found a "
+                                r"list \(\[32\]\)"),
+    (_config(input_shape=[32, 0]), r"'input_shape' should be two positive integers"),
+    (_config(input_shape=[32, "63"]), r"'input_shape' should be two positive integers"),
+    (_config(input_shape=[32.0, 63]), r"'input_shape' should be two positive integers"),
+    (_config(input_shape=[64, 63]), r"'input_shape' should be 32 mel bands first \(the features' n_mels\)"),
+    (_config(image_shape="32x63"), r"'image_shape' should be two positive integers"),
+    (_config(task="anomalies"), r"'task' should be one of failure, anomaly, machine, normal-only, found a text"),
+    (_config(model=["mobilenet"]), r"'model' should be an object, found a list"),
+    (_config(training="x"), r"'training' should be an object"),
+    (_config(anomaly_score={"kind": 1}), r"'anomaly_score.kind' should be a text, found a number \(1\)"),
+    (_config(model={"embedding": None}), r"'model.embedding' should be a text, found null"),
+    (_config(images=3), r"'images' should be a text"),
+])
+def test_a_damaged_config_is_one_line_naming_the_file_the_key_and_what_was_found(tmp_path, config, match):
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(SpectroError, match=match) as refused:
+        load_config(tmp_path)
+    message = str(refused.value)
+    assert message.startswith(f"{tmp_path / CONFIG_NAME}: ") and "\n" not in message
+    (tmp_path / MODEL_NAME).write_bytes(b"")
+    with pytest.raises(SpectroError, match=match):  # resolving the run checks it too, before any reader goes on
+        resolve_run(tmp_path)
+
+
+def test_a_config_with_every_block_a_reader_opens_passes_unchanged(tmp_path):
+    config = _config(image_shape=[32, 126], threshold={"value": None, "method": "per machine"},
+                     anomaly_score={"kind": "fused", "calibrated": True}, model={"embedding": "pool"}, training={},
+                     metrics={}, split={}, images="/data/images", created="2026-12-01T10:00:00", seed=0)
+    assert check_config(config) is config
+    assert check_config(_config(threshold={"value": -1.5})) and threshold(_config(threshold={"value": -1.5})) == -1.5
+
+
+def test_a_run_folder_missing_a_file_its_reader_needs_is_refused_in_one_line(tmp_path):
+    save_config(tmp_path, _config())
+    assert resolve_run(tmp_path) == tmp_path.resolve()  # a reader that needs nothing more
+    for name in WHOLE_RUN[:2]:
+        (tmp_path / name).write_text("{}")
+    with pytest.raises(SpectroError, match=rf"{tmp_path}: no {SPLITS_NAME} \(the image splits\); expected a whole "
+                                           "run written by 'spectro train'"):
+        resolve_run(tmp_path, needs=WHOLE_RUN)
+    write_splits(tmp_path, _rows(tmp_path / "images"))
+    assert resolve_run(tmp_path, needs=WHOLE_RUN) == tmp_path.resolve()
+
+
+# -- a run is written whole or not at all ------------------------------------------------------------------------
+def test_a_run_is_staged_in_a_hidden_folder_beside_its_own_and_renamed_when_whole(tmp_path):
+    final = tmp_path / "models" / "r1"
+    staging = staging_folder(final)
+    assert staging.parent == final.parent and staging.name == f".r1.partial-{os.getpid()}"
+    staging.mkdir(parents=True)
+    save_config(staging, _config())
+    assert finish_run(staging, final) == final.resolve()
+    assert sorted(p.name for p in final.parent.iterdir()) == ["r1"] and (final / CONFIG_NAME).is_file()
+    # an empty folder of the run's name (made by hand) is replaced; a non-empty one is refused in one line
+    again = staging_folder(tmp_path / "models" / "r2")
+    again.mkdir()
+    (tmp_path / "models" / "r2").mkdir()
+    finish_run(again, tmp_path / "models" / "r2")
+    third = staging_folder(final)
+    third.mkdir()
+    (third / "x").write_text("x")
+    with pytest.raises(SpectroError, match="r1: cannot put the finished run there .*choose another --name"):
+        finish_run(third, final)
+
+
+# -- every reader of a run checks it, through the CLI ------------------------------------------------------------
+def _whole_run_but_the_model(folder: Path, **config) -> Path:
+    from spectro.model.labels import LabelSpace
+
+    folder.mkdir(parents=True)
+    save_config(folder, _config(**config))
+    LabelSpace.from_pairs([("fan", "normal"), ("fan", "bearing")], task="failure").save(folder)
+    write_splits(folder, _rows(folder / "images"))
+    return folder
+
+
+@pytest.mark.parametrize("command", ["classify", "serve", "evaluate", "export", "report", "enroll"])
+def test_every_reader_refuses_a_damaged_config_in_one_line(tmp_path, capsys, command):
+    from spectro.cli import main as cli
+
+    run = _whole_run_but_the_model(tmp_path / "run", features=_features(sr="abc"))
+    (run / MODEL_NAME).write_bytes(b"")  # never reached: the config is refused first
+    (tmp_path / "in" / "fan" / "normal").mkdir(parents=True)
+    (tmp_path / "in" / "fan" / "normal" / "a.png").write_bytes(b"")
+    argv = {"classify": ["classify", str(tmp_path / "in"), "--model", str(run)],
+            "serve": ["serve", str(run), "--port", "0"], "evaluate": ["evaluate", str(run)],
+            "export": ["export", str(run)], "report": ["report", str(run), "--no-evaluate"],
+            "enroll": ["enroll", str(run), str(tmp_path / "in")]}[command]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {run / CONFIG_NAME}: 'features' are not valid feature "
+                                               "settings (") and "sr" in err[0]
+
+
+@pytest.mark.parametrize("evaluate", [False, True])
+def test_report_refuses_a_run_without_its_model_evaluated_or_not(tmp_path, capsys, evaluate):
+    from spectro.cli import main as cli
+
+    run = _whole_run_but_the_model(tmp_path / "run")
+    assert cli(["report", str(run), *([] if evaluate else ["--no-evaluate"])]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {run}: no {MODEL_NAME} (the Keras model); expected a whole run written by 'spectro "
+                   "train' (train it again)"]
+    assert not (run / "report.html").exists()

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from spectro.features.limits import DEFAULT_MAX_SECONDS, InputLimits
 from spectro.inference.classify import classify_paths
 from spectro.paths import MODELS_DIR
-from spectro.runs import LATEST
+from spectro.runs import LATEST, MODEL_RULE
 
 HELP = ("Classify spectrogram PNGs (written by 'spectro images') or recordings (WAV/FLAC/OGG, rendered with the "
         "model's own feature settings), or folders of either (searched recursively). Prints per file the verdict "
@@ -29,7 +30,7 @@ SPARK = "▁▂▃▄▅▆▇█"
 def add_arguments(parser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="PNG spectrograms, recordings or folders")
     parser.add_argument("--model", default=str(MODELS_DIR / LATEST),
-                        help="a run folder, a .keras file or a .tflite file")
+                        help=f"a run folder, a .keras file or a .tflite file: {MODEL_RULE}")
     parser.add_argument("--top-k", type=int, default=3, help="how many classes to list per file")
     parser.add_argument("--threshold", type=float, default=None,
                         help="anomaly-score threshold; when not given, the one 'spectro evaluate' stored in the run's "
@@ -44,6 +45,12 @@ def add_arguments(parser) -> None:
                              "machine. Supervised runs with a fused anomaly score: score every file as this machine "
                              "type (fan, or fan/id_02); default: the folder of its path named like one of the run's "
                              "types, else the type the model hears")
+    bounds = InputLimits()
+    parser.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS, metavar="SECONDS",
+                        help="refuse, from its header and before decoding it, a recording longer than this or a PNG "
+                             "wider than this many seconds render to (a recording must also declare "
+                             f"{bounds.min_sr / 1000:g}-{bounds.max_sr / 1000:g} kHz and at most {bounds.max_channels} "
+                             "channels, a PNG the model's mel bands)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per file instead of text")
     parser.add_argument("--csv", type=Path, default=None, metavar="OUT", help="also write one row per file to OUT")
 
@@ -120,7 +127,8 @@ def write_csv(path: Path, results: list[dict[str, Any]], classes: tuple[str, ...
 
 def main(args) -> int:
     results, predictor = classify_paths(args.paths, args.model, threshold=args.threshold, top_k=args.top_k,
-                                        hop_seconds=args.window_hop, machine=args.machine)
+                                        hop_seconds=args.window_hop, machine=args.machine,
+                                        limits=InputLimits(max_seconds=args.max_seconds))
     for result in results:
         print(json.dumps(result) if args.json else format_text(result))
     if args.csv is not None:

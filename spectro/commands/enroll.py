@@ -19,7 +19,8 @@ HELP = ("Add the normal recordings in DIR (WAV/FLAC, or PNGs from 'spectro image
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("run", nargs="?", default=str(MODELS_DIR / LATEST), help="the normal-only run folder")
+    parser.add_argument("run", nargs="?", default=str(MODELS_DIR / LATEST),
+                        help="the normal-only run folder (its model.keras embeds the recordings)")
     parser.add_argument("dir", type=Path, metavar="DIR", help="folder of normal recordings of the machine(s)")
     parser.add_argument("--machine", default=None, metavar="MACHINE/ID",
                         help="the machine every file in DIR is, e.g. fan/id_02; None: each file's path names it")

@@ -23,7 +23,9 @@ HELP = ("Evaluate a trained run on its test split (or on any image folder / mani
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("run", nargs="?", default=str(MODELS_DIR / LATEST), help="the run folder")
+    parser.add_argument("run", nargs="?", default=str(MODELS_DIR / LATEST),
+                        help="the run folder; its model.keras is evaluated (the model classify and serve use for a "
+                             "run folder; a .tflite file is checked by 'spectro export')")
     parser.add_argument("--images", default=None, metavar="DIR_OR_MANIFEST",
                         help="evaluate on this image folder (with its manifest.csv) or manifest instead of the "
                              "run's test split; its images must be rendered with the model's settings")

@@ -55,7 +55,9 @@ def format_table(results: list[ExportResult]) -> str:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("run", nargs="?", default=str(MODELS_DIR / LATEST), metavar="RUN", help="run folder to export")
+    parser.add_argument("run", nargs="?", default=str(MODELS_DIR / LATEST), metavar="RUN",
+                        help="run folder to export: its model.keras is converted (classify and serve use a .tflite "
+                             "file only when it is named, e.g. RUN/model_int8.tflite)")
     parser.add_argument("--quantize", nargs="+", choices=QUANTIZE_MODES, default=["int8"],
                         help="none: float32 model.tflite; dynamic: model_dynamic.tflite; int8: full-integer "
                              "model_int8.tflite with uint8 input/output; several at once share one model load")

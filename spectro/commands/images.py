@@ -13,7 +13,9 @@ from spectro.paths import IMAGES_DIR, RAW_DIR
 
 HELP = ("Render recordings to 8-bit grayscale log-mel spectrogram PNGs on a fixed dB scale, one per recording "
         "(or per window with --segment-seconds), in OUT/<machine>/<label>/, with OUT/manifest.csv listing every "
-        "image and OUT/errors.csv every file that failed or fits no layout. Accepts the MIMII layout "
+        "image (a silent column flags images black below --db-min) and OUT/errors.csv every file that failed, "
+        "cannot be opened (a dangling or looping link) or fits no layout; stale PNGs it wrote that the manifest no "
+        "longer lists are removed. Accepts the MIMII layout "
         "([<snr>_<machine>/]<machine>/id_XX/<label>/*.wav) and a plain <machine>/<label>/*.wav layout. "
         "Runs in parallel, skips images already rendered with the same settings, and keeps going past bad "
         "files (--strict makes any failure fatal).")
@@ -78,6 +80,12 @@ def summary_lines(summary: ConvertSummary, src: Path, max_errors: int = MAX_ERRO
         lines.append(f"clipped pixels: {100 * summary.clipped_low:.3f} % below the dB range, "
                      f"{100 * summary.clipped_high:.3f} % above it")
     lines.append(f"wrote {summary.out / MANIFEST_NAME} ({len(summary.rows)} image(s))")
+    if summary.silent:
+        lines.append(f"{summary.silent} silent image(s), black because the recording lies below --db-min: flagged "
+                     "in the manifest's silent column")
+    if summary.removed:
+        lines.append(f"removed {summary.removed} stale image(s) the manifest no longer lists (their recording was "
+                     "removed, renamed or failed, or the settings changed their name)")
     if summary.failures:
         lines.append(f"{len(summary.failures)} error(s), all listed in {summary.out / ERRORS_NAME}:")
         lines += [f"  {path}: {reason}" for path, reason in summary.failures[:max_errors]]

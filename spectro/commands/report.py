@@ -16,7 +16,9 @@ HELP = ("Write report.html into a run folder: one self-contained page (images em
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("run", nargs="?", default=str(MODELS_DIR / LATEST), help="the run folder")
+    parser.add_argument("run", nargs="?", default=str(MODELS_DIR / LATEST),
+                        help="the run folder; a whole one (its model.keras, labels.json, splits.csv), whose "
+                             "model.keras the report describes")
     parser.add_argument("--no-evaluate", action="store_true",
                         help="do not run 'spectro evaluate' when metrics.json is missing (the page says so)")
     parser.add_argument("--out", type=Path, default=None, help="where to write the page; when not given, "

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import socket
 import stat
 import time
 import urllib.error
@@ -23,9 +22,8 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from spectro import __version__
-from spectro.paths import RAW_DIR
 from spectro.errors import SpectroError
-
+from spectro.paths import RAW_DIR
 
 RECORD = "3384388"
 BASE_URL = f"https://zenodo.org/records/{RECORD}/files"
@@ -108,7 +106,7 @@ def _open(url: str, *, timeout: float, headers: dict | None = None):
         raise
     except urllib.error.URLError as exc:
         raise _Offline(str(exc.reason)) from None
-    except (TimeoutError, socket.timeout, ConnectionError) as exc:
+    except (TimeoutError, ConnectionError) as exc:
         raise _Offline(str(exc) or type(exc).__name__) from None
 
 

@@ -11,7 +11,10 @@ Any label other than ``normal`` is abnormal everywhere in spectro.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +88,8 @@ def discover(root: str | Path) -> tuple[list[Clip], list[Unmatched]]:
     """All recordings below ``root`` (sorted by path), and the audio files whose path fits no layout.
 
     Files that are not audio by extension (README, .png, …) are ignored; hidden files and folders too.
+    Every other audio path is returned, even one that cannot be opened (a dangling or self-looping symbolic
+    link, a FIFO): whoever reads it reports why (:func:`open_problem`), so nothing is dropped silently.
     """
     root = Path(root)
     if not root.is_dir():
@@ -93,7 +98,7 @@ def discover(root: str | Path) -> tuple[list[Clip], list[Unmatched]]:
     unmatched: list[Unmatched] = []
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+        if any(part.startswith(".") for part in rel.parts) or path.is_dir():
             continue
         if path.suffix.lower() not in AUDIO_EXTENSIONS:
             continue
@@ -105,6 +110,36 @@ def discover(root: str | Path) -> tuple[list[Clip], list[Unmatched]]:
 
 
 def has_audio(root: str | Path) -> bool:
-    """Whether any audio file (by extension) lies below ``root``."""
+    """Whether any audio path (by extension, a broken link included: it is reported, not ignored) lies below
+    ``root``."""
     root = Path(root)
-    return root.is_dir() and any(p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file() for p in root.rglob("*"))
+    return root.is_dir() and any(p.suffix.lower() in AUDIO_EXTENSIONS and not p.is_dir() for p in root.rglob("*"))
+
+
+def open_problem(path: str | Path) -> str | None:
+    """Why the recording at ``path`` cannot be opened, in one line, or ``None`` when it can.
+
+    Looks without opening (a FIFO would block): a symbolic link loop, a dangling link, a missing file,
+    something that is not a regular file, or a file this process may not read.
+    """
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"symbolic link loop: following {path.name} -> {_link_target(path)} never reaches a file"
+        if path.is_symlink():
+            return f"dangling symbolic link: its target {_link_target(path)} does not exist"
+        return f"cannot open file: {exc.strerror or exc}"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file (a FIFO, socket or device): expected an audio file"
+    if not os.access(path, os.R_OK):
+        return "cannot open file: permission denied"
+    return None
+
+
+def _link_target(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError as exc:
+        return f"(unreadable: {exc.strerror or exc})"

@@ -17,7 +17,8 @@ from spectro.errors import SpectroError
 
 MANIFEST_NAME = "manifest.csv"
 ERRORS_NAME = "errors.csv"
-MANIFEST_COLUMNS = ["image", "source", "machine", "machine_id", "label", "snr", "segment", "settings_hash"]
+MANIFEST_COLUMNS = ["image", "source", "machine", "machine_id", "label", "snr", "segment", "settings_hash", "silent"]
+REQUIRED_COLUMNS = MANIFEST_COLUMNS[:-1]  # manifests written before the ``silent`` column still read
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,8 @@ class ImageRow:
     ``path`` is the PNG (absolute once read from a manifest or ``splits.csv``); ``source`` the recording;
     ``segment`` the window index within it (0 for a whole recording); ``settings_hash`` the short hash of
     its :class:`~spectro.features.settings.FeatureSettings`; ``split`` its split in a run (``train``,
-    ``val``, ``test``), or ``""`` outside one.
+    ``val``, ``test``), or ``""`` outside one; ``silent`` whether the image is black but for specks (the
+    recording lies below the dB range's floor: silence or a dead microphone), as ``spectro images`` flags it.
     """
 
     path: Path
@@ -39,6 +41,7 @@ class ImageRow:
     segment: int = 0
     settings_hash: str = ""
     split: str = ""
+    silent: bool = False
 
     @property
     def is_abnormal(self) -> bool:
@@ -68,14 +71,16 @@ def write_manifest(path: str | Path, rows: list[ImageRow]) -> None:
         writer = csv.writer(handle)
         writer.writerow(MANIFEST_COLUMNS)
         for image, r in records:
-            writer.writerow([image, r.source, r.machine, r.machine_id, r.label, r.snr, r.segment, r.settings_hash])
+            writer.writerow([image, r.source, r.machine, r.machine_id, r.label, r.snr, r.segment, r.settings_hash,
+                             int(r.silent)])
     tmp.replace(path)
 
 
 def read_manifest(path: str | Path) -> list[ImageRow]:
     """The rows of a ``manifest.csv`` written by ``spectro images`` (or of the one in folder ``path``).
 
-    Image paths come back absolute.
+    Image paths come back absolute. A manifest without the ``silent`` column (an older one) reads as no image
+    silent.
 
     Raises
     ------
@@ -89,7 +94,17 @@ def read_manifest(path: str | Path) -> list[ImageRow]:
         raise SpectroError(f"{path}: no manifest (expected the {MANIFEST_NAME} that 'spectro images' writes)")
     folder = path.resolve().parent
     return [ImageRow(folder / r["image"], r["source"], r["machine"], r["machine_id"], r["label"], r["snr"],
-                     int(r["segment"] or 0), r["settings_hash"]) for r in read_csv_rows(path, MANIFEST_COLUMNS)]
+                     int(r["segment"] or 0), r["settings_hash"], silent=_flag(r.get("silent"), path))
+            for r in read_csv_rows(path, REQUIRED_COLUMNS)]
+
+
+def _flag(value: str | None, path: Path) -> bool:
+    """A ``0``/``1`` column; empty or absent reads as 0."""
+    if value in (None, "", "0"):
+        return False
+    if value == "1":
+        return True
+    raise SpectroError(f"{path}: column silent must be 0 or 1, found {value!r}")
 
 
 def read_csv_rows(path: Path, columns: list[str]) -> list[dict[str, str]]:

@@ -37,9 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from spectro.data.layout import NORMAL_LABEL
-from spectro.paths import SYNTH_DIR
 from spectro.errors import SpectroError
-
+from spectro.paths import SYNTH_DIR
 
 FAILURES: dict[str, tuple[str, ...]] = {
     "fan": ("unbalance", "bearing"),
@@ -114,7 +113,7 @@ class SynthSettings:
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "machines": list(self.machines), "snrs": list(self.snrs)}
 
-    def clips(self) -> list["ClipSpec"]:
+    def clips(self) -> list[ClipSpec]:
         """Every clip of the dataset, in a fixed order."""
         out = []
         for snr in self.snrs:
@@ -375,7 +374,8 @@ def _slider(p, label, n, sr, rng):
     whine = speed * (np.sin(ph) + 0.4 * np.sin(2 * ph + 1.0) + 0.2 * np.sin(3 * ph + 2.0))
     roll_c = _jit(rng, p["roll"], 0.05)
     roll = speed * _shaped_noise(rng, n, sr, lambda f: _tilt(f, 300, 0.8) * (0.4 + _bumps(f, [roll_c], [400], [2])))
-    ends = ends[(ends > 0) & (ends < seconds)] + 0.004 * rng.standard_normal(np.count_nonzero((ends > 0) & (ends < seconds)))
+    inside = (ends > 0) & (ends < seconds)
+    ends = ends[inside] + 0.004 * rng.standard_normal(np.count_nonzero(inside))
     stops = _ring(_impulses(ends, rng.uniform(0.7, 1.3, len(ends)), n, sr), sr, _jit(rng, p["stop_res"], 0.05), 0.02)
     normal = 0.8 * _unit(whine) + _unit(roll) + 0.6 * _unit(stops)
     failure = np.zeros(n)

@@ -2,14 +2,22 @@
 
 Sections: data summary, evaluation (metrics tables and the ``evaluate`` plots), example spectrograms
 per machine, the public notebooks' exploratory views of one normal and one abnormal clip, training
-curves, and the run's settings.
+curves, and the run's settings (the feature and model settings as tables, the whole ``config.json`` in a
+collapsed ``<details>``).
+
+The page is meant to be shared: it shows no absolute path of the machine it was made on. A path inside the run
+folder is shown relative to it, one inside the images folder as ``<images folder name>/...``, anything else by
+its name (:class:`PathText`).
 """
 
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import json
+import os
+import re
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -27,8 +35,10 @@ from spectro.runs import (
     HISTORY_NAME,
     METRICS_NAME,
     PLOT_NAMES,
+    PREDICTIONS_NAME,
     REPORT_NAME,
     TRAINING_PLOT_NAME,
+    WHOLE_RUN,
     feature_settings,
     load_config,
     read_history,
@@ -50,7 +60,52 @@ img { max-width: 100%; border: 1px solid #ddd; margin: 0.3em 0; }
 .note { background: #fff6d5; border-left: 4px solid #e0b000; padding: 0.4em 0.8em; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
 figure { margin: 0.5em 0 1.5em; } figcaption { font-size: 0.9em; color: #555; }
+details { margin: 0.5em 0 1em; } summary { cursor: pointer; font-weight: 600; }
 """
+
+# an absolute POSIX path in free text: a '/' not preceded by a word character, '.' or '/', then path characters
+_ABSOLUTE = re.compile(r"(?<![\w./:])/[^\s'\"<>,;()|]+")
+
+
+class PathText:
+    """How the report shows a path: relative to the run folder, ``<images folder name>/...`` inside the images
+    folder, otherwise just its name, so no absolute path of this machine reaches the page."""
+
+    def __init__(self, run: Path, images: str | Path | None = None):
+        self.roots = [(Path(os.path.abspath(run)), "")]
+        if images:
+            folder = Path(os.path.abspath(images))
+            self.roots.append((folder, folder.name))
+        for root, label in list(self.roots):  # the same folders reached through symbolic links
+            resolved = root.resolve()
+            if resolved != root:
+                self.roots.append((resolved, label))
+
+    def show(self, path: str | Path) -> str:
+        """``path`` as the page shows it (a relative path is kept as it is)."""
+        text = str(path)
+        if not os.path.isabs(text):
+            return text
+        absolute = Path(os.path.abspath(text))
+        for root, label in self.roots:
+            if absolute == root:
+                return root.name
+            if absolute.is_relative_to(root):
+                rel = absolute.relative_to(root).as_posix()
+                return f"{label}/{rel}" if label else rel
+        return absolute.name or text
+
+    def scrub(self, text: str) -> str:
+        """Free text (an error message, a setting) with every absolute path in it shown by :meth:`show`."""
+        return _ABSOLUTE.sub(lambda match: self.show(match.group(0)), str(text))
+
+    def scrub_json(self, value: Any) -> Any:
+        """A JSON value (``config.json``) with every string scrubbed."""
+        if isinstance(value, dict):
+            return {key: self.scrub_json(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.scrub_json(item) for item in value]
+        return self.scrub(value) if isinstance(value, str) else value
 
 
 # -- HTML helpers ------------------------------------------------------------------------------------
@@ -111,12 +166,32 @@ def data_summary(rows) -> str:
             "images; all images of a recording share one split).</p>" + _table(header, table_rows, left=4))
 
 
-def evaluation(run: Path, metrics: dict | None, reason: str) -> str:
+def mistakes_caption(run: Path) -> str:
+    """The caption of ``worst_mistakes.png``, which shows the most confident wrong predictions or, when there are
+    none, the closest calls: which of the two, from ``predictions.csv`` (the images the figure was drawn from:
+    those with a score)."""
+    path = run / PREDICTIONS_NAME
+    try:
+        with path.open(newline="") as handle:
+            rows = [r for r in csv.DictReader(handle) if r.get("anomaly_score", "") not in ("", "nan")]
+        wrong = sum(r["true"] != r["predicted"] for r in rows)
+    except (OSError, KeyError, csv.Error):
+        return (f"The most confident wrong predictions, or the closest calls when there are none ({PREDICTIONS_NAME} "
+                "is missing or unreadable: the figure's title says which)")
+    if wrong:
+        return f"The worst mistakes: {wrong} of {len(rows)} images wrong, the most confident wrong predictions first"
+    return (f"No mistakes: all {len(rows)} images are predicted right. The figure shows the closest calls instead "
+            "(the lowest probability of the true class)")
+
+
+def evaluation(run: Path, metrics: dict | None, reason: str, paths: PathText | None = None) -> str:
+    paths = paths or PathText(run)
     if metrics is None:
-        return _note(reason)
+        return _note(paths.scrub(reason))
     o = metrics["overall"]
     t = metrics.get("threshold", {})
-    parts = [f"<p>Evaluated on the {_e(metrics.get('evaluated', 'test split'))}: {o['n']} images "
+    evaluated = paths.scrub(metrics.get("evaluated", "test split"))
+    parts = [f"<p>Evaluated on the {_e(evaluated)}: {o['n']} images "
              f"({o['n_normal']} normal, {o['n_abnormal']} abnormal), task <b>{_e(metrics.get('task'))}</b>. "
              f"Anomaly threshold {_fmt(t.get('value'))} ({_e(t.get('method', 'default'))}"
              + (f", target FPR {_fmt(t.get('max_fpr'))}" if t.get("max_fpr") is not None else "")
@@ -134,7 +209,7 @@ def evaluation(run: Path, metrics: dict | None, reason: str) -> str:
                                f"{_fmt(base['overall']['auc'])} vs {_fmt(o['auc'])}, pAUC "
                                f"{_fmt(base['overall']['pauc'])} vs {_fmt(o['pauc'])}."))
     elif base.get("skipped"):
-        parts.append(_note(f"Baseline ({base['name']}) skipped: {base['skipped']}."))
+        parts.append(_note(paths.scrub(f"Baseline ({base['name']}) skipped: {base['skipped']}.")))
 
     def figures(g: dict, b: dict | None) -> list[str]:
         cnn = [_fmt(g.get(c)) for c in ("n", "accuracy", "balanced_accuracy")]
@@ -180,25 +255,25 @@ def evaluation(run: Path, metrics: dict | None, reason: str) -> str:
     if class_rows:
         parts.append("<h3>Per class</h3>" + _table(["class", "precision", "recall", "F1", "support"], class_rows))
     captions = {"confusion": "Confusion matrix", "roc": "Anomaly ROC per machine type",
-                "histograms": "Anomaly-score histograms, normal vs abnormal",
-                "mistakes": "The worst mistakes (most confident wrong predictions)"}
+                "histograms": "Anomaly-score histograms, normal vs abnormal", "mistakes": mistakes_caption(run)}
     for key, name in PLOT_NAMES.items():
         path = run / name
         parts.append(_img(path, captions[key], captions[key]) if path.is_file() else _note(f"{name} is missing"))
     return "".join(parts)
 
 
-def machines(run: Path) -> str:
+def machines(run: Path, paths: PathText | None = None) -> str:
     """The machines the run knows: its known-machine check's profiles and, for a normal-only run, the normal
     references each machine is scored against (trained on or enrolled), with their thresholds."""
     from spectro.model.known import KnownMachines
     from spectro.model.references import References
 
+    paths = paths or PathText(run)
     parts = []
     try:
         known = KnownMachines.load(run)
     except SpectroError as exc:
-        known, parts = None, [_note(str(exc))]
+        known, parts = None, [_note(paths.scrub(str(exc)))]
     if known is None and not parts:
         parts.append(_note("No known-machine profiles: a run trained before the check existed; classify reports "
                            "no known_machine for it."))
@@ -218,7 +293,7 @@ def machines(run: Path) -> str:
                      ["machine", "clips", "windows", *[f"{n} threshold" for n in info["scorers"]], "threshold from",
                       "sources", "enrolled"],
                      [[key, m["clips"], m["windows"], *[_fmt(m["thresholds"].get(n)) for n in info["scorers"]],
-                       m["threshold_from"], "; ".join(m["sources"]), m["enrolled"]]
+                       m["threshold_from"], "; ".join(paths.scrub(source) for source in m["sources"]), m["enrolled"]]
                       for key, m in info["machines"].items()]))
     return "".join(parts)
 
@@ -238,16 +313,21 @@ def examples(rows, tmp: Path, *, per_row: int = 4) -> str:
                     seen.add(r.label)
         if not chosen:
             continue
+        kinds = {r.label == NORMAL_LABEL for r in chosen}
+        title = (f"{machine}: normal vs abnormal" if kinds == {True, False} else
+                 f"{machine}: normal only (no abnormal image)" if kinds == {True} else
+                 f"{machine}: abnormal only (no normal image)")
         path = plots.image_grid(tmp / f"examples_{machine}.png", [read_pixels(r.path) for r in chosen],
                                 [f"{r.label} ({r.machine_id or r.path.name})" for r in chosen], cols=per_row,
-                                title=f"{machine}: normal vs abnormal", colors=[
+                                title=title, colors=[
                                     "tab:blue" if r.label == NORMAL_LABEL else "tab:red" for r in chosen])
         parts.append(_img(path, f"example spectrograms of {machine}"))
     return "".join(parts) or _note("No spectrogram images found on disk.")
 
 
-def exploratory_views(rows, settings, tmp: Path) -> str:
+def exploratory_views(rows, settings, tmp: Path, paths: PathText | None = None) -> str:
     """Waveform, linear and log-frequency STFT and mel spectrogram of one normal and one abnormal recording."""
+    paths = paths or PathText(tmp)
     order = {"test": 0, "val": 1, "train": 2}
     rows = sorted(rows, key=lambda r: (order.get(r.split, 3), r.source))
     parts = []
@@ -258,20 +338,21 @@ def exploratory_views(rows, settings, tmp: Path) -> str:
             continue
         present = next((r for r in candidates if r.source and Path(r.source).is_file()), None)
         if present is None:
-            parts.append(_note(f"No {kind} source recording found on disk (e.g. {candidates[0].source or 'no source'}"
-                               "); exploratory views need the original audio."))
+            example = paths.show(candidates[0].source) if candidates[0].source else "no source"
+            parts.append(_note(f"No {kind} source recording found on disk (e.g. {example}); exploratory views "
+                               "need the original audio."))
             continue
         try:
             y = read_audio(present.source, channel=settings.channel, sr=settings.sr)
         except SpectroError as exc:
-            parts.append(_note(f"{present.source}: {exc}"))
+            parts.append(_note(paths.scrub(f"{paths.show(present.source)}: {exc}")))
             continue
         path = plots.exploratory(tmp / f"explore_{kind}.png", y, settings.sr, n_fft=settings.n_fft,
                                  hop_length=settings.hop_length, n_mels=settings.n_mels,
                                  title=f"{kind}: {present.machine} {present.machine_id} {present.label} — "
                                        f"{Path(present.source).name}")
-        parts.append(f"<h3>{_e(kind.capitalize())}: {_e(present.source)}</h3>" + _img(path, f"{kind} exploratory "
-                                                                                            f"views"))
+        parts.append(f"<h3>{_e(kind.capitalize())}: {_e(paths.show(present.source))}</h3>"
+                     + _img(path, f"{kind} exploratory views"))
     return "".join(parts)
 
 
@@ -287,7 +368,8 @@ def training_curves(run: Path, tmp: Path) -> str:
     return _img(plots.training_curves(tmp / TRAINING_PLOT_NAME, history), "training curves")
 
 
-def settings_section(config: dict) -> str:
+def settings_section(config: dict, paths: PathText | None = None) -> str:
+    """The feature and model settings as tables, and the whole ``config.json`` collapsed (open it to read it)."""
     features = config.get("features", {})
     parts = []
     if features:
@@ -295,7 +377,9 @@ def settings_section(config: dict) -> str:
     model = config.get("model", {})
     if isinstance(model, dict) and model:
         parts.append("<h3>Model</h3>" + _table(["setting", "value"], [[k, _fmt(v)] for k, v in model.items()]))
-    parts.append("<h3>config.json</h3><pre>" + _e(json.dumps(config, indent=2, default=str)) + "</pre>")
+    shown = paths.scrub_json(config) if paths is not None else config
+    parts.append("<details><summary>config.json: the run's whole configuration (click to open)</summary><pre>"
+                 + _e(json.dumps(shown, indent=2, default=str)) + "</pre></details>")
     return "".join(parts)
 
 
@@ -312,11 +396,11 @@ def build_report(run: str | Path, *, evaluate: bool = True, out: str | Path | No
     out : path, optional
         The HTML file (default ``<run>/report.html``).
     """
-    run = resolve_run(run)
+    run = resolve_run(run, needs=WHOLE_RUN)  # a run without its model is refused, evaluated or not
     out = Path(out) if out is not None else run / REPORT_NAME
     rows = read_splits(run)
     metrics = None
-    reason = f"Not evaluated yet: no {METRICS_NAME} in the run folder. Run 'spectro evaluate {run}' first."
+    reason = f"Not evaluated yet: no {METRICS_NAME} in the run folder. Run 'spectro evaluate RUN' on it first."
     if not (run / METRICS_NAME).is_file() and evaluate:
         try:
             evaluate_run(run)
@@ -326,16 +410,17 @@ def build_report(run: str | Path, *, evaluate: bool = True, out: str | Path | No
         metrics = json.loads((run / METRICS_NAME).read_text())
     config = load_config(run)
     settings = feature_settings(config)
+    paths = PathText(run, config.get("images") if isinstance(config.get("images"), str) else None)
     with tempfile.TemporaryDirectory(prefix="spectro-report-") as tmp_name:
         tmp = Path(tmp_name)
         bodies = {
             "Data summary": data_summary(rows),
-            "Evaluation": evaluation(run, metrics, reason),
-            "Machines": machines(run),
+            "Evaluation": evaluation(run, metrics, reason, paths),
+            "Machines": machines(run, paths),
             "Example spectrograms": examples(rows, tmp),
-            "Exploratory views": exploratory_views(rows, settings, tmp),
+            "Exploratory views": exploratory_views(rows, settings, tmp, paths),
             "Training curves": training_curves(run, tmp),
-            "Settings": settings_section(config),
+            "Settings": settings_section(config, paths),
         }
     anchors = {name: name.lower().replace(" ", "-") for name in SECTIONS}
     toc = " · ".join(f'<a href="#{anchors[n]}">{_e(n)}</a>' for n in SECTIONS)
@@ -343,8 +428,8 @@ def build_report(run: str | Path, *, evaluate: bool = True, out: str | Path | No
     title = f"spectro run {run.name}"
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
             f"<style>{CSS}</style></head><body><h1>{_e(title)}</h1>"
-            f"<p>{_e(str(run))} · task {_e(config.get('task', '?'))} · {toc}</p>"
-            + (_note(warning_for(config)) if warning_for(config) else "") + f"{sections}</body></html>\n")
+            f"<p>task {_e(config.get('task', '?'))} · {toc}</p>"
+            + (_note(paths.scrub(warning_for(config))) if warning_for(config) else "") + f"{sections}</body></html>\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_name(f".{out.name}.tmp")
     tmp_out.write_text(page, encoding="utf-8")

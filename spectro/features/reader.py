@@ -1,7 +1,9 @@
 """The one image reader: spectrogram PNGs in, pixels out, with the settings and shape checks in one place.
 
 Training, evaluation, export and ``classify`` all read images here, so an image rendered with other
-feature settings, or of another size, is refused the same way everywhere.
+feature settings, or of another size, is refused the same way everywhere. Every check is made from the PNG's
+header and text chunks, before its pixels are decoded: a file that declares more pixels than
+:class:`~spectro.features.limits.InputLimits` let a spectrogram have costs a header read.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import numpy as np
 
 from spectro.data.manifest import ImageRow
 from spectro.errors import SpectroError
-from spectro.features.png import read_png
+from spectro.features.limits import InputLimits
+from spectro.features.png import check_size, decode_pixels, open_png
 from spectro.features.settings import FeatureSettings
 
 # segmenting decides how long an image is (the shape check covers it), not what its pixels mean
@@ -56,27 +59,30 @@ def _mixed(first: Path, first_settings: FeatureSettings, other: Path, settings: 
 
 
 def read_image(path: str | Path, *, settings: FeatureSettings, bands: int | None = None,
-               min_frames: int | None = None) -> np.ndarray:
+               min_frames: int | None = None, limits: InputLimits | None = None) -> np.ndarray:
     """One spectro PNG's pixels ``(n_mels, frames)``, refused when rendered with other ``settings``
-    (segmenting aside) or when it has not ``bands`` rows and at least ``min_frames`` columns."""
-    return read_image_and_info(path, settings=settings, bands=bands, min_frames=min_frames)[0]
+    (segmenting aside), when it has not ``bands`` rows and at least ``min_frames`` columns, or more columns than
+    ``limits.max_seconds`` renders to (``None``: :class:`InputLimits`' defaults); all of it before decoding."""
+    return read_image_and_info(path, settings=settings, bands=bands, min_frames=min_frames, limits=limits)[0]
 
 
 def read_image_and_info(path: str | Path, *, settings: FeatureSettings, bands: int | None = None,
-                        min_frames: int | None = None):
+                        min_frames: int | None = None, limits: InputLimits | None = None):
     """:func:`read_image`'s pixels and what the PNG says about itself (its modulation spectrum among it), from one
     opening of the file."""
     path = Path(path)
-    pixels, info = read_png(path)
-    check_image_settings(path, info.settings, settings)
-    if (bands is not None and pixels.shape[0] != bands) or (min_frames is not None and pixels.shape[1] < min_frames):
-        raise SpectroError(f"{path}: image is {pixels.shape[0]}x{pixels.shape[1]} pixels (bands x frames), the model "
-                           f"takes {bands}x{min_frames}")
-    return pixels, info
+    with open_png(path) as (image, info):
+        check_image_settings(path, info.settings, settings)
+        if (bands is not None and image.height != bands) or (min_frames is not None and image.width < min_frames):
+            raise SpectroError(f"{path}: image is {image.height}x{image.width} pixels (bands x frames), the model "
+                               f"takes {bands}x{min_frames}")
+        check_size(path, image.height, image.width, settings=settings, bands=bands, limits=limits)
+        return decode_pixels(image, path), info
 
 
 def read_images(rows: Sequence[ImageRow], *, settings: FeatureSettings | None = None,
-                shape: tuple[int, int] | None = None, progress: bool = False) -> tuple[np.ndarray, FeatureSettings]:
+                shape: tuple[int, int] | None = None, progress: bool = False,
+                limits: InputLimits | None = None) -> tuple[np.ndarray, FeatureSettings]:
     """The pixels ``(n, n_mels, frames)`` uint8 of the rows' PNGs, and their feature settings.
 
     Parameters
@@ -89,11 +95,14 @@ def read_images(rows: Sequence[ImageRow], *, settings: FeatureSettings | None = 
         The ``(n_mels, frames)`` every image must have; ``None``: the first image's.
     progress : bool
         Show a progress bar.
+    limits : InputLimits, optional
+        Bounds an image's width (:func:`spectro.features.png.check_size`); ``None``: the defaults.
 
     Raises
     ------
     SpectroError
-        No rows, missing files, images rendered with other (or mixed) settings, or of another shape.
+        No rows, missing files, images rendered with other (or mixed) settings, of another shape, or larger than
+        ``limits`` allow (all found before decoding).
     """
     from tqdm import tqdm
 
@@ -101,23 +110,25 @@ def read_images(rows: Sequence[ImageRow], *, settings: FeatureSettings | None = 
     out = None
     first = None
     for i, row in enumerate(tqdm(rows, desc="reading images", unit="img", disable=not progress, leave=False)):
-        pixels, info = read_png(row.path)
-        if settings is not None:
-            check_image_settings(row.path, info.settings, settings)
-        elif first is None:
-            first = (row, info.settings)
-        elif info.settings != first[1]:
-            raise _mixed(first[0].path, first[1], row.path, info.settings)
-        if out is None:
-            shape = tuple(shape) if shape is not None else pixels.shape
-            out = np.empty((len(rows), *shape), dtype=np.uint8)
-        if pixels.shape != shape:
-            raise SpectroError(f"{row.path}: image is {pixels.shape[0]}x{pixels.shape[1]} pixels (bands x frames), "
-                               f"expected {shape[0]}x{shape[1]} like the others (re-render with fixed-length "
-                               "segments)" if settings is None else
-                               f"{row.path}: image is {pixels.shape[0]}x{pixels.shape[1]} pixels, the model takes "
-                               f"{shape[0]}x{shape[1]}")
-        out[i] = pixels
+        with open_png(row.path) as (image, info):
+            if settings is not None:
+                check_image_settings(row.path, info.settings, settings)
+            elif first is None:
+                first = (row, info.settings)
+            elif info.settings != first[1]:
+                raise _mixed(first[0].path, first[1], row.path, info.settings)
+            found = (image.height, image.width)
+            check_size(row.path, *found, settings=settings or info.settings, limits=limits)
+            if out is None:
+                shape = tuple(shape) if shape is not None else found
+                out = np.empty((len(rows), *shape), dtype=np.uint8)
+            if found != shape:
+                raise SpectroError(f"{row.path}: image is {found[0]}x{found[1]} pixels (bands x frames), "
+                                   f"expected {shape[0]}x{shape[1]} like the others (re-render with fixed-length "
+                                   "segments)" if settings is None else
+                                   f"{row.path}: image is {found[0]}x{found[1]} pixels, the model takes "
+                                   f"{shape[0]}x{shape[1]}")
+            out[i] = decode_pixels(image, row.path)
     return out, settings if settings is not None else first[1]
 
 

@@ -15,8 +15,15 @@ Output, below ``out``:
                                   MIMII layout (``0dB_id_00_00000001``), ``<stem>`` in the plain layout,
                                   plus ``_<8 hex digits of the source path's hash>`` if two sources
                                   would still share a name
-``manifest.csv``                  every image of the current settings (converted and skipped)
-``errors.csv``                    ``path, reason`` of every file that failed or fits no layout
+``manifest.csv``                  every image of the current settings (converted and skipped), with a
+                                  ``silent`` flag for images that are black but for specks (see
+                                  :func:`is_silent`)
+``errors.csv``                    ``path, reason`` of every file that failed, cannot be opened (a dangling
+                                  or looping symbolic link) or fits no layout
+
+After a whole run, every PNG below ``out`` that spectro wrote and the manifest does not list (its recording
+was removed, renamed or failed, a name collision renamed it, or the settings changed its name) is removed,
+so the folder holds exactly what the manifest lists; PNGs spectro did not write are left alone.
 
 Work runs in worker processes (``fork`` where available: they inherit the imported modules and the mel
 filterbank, so start-up costs milliseconds), each limited to one BLAS/OpenMP thread. Workers ignore
@@ -40,17 +47,26 @@ from pathlib import Path
 
 import numpy as np
 
-from spectro.data.layout import Clip, discover, has_audio
-from spectro.data.manifest import ERRORS_NAME, MANIFEST_NAME, ImageRow, write_manifest
+from spectro.data.layout import Clip, discover, has_audio, open_problem
+from spectro.data.manifest import ERRORS_NAME, MANIFEST_NAME, ImageRow, read_manifest, write_manifest
 from spectro.errors import SpectroError, SpectroWarning
 from spectro.features.audio import read_audio, segment_bounds
 from spectro.features.logmel import db_to_pixels, log_mel, preload_filters, settings_filters
 from spectro.features.modulation import modulation_spectrum
-from spectro.features.png import read_info, write_png
+from spectro.features.png import read_info, read_pixels, write_png
 from spectro.features.settings import FeatureSettings
 from spectro.paths import usable_cores
 
 HIGH_CLIP_WARN = 0.01  # warn when more than 1 % of pixels saturate at db_max
+SILENT_FRACTION = 0.01  # an image with at most 1 % of its pixels above db_min (pixel 0) is silent
+
+
+def is_silent(pixels: np.ndarray) -> bool:
+    """Whether an image is black but for specks: at most :data:`SILENT_FRACTION` of its pixels lie above pixel 0,
+    the dB range's floor (``db_min``; real recordings' quietest bands lie well above its default). A digitally
+    silent clip, a dead microphone or a recording far too quiet for the dB range gives such an image, which tells
+    a model nothing."""
+    return int(np.count_nonzero(pixels)) <= SILENT_FRACTION * pixels.size
 
 
 # ----------------------------------------------------------------------------------------------- rendering
@@ -142,7 +158,8 @@ class _Job:
 @dataclass
 class _Result:
     source: str
-    images: list[tuple[str, int, bool]] = field(default_factory=list)  # (rel path, segment, converted?)
+    # (rel path, segment, converted?, silent? (None: not known here, an up-to-date image))
+    images: list[tuple[str, int, bool, bool | None]] = field(default_factory=list)
     error: str | None = None
     low: int = 0
     high: int = 0
@@ -158,8 +175,11 @@ def _settings_hash(settings: FeatureSettings) -> str:
     return settings.hash()
 
 
-def _up_to_date(job: _Job, settings: FeatureSettings) -> list[tuple[str, int, bool]] | None:
-    """The job's images if all exist with the current settings hash and source; ``None`` otherwise."""
+def _up_to_date(job: _Job, settings: FeatureSettings) -> list[tuple[str, int, bool, bool | None]] | None:
+    """The job's images if the source can be opened and all images exist with the current settings hash and
+    source; ``None`` otherwise."""
+    if open_problem(job.source) is not None:  # e.g. a link left dangling since: the render says why
+        return None
     if settings.segment_seconds is None:
         segments = [0]
     else:
@@ -186,7 +206,7 @@ def _up_to_date(job: _Job, settings: FeatureSettings) -> list[tuple[str, int, bo
             return None
         if info.settings_hash != digest or info.source != job.source or info.segment != segment:
             return None
-        images.append((rel, segment, False))
+        images.append((rel, segment, False, None))
     return images
 
 
@@ -198,6 +218,10 @@ def _process(job: _Job, settings: FeatureSettings | None = None) -> _Result:
     if done is not None:
         result.images = done
         return result
+    problem = open_problem(job.source)
+    if problem is not None:
+        result.error = problem
+        return result
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", SpectroWarning)
@@ -205,9 +229,10 @@ def _process(job: _Job, settings: FeatureSettings | None = None) -> _Result:
         result.warnings = [str(w.message) for w in caught if issubclass(w.category, SpectroWarning)]
         for segment, db, modulation in render_segments(y, settings):
             rel = image_name(job.base, segment, settings)
-            write_png(Path(job.out) / rel, db_to_pixels(db, settings), settings=settings, source=job.source,
-                      segment=segment, modulation=modulation)
-            result.images.append((rel, segment, True))
+            pixels = db_to_pixels(db, settings)
+            write_png(Path(job.out) / rel, pixels, settings=settings, source=job.source, segment=segment,
+                      modulation=modulation)
+            result.images.append((rel, segment, True, is_silent(pixels)))
             result.low += int(np.count_nonzero(db < settings.db_min))
             result.high += int(np.count_nonzero(db > settings.db_max))
             result.total += db.size
@@ -237,7 +262,8 @@ def _init_worker(settings: FeatureSettings, filters: np.ndarray) -> None:
 
 @dataclass
 class ConvertSummary:
-    """What :func:`render_folder` did. ``converted``/``skipped`` count images, ``failed`` recordings."""
+    """What :func:`render_folder` did. ``converted``/``skipped``/``silent`` count images, ``failed`` recordings,
+    ``removed`` stale PNGs deleted because the manifest no longer lists them."""
 
     src: Path
     out: Path
@@ -246,6 +272,8 @@ class ConvertSummary:
     skipped: int = 0
     failed: int = 0
     unmatched: int = 0
+    silent: int = 0  # images flagged silent (:func:`is_silent`), converted and skipped
+    removed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), failed + unmatched
     clipped_low: float = 0.0  # fraction of rendered pixels below db_min
     clipped_high: float = 0.0  # ... and above db_max
@@ -377,6 +405,7 @@ def render_folder(src: str | Path, out: str | Path, settings: FeatureSettings, *
     clips, unmatched = discover(src)
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_files(out)
+    known_silent = _silent_in_manifest(out, settings)
     bases = image_bases(clips, src)
     job_list = [_Job(source=os.path.abspath(clip.path), base=base, out=str(out)) for clip, base in zip(clips, bases)]
 
@@ -390,7 +419,7 @@ def render_folder(src: str | Path, out: str | Path, settings: FeatureSettings, *
     pending = job_list[len(settled):]
     running = _run_jobs(pending, settings, n_workers, progress) if pending else iter(())
     try:
-        summary = _collect(itertools.chain(settled, running), src, out, settings, clips, unmatched)
+        summary = _collect(itertools.chain(settled, running), src, out, settings, clips, unmatched, known_silent)
     finally:  # an interrupt anywhere in the loop shuts the worker pool down now, not at exit
         getattr(running, "close", lambda: None)()
     summary.elapsed = time.perf_counter() - started
@@ -401,8 +430,52 @@ def render_folder(src: str | Path, out: str | Path, settings: FeatureSettings, *
     return summary
 
 
-def _collect(results, src: Path, out: Path, settings: FeatureSettings, clips: list[Clip], unmatched) -> ConvertSummary:
-    """Gather results into the summary; write ``manifest.csv`` and ``errors.csv``."""
+def _silent_in_manifest(out: Path, settings: FeatureSettings) -> dict[tuple[str, str], bool]:
+    """``{(image path relative to out, source): silent}`` of the images of ``settings`` that ``out``'s manifest
+    lists (so an up-to-date image need not be decoded again); empty when there is no readable manifest or it is
+    one written before the ``silent`` column."""
+    try:
+        with (out / MANIFEST_NAME).open(newline="") as handle:
+            if "silent" not in next(csv.reader(handle), []):
+                return {}
+        rows = read_manifest(out / MANIFEST_NAME)
+    except (SpectroError, ValueError, KeyError, OSError, csv.Error):  # none, or damaged: it is rewritten anyway
+        return {}
+    folder, digest = (out / MANIFEST_NAME).resolve().parent, _settings_hash(settings)
+    return {(Path(os.path.relpath(r.path, folder)).as_posix(), r.source): r.silent
+            for r in rows if r.settings_hash == digest}
+
+
+def _silent(path: Path) -> bool:
+    """:func:`is_silent` of the image at ``path`` (an image the manifest did not flag yet)."""
+    try:
+        return is_silent(read_pixels(path))
+    except SpectroError:
+        return False
+
+
+def _remove_orphans(out: Path, listed: set[str]) -> int:
+    """Delete every PNG below ``out`` that spectro wrote (it carries spectro's metadata) and ``listed`` (paths
+    relative to ``out``) does not hold; return how many. Hidden folders and PNGs of others are left alone."""
+    removed = 0
+    for path in out.rglob("*.png"):
+        rel = path.relative_to(out)
+        if rel.as_posix() in listed or any(part.startswith(".") for part in rel.parts) or path.is_symlink() \
+                or not path.is_file():
+            continue
+        try:
+            read_info(path)
+        except Exception:  # not an image spectro wrote (or not one it can read as its own): not ours to remove
+            continue
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _collect(results, src: Path, out: Path, settings: FeatureSettings, clips: list[Clip], unmatched,
+             known_silent: dict[tuple[str, str], bool]) -> ConvertSummary:
+    """Gather results into the summary; write ``manifest.csv`` and ``errors.csv``; remove the PNGs that the
+    manifest no longer lists."""
     by_source = {os.path.abspath(clip.path): clip for clip in clips}
     summary = ConvertSummary(src=src, out=out, clips=len(clips), unmatched=len(unmatched))
     failed: list[tuple[str, str]] = []
@@ -413,11 +486,15 @@ def _collect(results, src: Path, out: Path, settings: FeatureSettings, clips: li
         low, high, total = low + result.low, high + result.high, total + result.total
         if result.error is not None:
             failed.append((result.source, result.error))
-        for rel, segment, converted in result.images:
+        for rel, segment, converted, silent in result.images:
             summary.converted += converted
             summary.skipped += not converted
+            if silent is None:
+                silent = known_silent.get((rel, result.source))
+                silent = _silent(out / rel) if silent is None else silent
+            summary.silent += silent
             summary.rows.append(ImageRow(out / rel, result.source, clip.machine, clip.machine_id, clip.label,
-                                         clip.snr, segment, _settings_hash(settings)))
+                                         clip.snr, segment, _settings_hash(settings), silent=silent))
     summary.failed = len(failed)
     summary.failures = sorted(failed) + [(os.path.abspath(u.path), u.reason) for u in unmatched]
     summary.clipped_low = low / total if total else 0.0
@@ -425,6 +502,7 @@ def _collect(results, src: Path, out: Path, settings: FeatureSettings, clips: li
     summary.rows.sort(key=lambda row: str(row.path))
     write_manifest(out / MANIFEST_NAME, summary.rows)
     _write_errors(out / ERRORS_NAME, summary.failures)
+    summary.removed = _remove_orphans(out, {Path(os.path.relpath(r.path, out)).as_posix() for r in summary.rows})
     return summary
 
 
@@ -438,6 +516,12 @@ def _emit_warnings(summary: ConvertSummary, settings: FeatureSettings) -> None:
     if summary.warnings:
         more = f" (and {len(summary.warnings) - 1} more file(s) like it)" if len(summary.warnings) > 1 else ""
         warnings.warn(summary.warnings[0] + more, SpectroWarning, stacklevel=3)
+    if summary.silent:
+        first = next(row for row in summary.rows if row.silent)
+        warnings.warn(f"{summary.silent} image(s) are silent, black but for specks (the recording lies below "
+                      f"--db-min {settings.db_min:g} dB: silence, a dead microphone or a level far too low), e.g. "
+                      f"{Path(first.source).name}; flagged in {MANIFEST_NAME}'s silent column: check those "
+                      "recordings or lower --db-min", SpectroWarning, stacklevel=3)
     if summary.clipped_high > HIGH_CLIP_WARN:
         warnings.warn(f"{100 * summary.clipped_high:.1f} % of pixels are above --db-max {settings.db_max:g} dB and "
                       "saturate; raise --db-max to keep them", SpectroWarning, stacklevel=3)

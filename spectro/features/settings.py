@@ -15,13 +15,46 @@ from typing import Any
 
 from spectro.errors import SpectroError
 
+_KINDS = {"int": "a whole number", "float": "a finite number", "str": "text", "None": "null"}
 
-def _settings_from_dict(cls, data: dict[str, Any]):
-    """Build a settings dataclass from a dict, rejecting unknown keys with a clear message."""
+
+def _short(value: Any, width: int = 40) -> str:
+    """``repr(value)`` cut to ``width`` characters: a hostile settings text can hold a megabyte."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _fits(kind: str, value: Any) -> bool:
+    if kind == "None":
+        return value is None
+    if isinstance(value, bool):
+        return False
+    if kind == "int":
+        return isinstance(value, int)
+    if kind == "float":
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, str) if kind == "str" else True
+
+
+def _settings_from_dict(cls, data: Any):
+    """Build a settings dataclass from a dict, refusing anything but a dict, unknown keys and values of the wrong
+    type (the field's annotation: ``int``, ``float``, ``str``, ``… | None``) with a one-line message."""
+    if not isinstance(data, dict):
+        raise SpectroError(f"{cls.__name__} must be a JSON object of settings, got {type(data).__name__} "
+                           f"{_short(data)}")
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(_short(k) for k in set(data) - names)
     if unknown:
-        raise SpectroError(f"unknown {cls.__name__} keys {unknown}; expected some of {sorted(names)}")
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise SpectroError(f"unknown {cls.__name__} keys [{shown}]; expected some of {sorted(names)}")
+    problems = []
+    for f in dataclasses.fields(cls):
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        if f.name in data and not any(_fits(kind, data[f.name]) for kind in kinds):
+            expected = " or ".join(_KINDS.get(kind, kind) for kind in kinds)
+            problems.append(f"{f.name} must be {expected}, got {_short(data[f.name])}")
+    if problems:
+        raise SpectroError(f"invalid {cls.__name__}: " + "; ".join(problems))
     return cls(**data)
 
 
@@ -128,15 +161,26 @@ class FeatureSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSettings:
-        """Settings from a dict; one written before ``modulation_hz`` existed has no modulation spectrum."""
+        """Settings from a dict; one written before ``modulation_hz`` existed has no modulation spectrum.
+
+        Raises
+        ------
+        SpectroError
+            ``data`` is not a dict, has unknown keys, values of the wrong type (``sr: "abc"``) or out of range.
+        """
+        if not isinstance(data, dict):
+            return _settings_from_dict(cls, data)  # refused there, with what was found
         return _settings_from_dict(cls, {"modulation_hz": None, **data})
 
     @classmethod
     def from_json(cls, text: str) -> FeatureSettings:
+        """Settings from :meth:`to_json`'s text; anything else is a one-line :class:`SpectroError`."""
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SpectroError(f"feature settings are not valid JSON: {exc}") from None
+        except (ValueError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise SpectroError(f"feature settings are not valid JSON: {str(exc).splitlines()[0]}") from None
+        except RecursionError:
+            raise SpectroError("feature settings are not valid JSON: nested too deeply") from None
         return cls.from_dict(data)
 
     def hash(self) -> str:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from spectro.errors import SpectroError
+from spectro.features.limits import InputLimits
 from spectro.inference.windows import expand_inputs, load_windows
 from spectro.model.windows import predict_pooled
 from spectro.runs import feature_settings, fused
@@ -43,7 +44,7 @@ from spectro.runs import threshold as stored_threshold
 
 def classify_files(files: list[Path], predictor, *, threshold: float | None, top_k: int = 3,
                    hop_seconds: float | None = None, progress: bool = False,
-                   machine: str | None = None) -> list[dict[str, Any]]:
+                   machine: str | None = None, limits: InputLimits | None = None) -> list[dict[str, Any]]:
     """One result dict per file (the ``--json`` objects).
 
     Parameters
@@ -58,13 +59,22 @@ def classify_files(files: list[Path], predictor, *, threshold: float | None, top
     machine : str, optional
         A normal-only run: the machine key every file is scored as; a fused supervised run: the machine type
         (``fan`` or ``fan/id_02``).
+    limits : InputLimits, optional
+        What a file's header may declare (sample rate, channels, duration, PNG size), checked before it is decoded;
+        ``None``: :class:`InputLimits`' defaults.
+
+    Raises
+    ------
+    SpectroError
+        The first file that is bad or outside ``limits``, in one line naming it.
     """
     settings = feature_settings(predictor.config)
     window = int(predictor.input_shape[1])
     labels = predictor.labels
     from tqdm import tqdm
 
-    all_windows = [load_windows(f, settings, predictor.image_shape, window=window, hop_seconds=hop_seconds)
+    all_windows = [load_windows(f, settings, predictor.image_shape, window=window, hop_seconds=hop_seconds,
+                                limits=limits)
                    for f in tqdm(files, desc="reading", unit="file", disable=not progress, leave=False)]
     if labels.normal_only:
         return [{**_normal_only(w, predictor, references=predictor.references, threshold=threshold, top_k=top_k,
@@ -227,7 +237,8 @@ def _normal_only(w, predictor, *, references, threshold: float | None, top_k: in
 
 
 def classify_paths(paths: list[str | Path], model: str | Path, *, threshold: float | None = None, top_k: int = 3,
-                   hop_seconds: float | None = None, progress: bool | None = None, machine: str | None = None):
+                   hop_seconds: float | None = None, progress: bool | None = None, machine: str | None = None,
+                   limits: InputLimits | None = None):
     """Classify files and folders with a model: ``(results, predictor)``.
 
     Parameters
@@ -242,6 +253,8 @@ def classify_paths(paths: list[str | Path], model: str | Path, *, threshold: flo
         normal-only run's scores, which can be negative.
     progress : bool, optional
         Show a progress bar; default: for 20 files or more.
+    limits : InputLimits, optional
+        What each file's header may declare (:func:`classify_files`); ``None``: the defaults.
 
     Raises
     ------
@@ -267,5 +280,6 @@ def classify_paths(paths: list[str | Path], model: str | Path, *, threshold: flo
         raise SpectroError(f"--threshold must be in [0, 1] (an anomaly probability), got {threshold}")
     machine = checked_machine(predictor, machine)
     results = classify_files(files, predictor, threshold=threshold, top_k=top_k, hop_seconds=hop_seconds,
-                             progress=len(files) >= 20 if progress is None else progress, machine=machine)
+                             progress=len(files) >= 20 if progress is None else progress, machine=machine,
+                             limits=limits)
     return results, predictor

@@ -1,6 +1,7 @@
 """One way to run any spectro model on pixel batches: ``.keras`` through Keras, ``.tflite`` through LiteRT.
 
-:func:`load_predictor` takes a run folder, a ``.keras`` or a ``.tflite`` file. The LiteRT path imports
+:func:`load_predictor` takes a run folder, a ``.keras`` or a ``.tflite`` file; which file a run folder means is
+one rule for every command (:func:`find_model`, :data:`spectro.runs.MODEL_RULE`). The LiteRT path imports
 ``ai_edge_litert`` only — never TensorFlow — so classification on a device starts fast.
 """
 
@@ -12,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from spectro.errors import SpectroError
-from spectro.model.labels import LabelSpace
+from spectro.model.labels import LABELS_NAME, LabelSpace
 from spectro.quiet import quiet_stderr
-from spectro.runs import MODEL_SEARCH_ORDER, embedding_of, image_shape, input_shape, load_config, resolve_run
+from spectro.runs import MODEL_NAME, embedding_of, image_shape, input_shape, load_config, resolve_run
 
 
 class Predictor:
@@ -237,34 +238,39 @@ class LiteRTPredictor(Predictor):
         return embeddings, probs
 
 
-def find_model(model: str | Path | None = None,
-               search_order: tuple[str, ...] = MODEL_SEARCH_ORDER) -> tuple[Path, Path]:
-    """The model file and its run folder for ``model``: a ``.keras`` or ``.tflite`` file itself, else the first
-    file of ``search_order`` in the run folder ``model`` (``models/latest`` when ``None``).
+def find_model(model: str | Path | None = None) -> tuple[Path, Path]:
+    """The model file and its run folder for ``model``, by the one rule of :data:`spectro.runs.MODEL_RULE`: a
+    ``.keras`` or ``.tflite`` file is itself; a run folder (``models/latest`` when ``None``) means its
+    ``model.keras``, the model its training, evaluation, threshold and report describe, even when ``.tflite``
+    files sit beside it (those are used only when named). The run's ``config.json`` and ``labels.json`` are
+    checked too.
 
     Raises
     ------
     SpectroError
-        No such file, not a run folder, or a run folder with none of ``search_order``.
+        No such file, not a run folder, a damaged ``config.json``, no ``labels.json``, or a folder without
+        ``model.keras`` (the message names the ``.tflite`` files it holds, to be named instead).
     """
     path = Path(model) if model is not None else None
     if path is not None and path.suffix in (".keras", ".tflite"):
         if not path.is_file():
             raise SpectroError(f"{path}: no such model file")
-        return path, resolve_run(path.parent)
-    run = resolve_run(path)
-    for name in search_order:
-        if (run / name).is_file():
-            return run / name, run
-    raise SpectroError(f"{run}: no model in the run folder (looked for {', '.join(search_order)}); "
-                       "train one with 'spectro train' or export one with 'spectro export'")
+        return path, resolve_run(path.parent, needs=(LABELS_NAME,))
+    run = resolve_run(path, needs=(LABELS_NAME,))
+    if (run / MODEL_NAME).is_file():
+        return run / MODEL_NAME, run
+    lite = sorted(p.name for p in run.glob("*.tflite"))
+    if lite:
+        raise SpectroError(f"{run}: no {MODEL_NAME} in the folder (a folder means its {MODEL_NAME}; a .tflite file is "
+                           f"used only when named): name one of {', '.join(lite)}, e.g. {run / lite[0]}")
+    raise SpectroError(f"{run}: no {MODEL_NAME} in the run folder; train one with 'spectro train'")
 
 
 def load_predictor(model: str | Path | None = None) -> Predictor:
     """A predictor for a run folder, a ``.keras`` file or a ``.tflite`` file.
 
-    A run folder gives the first of :data:`MODEL_SEARCH_ORDER` it holds (``model.keras`` first). A
-    ``.tflite`` file is run by :class:`LiteRTPredictor` without importing TensorFlow.
+    A run folder gives its ``model.keras`` (:func:`find_model`). A ``.tflite`` file is run by
+    :class:`LiteRTPredictor` without importing TensorFlow.
 
     Raises
     ------

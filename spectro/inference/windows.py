@@ -4,6 +4,10 @@ A recording is rendered with exactly the feature settings stored in the model's 
 is the length of the clips the model was trained on (``image_shape``); a recording longer than that is cut
 into spans, each scored as one clip, by pooling over its windows (:mod:`spectro.model.windows`). A
 recording shorter than a training clip but at least one window long is one span of its own length.
+
+Every file is checked against :class:`~spectro.features.limits.InputLimits` from its header, before it is decoded:
+a recording's sample rate, channels and duration, a PNG's height (the model's mel bands) and width (at most the
+frames ``max_seconds`` renders to).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import numpy as np
 
 from spectro.data.layout import AUDIO_EXTENSIONS
 from spectro.errors import SpectroError
+from spectro.features.limits import InputLimits
 from spectro.features.reader import read_image_and_info
 from spectro.features.settings import FeatureSettings
 from spectro.model.windows import window_starts
@@ -65,12 +70,13 @@ class Windows:
 
 
 def png_windows(path: Path, settings: FeatureSettings, span_shape: tuple[int, int], *, window: int | None = None,
-                hop_seconds: float | None = None) -> Windows:
+                hop_seconds: float | None = None, limits: InputLimits | None = None) -> Windows:
     """A spectro PNG as clip-sized spans (one, unless the image is wider than a training clip); it must be at
-    least ``window`` frames wide (default: a span, for models that take whole images)."""
+    least ``window`` frames wide (default: a span, for models that take whole images) and at most what
+    ``limits.max_seconds`` renders to (``None``: :class:`InputLimits`' defaults)."""
     rows, frames = span_shape
     window = window or frames
-    pixels, info = read_image_and_info(path, settings=settings, bands=rows, min_frames=window)
+    pixels, info = read_image_and_info(path, settings=settings, bands=rows, min_frames=window, limits=limits)
     frames = min(frames, pixels.shape[1])
     hop = max(1, int(round(hop_seconds * settings.sr / settings.hop_length)) if hop_seconds else frames // 2)
     starts = window_starts(pixels.shape[1], frames, hop)
@@ -83,19 +89,20 @@ def png_windows(path: Path, settings: FeatureSettings, span_shape: tuple[int, in
 
 
 def audio_windows(path: Path, settings: FeatureSettings, span_shape: tuple[int, int], *, window: int | None = None,
-                  hop_seconds: float | None = None) -> Windows:
+                  hop_seconds: float | None = None, limits: InputLimits | None = None) -> Windows:
     """A recording rendered with the model's settings, cut into spans of a training clip's length.
 
     The span is ``settings.segment_seconds`` when the model was trained on segments, else the longest
     stretch that renders to a training image's frames; the hop is ``hop_seconds``, else the settings'
     segment hop, else half a span. A recording that renders to a training image's frames or fewer (but at
-    least ``window``; default: a span, for models that take whole images) is one span.
+    least ``window``; default: a span, for models that take whole images) is one span. A recording whose header
+    is outside ``limits`` (``None``: :class:`InputLimits`' defaults) is refused before any sample is read.
     """
     from spectro.features.audio import read_audio
     from spectro.features.logmel import db_to_pixels, log_mel
 
     try:
-        y = read_audio(path, channel=settings.channel, sr=settings.sr)
+        y = read_audio(path, channel=settings.channel, sr=settings.sr, limits=limits)
     except SpectroError as exc:
         raise SpectroError(f"{path}: {exc}") from None
     rows, frames = span_shape
@@ -135,8 +142,9 @@ def audio_windows(path: Path, settings: FeatureSettings, span_shape: tuple[int, 
 
 
 def load_windows(path: Path, settings: FeatureSettings, span_shape: tuple[int, int], *, window: int | None = None,
-                 hop_seconds: float | None = None) -> Windows:
-    """A PNG's or a recording's clip-sized spans (:func:`png_windows`, :func:`audio_windows`)."""
+                 hop_seconds: float | None = None, limits: InputLimits | None = None) -> Windows:
+    """A PNG's or a recording's clip-sized spans (:func:`png_windows`, :func:`audio_windows`), each checked against
+    ``limits`` (``None``: :class:`InputLimits`' defaults) before it is decoded."""
     if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return png_windows(path, settings, span_shape, window=window, hop_seconds=hop_seconds)
-    return audio_windows(path, settings, span_shape, window=window, hop_seconds=hop_seconds)
+        return png_windows(path, settings, span_shape, window=window, hop_seconds=hop_seconds, limits=limits)
+    return audio_windows(path, settings, span_shape, window=window, hop_seconds=hop_seconds, limits=limits)

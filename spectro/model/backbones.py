@@ -317,7 +317,14 @@ def load_keras_model(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise SpectroError(f"{path}: no such model file (expected a .keras file written by 'spectro train')")
+    import zipfile
+
+    # Keras answers "File not found" for a file that is there but is no zip archive: say what is wrong instead
+    if not zipfile.is_zipfile(path):
+        raise SpectroError(f"{path}: not a loadable Keras model (not a .keras zip archive: damaged or another "
+                           "format); train the run again or restore the file")
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as exc:
-        raise SpectroError(f"{path}: cannot load Keras model ({str(exc).splitlines()[0][:200]})") from None
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise SpectroError(f"{path}: not a loadable Keras model ({reason})") from None

@@ -1,7 +1,7 @@
 // The page of `spectro serve`: files in, one card per file with its verdict, spectrogram, score over time and
 // class probabilities; the model's description beside them. Everything comes from this server's own API
-// (api/model, api/classify, api/spectrogram); nothing is loaded from elsewhere. Text from the server is set
-// with textContent, never parsed as HTML.
+// (api/model, and api/inspect: one upload per file for its verdict and its spectrogram); nothing is loaded from
+// elsewhere. Text from the server is set with textContent, never parsed as HTML.
 "use strict";
 
 (() => {
@@ -116,7 +116,7 @@
     document.getElementById("model-body").classList.remove("muted");
   }
 
-  // the machine every upload is scored as (api/classify?machine=, classify's --machine), when the model takes one
+  // the machine every upload is scored as (api/inspect?machine=, as classify's --machine), when the model takes one
   function showMachineChoice(m) {
     const choices = m.machine_choices || [];
     if (!choices.length) return;
@@ -125,9 +125,10 @@
     document.getElementById("machine-choice").hidden = false;
   }
 
-  function classifyURL() {
+  // api/inspect answers api/classify's object for the file and its spectrogram, from one upload
+  function inspectURL() {
     const select = document.getElementById("machine");
-    return select && select.value ? `api/classify?machine=${encodeURIComponent(select.value)}` : "api/classify";
+    return select && select.value ? `api/inspect?machine=${encodeURIComponent(select.value)}` : "api/inspect";
   }
 
   // the range a score is drawn in: [0, 1] for a probability, else one that holds 0, the threshold, twice a positive
@@ -139,6 +140,22 @@
     const lo = Math.min(0, r.threshold, ...scores);
     const hi = Math.max(r.threshold > 0 ? 2 * r.threshold : 1, ...scores);
     return [lo, hi > lo ? hi : lo + 1];
+  }
+
+  // where a score sits on the gauge, 0…1: the threshold always in the middle, and one scale for every clip of a run,
+  // so cards compare. A probability (a result without `scores`) and a normal-only run's distance (knn, mahalanobis,
+  // id, modulation: 0 is a perfect match) fill the left half from 0 to the threshold and the right half from the
+  // threshold to 1 (a probability) or to twice the threshold (a distance); a fused score or a normal-only `combined`
+  // one (a log-odds or a standard score, of either sign) sits on ±max(4, 2 |threshold|) about the threshold. A
+  // score past an end sits at that end.
+  const DISTANCES = new Set(["knn", "mahalanobis", "id", "modulation"]);
+  function gaugeScale(r) {
+    const t = r.threshold;
+    const clamp = (v) => Math.max(0, Math.min(1, v));
+    const top = r.scores === undefined ? 1 : DISTANCES.has(r.scorer) ? 2 * t : null;
+    if (top !== null && t > 0 && t < top) return (s) => clamp(s < t ? 0.5 * s / t : 0.5 + 0.5 * (s - t) / (top - t));
+    const half = Math.max(4, 2 * Math.abs(t));
+    return (s) => clamp(0.5 + 0.5 * (s - t) / half);
   }
 
   function showModelError(err) {
@@ -157,17 +174,16 @@
     if (model && file.size > model.max_upload_mb * 1048576) {
       return showError(card, status, `${file.name}: ${bytes(file.size)} is over the server's upload limit of ${model.max_upload_mb} MB`);
     }
-    const picture = request("api/spectrogram", { method: "POST", body: formOf(file) }).then((r) => r.blob()).catch((err) => err);
-    let result;
+    let answer;
     try {
-      [result] = await fetchJSON(classifyURL(), { method: "POST", body: formOf(file) });
+      answer = await fetchJSON(inspectURL(), { method: "POST", body: formOf(file) });
     } catch (err) {
       return showError(card, status, err.message);
     }
+    const result = answer.result;
     status.remove();
     card.append(...describeResult(result));
-    const image = await picture;
-    card.append(await spectrogramFigure(image, result));
+    card.append(await spectrogramFigure(`data:image/png;base64,${answer.spectrogram}`, result));
     if (result.windows) card.append(timeline(result));
     card.append(probabilities(result));
     card.dataset.state = "done";
@@ -189,14 +205,16 @@
         "enrolled with: the verdict says little" }, "UNKNOWN MACHINE") : null,
       el("span", {}, r.kind === "audio" ? "recording" : "spectrogram image"),
       r.windows ? el("span", { class: "muted" }, `score: maximum over ${r.windows.length} windows`) : null);
-    const [lo, hi] = scoreRange(r);
-    const at = (s) => 100 * Math.max(0, Math.min(1, (s - lo) / (hi - lo)));
-    const fill = el("div", { class: `fill${abnormal ? " over" : ""}`, style: { width: `${at(r.anomaly_score)}%` } });
-    const tick = el("div", { class: "tick", style: { left: `calc(${at(r.threshold)}% - 1px)` }, title: "threshold" });
+    const at = gaugeScale(r);
+    const fill = el("div", { class: `fill${abnormal ? " over" : ""}`, style: { width: `${100 * at(r.anomaly_score)}%` } });
+    const tick = el("div", { class: "tick", style: { left: `calc(${100 * at(r.threshold)}% - 1px)` }, title: "threshold" });
+    const gauge = el("div", { class: "gauge", role: "img", "aria-label": `anomaly score ${fmt(r.anomaly_score)} ` +
+      `${abnormal ? "at or over" : "under"} the threshold ${fmt(r.threshold)}` }, fill, tick);
     const facts = el("dl", { class: "facts" },
       el("dt", {}, "anomaly score"),
-      el("dd", {}, el("span", { class: "score" }, fmt(r.anomaly_score)), ` (threshold ${fmt(r.threshold)})`,
-        el("div", { class: "gauge" }, fill, tick)),
+      el("dd", {}, el("span", { class: "score" }, fmt(r.anomaly_score)), ` (threshold ${fmt(r.threshold)})`, gauge,
+        el("div", { class: "gauge-scale", "aria-hidden": "true" },
+          el("span", {}, "normal"), el("span", {}, "threshold"), el("span", {}, "abnormal"))),
       el("dt", {}, "failure type"),
       el("dd", { class: "failure" }, r.failure_type || "none known to this model",
         abnormal ? "" : el("span", { class: "muted" }, " (the most likely failure, were it abnormal)")),
@@ -226,22 +244,20 @@
     return lut;
   })();
 
-  function loadImage(blob) {
+  function loadImage(src) {
     return new Promise((resolve, reject) => {
-      const url = URL.createObjectURL(blob);
       const img = new Image();
-      img.onload = () => { URL.revokeObjectURL(url); resolve(img); };
-      img.onerror = () => { URL.revokeObjectURL(url); reject(new Error("the spectrogram image could not be decoded")); };
-      img.src = url;
+      img.onload = () => resolve(img);
+      img.onerror = () => reject(new Error("the spectrogram image could not be decoded"));
+      img.src = src;
     });
   }
 
-  async function spectrogramFigure(image, r) {
+  async function spectrogramFigure(src, r) {
     const caption = el("figcaption", {}, "log-mel spectrogram (low frequencies at the bottom)");
-    if (image instanceof Error) return el("figure", {}, caption, el("p", { class: "error-text" }, `No spectrogram: ${image.message}`));
     let img;
     try {
-      img = await loadImage(image);
+      img = await loadImage(src);
     } catch (err) {
       return el("figure", {}, caption, el("p", { class: "error-text" }, `No spectrogram: ${err.message}`));
     }
@@ -289,9 +305,18 @@
     }
     chart.append(svg("line", { class: "threshold", x1: L, x2: W - R, y1: y(r.threshold), y2: y(r.threshold) }));
     const points = r.windows.map((w) => [x((w.start_s + w.end_s) / 2), y(w.anomaly_score)]);
+    // one dot per window, each seen: windows can nearly coincide (the last is aligned to the recording's end, often
+    // a frame after the one before it), so a dot is moved right just enough to clear the one before, and the dots
+    // are made smaller where a long recording has too many windows for the width
+    const n = points.length;
+    const radius = Math.min(3.2, (W - L - R) / (2.5 * n));
+    const gap = 2 * radius + Math.min(1, radius / 2);
+    for (let i = 1; i < n; i++) points[i][0] = Math.max(points[i][0], points[i - 1][0] + gap);
+    points[n - 1][0] = Math.min(points[n - 1][0], W - R - radius);
+    for (let i = n - 2; i >= 0; i--) points[i][0] = Math.min(points[i][0], points[i + 1][0] - gap);
     chart.append(svg("polyline", { class: "score", points: points.map((p) => p.join(",")).join(" ") }));
     r.windows.forEach((w, i) => {
-      const dot = svg("circle", { cx: points[i][0], cy: points[i][1], r: 3.2, class: w.over_threshold ? "hit" : "" });
+      const dot = svg("circle", { cx: points[i][0], cy: points[i][1], r: radius, class: w.over_threshold ? "hit" : "" });
       dot.append(svg("title", {}, `${seconds(w.start_s)}–${seconds(w.end_s)}: ${fmt(w.anomaly_score)}`));
       chart.append(dot);
     });

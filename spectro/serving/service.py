@@ -13,6 +13,12 @@ first worker to load the model, so a file Keras cannot load is an error at start
 
 Every request runs :func:`spectro.inference.classify.classify_files`, the function behind
 ``spectro classify``, so the server answers exactly what the command prints.
+
+Every request is bounded before and while it runs (:class:`ServeLimits`): the readers refuse a file whose header
+declares more than the :class:`~spectro.features.limits.InputLimits` allow (a 1 Hz WAV, a PNG two million frames
+wide) before decoding it, and a request still running at its deadline is answered 503 while the worker doing its
+work is killed and replaced (a worker in the middle of a numpy or LiteRT call cannot be interrupted), so the
+requests behind it are not held up.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import queue
 import time
 from collections.abc import Iterator
@@ -32,25 +39,94 @@ from typing import Any
 import numpy as np
 
 from spectro.errors import SpectroError
+from spectro.features.limits import InputLimits
 from spectro.paths import usable_cores
 from spectro.runs import (
     CONFIG_NAME,
     METRICS_NAME,
-    MODEL_NAME,
-    TFLITE_NAMES,
+    MODEL_RULE,
     feature_settings,
     load_config,
 )
 from spectro.runs import threshold as stored_threshold
-from spectro.serving.uploads import RequestError, Upload
-from spectro.serving.workers import WorkerDied, WorkerProcesses
-
-# what `spectro serve RUN` serves from a run folder, in this order: a .tflite first (no TensorFlow import)
-SERVE_SEARCH_ORDER = (TFLITE_NAMES["int8"], TFLITE_NAMES["none"], TFLITE_NAMES["dynamic"], MODEL_NAME)
-
+from spectro.serving.uploads import DEFAULT_MAX_FILES, DEFAULT_READ_TIMEOUT, RequestError, Upload
+from spectro.serving.workers import DeadlineExceeded, WorkerDied, WorkerProcesses
 
 # how long a .keras server waits for its first worker process to import TensorFlow and load the model
 WORKER_START_SECONDS = 300.0
+
+
+DEFAULT_MAX_UPLOAD_MB = 50.0
+DEFAULT_TIMEOUT = 60.0  # seconds of compute a request may take, waiting for a worker included
+
+
+def _positive(name: str, value, *, integer: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if not ok or (integer and int(value) != value):
+        raise SpectroError(f"{name} must be a finite {'whole ' if integer else ''}number > 0, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeLimits:
+    """What one request may cost, decided before the work: each a ``spectro serve`` option.
+
+    Parameters
+    ----------
+    inputs : InputLimits
+        Per file, from its header: duration (``--max-seconds``; also the widest PNG), sample rate, channels.
+    max_upload_mb : float
+        The whole request body, in MiB (``--max-upload-mb``).
+    max_files : int
+        Files per request (``--max-files``), counted while the body streams in.
+    timeout : float
+        Seconds a request's work may take, waiting for a free worker included (``--timeout``); past it the answer
+        is a 503 and the worker doing the work is replaced.
+    read_timeout : float
+        Seconds a request body may stall (``--read-timeout``); past it the upload is dropped (408) and its files
+        removed.
+
+    Raises
+    ------
+    SpectroError
+        A limit that is not a finite number > 0 (``inf``, ``nan``, 0), in one line.
+    """
+
+    inputs: InputLimits = InputLimits()
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
+    max_files: int = DEFAULT_MAX_FILES
+    timeout: float = DEFAULT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+
+    def __post_init__(self) -> None:
+        _positive("--max-upload-mb", self.max_upload_mb)
+        _positive("--max-files", self.max_files, integer=True)
+        _positive("--timeout", self.timeout)
+        _positive("--read-timeout", self.read_timeout)
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)
+
+    def describe(self, settings=None) -> dict[str, Any]:
+        """The ``limits`` object of ``GET /api/model``; with the model's feature settings, the widest PNG too."""
+        inputs = self.inputs
+        out = {"max_upload_mb": self.max_upload_mb, "max_files": int(self.max_files),
+               "max_seconds": inputs.max_seconds, "sample_rate_hz": [inputs.min_sr, inputs.max_sr],
+               "max_channels": inputs.max_channels, "timeout_s": self.timeout, "read_timeout_s": self.read_timeout}
+        if settings is not None:
+            out["max_png_frames"] = inputs.max_frames(sr=settings.sr, hop_length=settings.hop_length)
+        return out
+
+    def text(self) -> str:
+        """One sentence for the API docs."""
+        inputs = self.inputs
+        return (f"Limits, checked before the work: a request body of at most {self.max_upload_mb:g} MiB with at most "
+                f"{int(self.max_files)} files (413 past either); a recording declaring {inputs.min_sr}–"
+                f"{inputs.max_sr} Hz, at most {inputs.max_channels} channels and {inputs.max_seconds:g} s, and a PNG "
+                f"no wider than that many seconds render to (422 otherwise, from the file's header, before "
+                f"decoding); a body that stalls for {self.read_timeout:g} s is dropped (408); a request still "
+                f"working after {self.timeout:g} s is answered 503 and its worker replaced. `GET /api/model` "
+                "lists them as `limits`.")
 
 
 def default_workers() -> int:
@@ -59,17 +135,18 @@ def default_workers() -> int:
 
 
 def serve_model_path(model: str | Path | None = None) -> Path:
-    """The model file to serve: ``model`` itself when it is a ``.keras`` or ``.tflite`` file, else the first
-    of :data:`SERVE_SEARCH_ORDER` in the run folder ``model`` (``models/latest`` when ``None``).
+    """The model file to serve, the one ``spectro classify --model`` uses (:data:`spectro.runs.MODEL_RULE`):
+    ``model`` itself when it is a ``.keras`` or ``.tflite`` file, else the run folder's ``model.keras``
+    (``models/latest`` when ``None``), so a server answers what the command prints.
 
     Raises
     ------
     SpectroError
-        No such file, not a run folder, or a run folder with no model.
+        No such file, not a run folder, a damaged run, or a run folder without ``model.keras``.
     """
     from spectro.inference.predictors import find_model
 
-    return find_model(model, SERVE_SEARCH_ORDER)[0].resolve()
+    return find_model(model)[0].resolve()
 
 
 def _file_digest(path: Path) -> str:
@@ -125,16 +202,17 @@ def _tensorflow_threads() -> tuple[int, int] | None:
 
 
 def _classify(paths: list[str], threshold: float | None, machine: str | None = None,
-              predictor=None) -> list[dict[str, Any]]:
+              limits: InputLimits | None = None, predictor=None) -> list[dict[str, Any]]:
     """``classify_files`` on server-written files with this worker's predictor (or ``predictor``), every file
-    scored as ``machine`` when given (checked by :meth:`ModelService.checked_machine`)."""
+    scored as ``machine`` when given (checked by :meth:`ModelService.checked_machine`), each file's header checked
+    against ``limits`` before it is decoded."""
     from spectro.inference.classify import classify_files
 
     return classify_files([Path(p) for p in paths], predictor or _WORKER["predictor"], threshold=threshold,
-                          machine=machine)
+                          machine=machine, limits=limits)
 
 
-def _spectrogram(path: str, settings: dict[str, Any], bands: int) -> str:
+def _spectrogram(path: str, settings: dict[str, Any], bands: int, limits: InputLimits | None = None) -> str:
     """A PNG of a recording rendered whole with ``settings`` (no segmenting), as ``spectro images`` renders
     it, written beside it; a spectro PNG checked against ``settings``. The PNG's path (the file, not its
     bytes, goes back through the worker's pipe)."""
@@ -147,10 +225,11 @@ def _spectrogram(path: str, settings: dict[str, Any], bands: int) -> str:
 
     source, features = Path(path), FeatureSettings.from_dict(settings)
     if source.suffix == ".png":
-        read_image(source, settings=features, bands=bands)
+        read_image(source, settings=features, bands=bands, limits=limits)
         return str(source)
     whole = dataclasses.replace(features, segment_seconds=None, segment_hop_seconds=None)
-    [(_, db, modulation)] = render_segments(read_audio(source, channel=whole.channel, sr=whole.sr), whole)
+    y = read_audio(source, channel=whole.channel, sr=whole.sr, limits=limits)
+    [(_, db, modulation)] = render_segments(y, whole)
     out = source.with_name(source.stem + ".spectrogram.png")
     write_png(out, db_to_pixels(db, whole), settings=features, modulation=modulation)
     return str(out)
@@ -167,14 +246,18 @@ class ModelService:
         Worker processes; default: one per core.
     processes : bool, optional
         Run the model in worker processes (default) or, with ``False``, in worker threads of this process
-        (one LiteRT interpreter each, or one Keras model shared by all; for comparison).
+        (one LiteRT interpreter each, or one Keras model shared by all; for comparison). A thread past the
+        deadline cannot be stopped: its request is answered 503 and the thread finishes in the background.
+    limits : ServeLimits, optional
+        Its ``inputs`` go to the readers, its ``timeout`` bounds every call.
     """
 
     def __init__(self, model: str | Path | None = None, *, workers: int | None = None,
-                 processes: bool | None = None):
+                 processes: bool | None = None, limits: ServeLimits | None = None):
         from spectro.inference.predictors import LiteRTPredictor, load_predictor, model_info
 
         started = time.perf_counter()
+        self.limits = limits or ServeLimits()
         self.path = serve_model_path(model)
         self.workers = int(workers) if workers else default_workers()
         if self.workers < 1:
@@ -223,7 +306,8 @@ class ModelService:
         origin = Path(str(config.get("exported_from", "")))
         if "created" not in config and config.get("exported_from") and (origin / CONFIG_NAME).is_file():
             # a device folder written by `spectro export --out`: the run it came from, when it is still there
-            config, run = load_config(origin), origin
+            with contextlib.suppress(SpectroError):  # and whole: a damaged one is left out of the description
+                config, run = load_config(origin), origin
         metrics, source = None, None
         if (run / METRICS_NAME).is_file():
             try:
@@ -239,8 +323,11 @@ class ModelService:
         if "at_threshold" in overall:
             test_metrics.update({f"{k} at threshold": v for k, v in overall["at_threshold"].items()
                                  if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        threshold_block = self.config.get("threshold") or {"value": self.threshold, "method": "default (not evaluated)"}
-        model = dict(self.identity)
+        # the threshold this server answers with: the run's when the server started (a server started before
+        # 'spectro evaluate' chose one keeps its own until it is restarted)
+        threshold_block = {**(self.config.get("threshold") or {"method": "default (not evaluated)"}),
+                           "value": self.threshold}
+        model = {**self.identity, "rule": MODEL_RULE}
         model["size_bytes"] = self.path.stat().st_size
         if self.lite:
             model["input_dtype"] = str(self.predictor.input_dtype)
@@ -265,11 +352,20 @@ class ModelService:
 
     # -- answering ------------------------------------------------------------------------------------
     async def _run(self, function, *args):
-        """``function(*args)`` in a worker, awaited; a worker thread lends it a predictor of its own."""
+        """``function(*args)`` in a worker, awaited, within the deadline (``limits.timeout``); a worker thread lends
+        it a predictor of its own."""
+        timeout = self.limits.timeout
         if not self.processes:
-            return await asyncio.get_running_loop().run_in_executor(self.pool, self._in_thread, function, args)
+            work = asyncio.get_running_loop().run_in_executor(self.pool, self._in_thread, function, args)
+            try:
+                return await asyncio.wait_for(work, timeout)
+            except asyncio.TimeoutError:
+                raise RequestError(_late(timeout, "a worker thread cannot be stopped: it finishes in the "
+                                                  "background"), 503) from None
         try:
-            return await self.pool.call(function, *args)
+            return await self.pool.call(function, *args, timeout=timeout)
+        except DeadlineExceeded as exc:
+            raise RequestError(_late(timeout, str(exc)), 503) from None
         except WorkerDied as exc:
             raise RequestError(str(exc), 503) from None
 
@@ -298,7 +394,8 @@ class ModelService:
         """The ``spectro classify --json`` objects of the uploads, ``path`` being each client's file name; every
         upload scored as ``machine`` when given (as ``spectro classify --machine``)."""
         with _request_errors(uploads):
-            results = await self._run(_classify, [str(u.path) for u in uploads], self.threshold, machine)
+            results = await self._run(_classify, [str(u.path) for u in uploads], self.threshold, machine,
+                                      self.limits.inputs)
         for result, upload in zip(results, uploads):
             result["path"] = upload.name
         return results
@@ -307,7 +404,7 @@ class ModelService:
         """The upload's spectrogram as a PNG with the model's feature settings (see :func:`_spectrogram`)."""
         with _request_errors([upload]):
             png = await self._run(_spectrogram, str(upload.path), self.settings.to_dict(),
-                                  int(self.predictor.input_shape[0]))
+                                  int(self.predictor.input_shape[0]), self.limits.inputs)
             return Path(png).read_bytes()
 
     def close(self) -> None:
@@ -317,16 +414,28 @@ class ModelService:
             self.pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _late(timeout: float, what: str) -> str:
+    return (f"the request took longer than the server's --timeout of {timeout:g} s ({what}); send fewer or shorter "
+            "files, or ask for a longer --timeout")
+
+
 @contextlib.contextmanager
 def _request_errors(uploads: list[Upload]) -> Iterator[None]:
     """Turn a :class:`SpectroError` about uploaded files into a :class:`RequestError` that names the client's
-    files (never the server's paths); an ``OSError`` from decoding a damaged file too."""
+    files (never the server's paths); an ``OSError`` from decoding a damaged file, Pillow's decompression-bomb
+    refusal and a file too big to decode in memory too (each a bad input, never a server fault)."""
+    from PIL import Image
+
     try:
         yield
     except RequestError:
         raise
     except SpectroError as exc:
         raise RequestError(_client_message(str(exc), uploads), 422) from None
+    except Image.DecompressionBombError as exc:
+        raise RequestError(_client_message(f"image too large ({str(exc).splitlines()[0]})", uploads), 413) from None
+    except MemoryError:
+        raise RequestError(_client_message("too large to decode in the server's memory", uploads), 413) from None
     except OSError as exc:  # e.g. Pillow's "image file is truncated" while decoding a PNG's pixels
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RequestError(_client_message(f"damaged file ({reason})", uploads), 422) from None

@@ -3,18 +3,23 @@
 The client's file name is kept for display only (:attr:`Upload.name`): files are written as
 ``upload-<n><suffix>``, the suffix chosen from the file's first bytes (PNG, WAV, FLAC or OGG), so nothing
 the client sends decides where anything is written. The size limit counts every byte of the request
-body as it arrives, so an oversized upload is refused before it is stored.
+body as it arrives, so an oversized upload is refused before it is stored; the file-count limit is checked as
+each part's headers arrive, so a request with too many files is refused before anything is classified; and a
+body that stops arriving for longer than the read timeout is dropped (408), its files removed with the
+request's folder at once rather than when the client gives up.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
 from spectro.errors import SpectroError
 
 FIELD = "file"
-MAX_FILES = 256  # per request
+DEFAULT_MAX_FILES = 16  # per request
+DEFAULT_READ_TIMEOUT = 20.0  # seconds a request body may stall between two chunks
 EXPECTED = "a WAV, FLAC or OGG recording or a spectro PNG spectrogram"
 
 
@@ -56,8 +61,8 @@ def display_name(raw: str, index: int) -> str:
 class _Receiver:
     """python-multipart callbacks writing each part of :data:`FIELD` to its own file in ``folder``."""
 
-    def __init__(self, folder: Path, field: str):
-        self.folder, self.field = folder, field
+    def __init__(self, folder: Path, field: str, max_files: int):
+        self.folder, self.field, self.max_files = folder, field, max_files
         self.uploads: list[Upload] = []
         self._header_name = self._header_value = b""
         self._disposition = b""
@@ -83,8 +88,9 @@ class _Receiver:
         _, options = parse_options_header(self._disposition)
         if options.get(b"name", b"").decode("utf-8", "replace") != self.field:
             return  # other form fields are read past, not stored
-        if len(self.uploads) >= MAX_FILES:
-            raise RequestError(f"too many files in one request: more than {MAX_FILES}; send them in several", 413)
+        if len(self.uploads) >= self.max_files:
+            raise RequestError(f"too many files in one request: more than {self.max_files} (the server's "
+                               "--max-files); send them in several requests", 413)
         index = len(self.uploads)
         path = self.folder / f"upload-{index}"
         self._handle = path.open("xb")
@@ -115,7 +121,8 @@ def _too_large(max_bytes: int) -> RequestError:
                         "(start the server with a larger --max-upload-mb, or send fewer files at a time)", 413)
 
 
-async def receive_files(request, folder: Path, *, max_bytes: int, field: str = FIELD) -> list[Upload]:
+async def receive_files(request, folder: Path, *, max_bytes: int, max_files: int = DEFAULT_MAX_FILES,
+                        read_timeout: float = DEFAULT_READ_TIMEOUT, field: str = FIELD) -> list[Upload]:
     """Stream a multipart request's files in ``field`` into ``folder``; check each one's type.
 
     Parameters
@@ -125,12 +132,16 @@ async def receive_files(request, folder: Path, *, max_bytes: int, field: str = F
         A temporary folder of this request's own; the files are ``upload-<n>.<png|wav|flac|ogg>``.
     max_bytes : int
         Limit on the whole request body.
+    max_files : int
+        Limit on the files in ``field``, checked as each part begins.
+    read_timeout : float
+        Seconds the body may stall between two chunks; past it the upload is dropped.
 
     Raises
     ------
     RequestError
-        Not a multipart body (415), over ``max_bytes`` (413), malformed (400), no file (400), an empty file
-        (422) or a file that is neither a recording nor a PNG (415).
+        Not a multipart body (415), over ``max_bytes`` or ``max_files`` (413), malformed (400), stalled (408), no
+        file (400), an empty file (422) or a file that is neither a recording nor a PNG (415).
     """
     from python_multipart.exceptions import FormParserError
     from python_multipart.multipart import MultipartParser, parse_options_header
@@ -144,11 +155,19 @@ async def receive_files(request, folder: Path, *, max_bytes: int, field: str = F
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > max_bytes:
         raise _too_large(max_bytes)
-    receiver = _Receiver(folder, field)
+    receiver = _Receiver(folder, field, max_files)
     parser = MultipartParser(params[b"boundary"], receiver.callbacks())
     received = 0
+    chunks = request.stream().__aiter__()
     try:
-        async for chunk in request.stream():
+        while True:
+            try:
+                chunk = await asyncio.wait_for(chunks.__anext__(), read_timeout)
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise RequestError(f"upload stalled: no data for {read_timeout:g} s (the server's read timeout); "
+                                   "the upload was dropped", 408) from None
             received += len(chunk)
             if received > max_bytes:
                 raise _too_large(max_bytes)

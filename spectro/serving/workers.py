@@ -6,7 +6,10 @@ through two helper threads of the server, which costs each request more than the
 
 A call sends ``(function, args)``, pickled (``function`` by reference: a module-level function), and gets
 back ``("ok", value)`` or ``("error", exception)``; the exception is raised in the server. A worker that
-dies is replaced, and the call that was running on it fails with :class:`WorkerDied`.
+dies is replaced, and the call that was running on it fails with :class:`WorkerDied`. A call given a ``timeout``
+that is still running at its deadline fails with :class:`DeadlineExceeded`, and its worker is killed and replaced
+then (a worker in the middle of a numpy or LiteRT call cannot be interrupted), so the calls behind it get a
+worker instead of waiting for work nobody will read.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ class WorkerDied(SpectroError):
     """A worker process ended while answering (killed, out of memory); it has been replaced."""
 
 
+class DeadlineExceeded(SpectroError):
+    """A call did not finish within its timeout: no worker was free in time, or its worker was replaced."""
+
+
 @dataclass
 class _Worker:
     process: Any  # multiprocessing.Process
@@ -35,10 +42,15 @@ def _worker_main(conn, initializer, initargs: tuple) -> None:
     """A worker process: run ``initializer(*initargs)``, say so, then answer calls until the pipe closes."""
     try:
         initializer(*initargs)
+        status = ("ready", os.getpid())
     except BaseException as exc:  # noqa: BLE001 - reported to the server, which raises it
-        conn.send(("error", _picklable(exc)))
+        status = ("error", _picklable(exc))
+    try:
+        conn.send(status)
+    except OSError:  # the server is gone, or closed the pool (another worker's start-up failed first): quietly
         return
-    conn.send(("ready", os.getpid()))
+    if status[0] == "error":
+        return
     while True:
         try:
             function, args = conn.recv()
@@ -116,28 +128,44 @@ class WorkerProcesses:
                 self._idle.put_nowait(worker)
         return self._idle
 
-    async def call(self, function, *args) -> Any:
-        """``function(*args)`` in an idle worker process; its value, or its exception raised here."""
+    async def call(self, function, *args, timeout: float | None = None) -> Any:
+        """``function(*args)`` in an idle worker process; its value, or its exception raised here.
+
+        ``timeout``: seconds from now, waiting for an idle worker included, after which the call fails with
+        :class:`DeadlineExceeded` (and a worker still running it is killed and replaced).
+        """
         if self._closed:
             raise WorkerDied("the server is shutting down")
         idle = self._idle_queue()
-        worker = await idle.get()
-        # shielded: a cancelled request still lets the worker finish and hand its answer over, so no later
-        # call ever reads an answer meant for another
-        status, value = await asyncio.shield(self._exchange(worker, idle, function, args))
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            worker = await asyncio.wait_for(idle.get(), timeout)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"no worker was free within {timeout:g} s: every worker was busy") from None
+        # shielded: a cancelled request still lets the worker finish (or reach the deadline) and hand its answer
+        # over, so no later call ever reads an answer meant for another
+        status, value = await asyncio.shield(self._exchange(worker, idle, function, args, deadline))
         if status == "error":
             raise value
         return value
 
-    async def _exchange(self, worker: _Worker, idle: asyncio.Queue, function, args) -> tuple[str, Any]:
+    async def _exchange(self, worker: _Worker, idle: asyncio.Queue, function, args,
+                        deadline: float | None = None) -> tuple[str, Any]:
         try:
             if not worker.ready:
-                status, value = await self._receive(worker)
+                try:
+                    status, value = await self._receive(worker, deadline)
+                except asyncio.TimeoutError:  # still loading the model: left to finish, for the next call
+                    return "error", DeadlineExceeded("a worker process was still starting")
                 if status == "error":
                     return status, value
                 worker.ready = True
             worker.conn.send((function, args))
-            return await self._receive(worker)
+            return await self._receive(worker, deadline)
+        except asyncio.TimeoutError:
+            worker = self._replace(worker)
+            return "error", DeadlineExceeded("its worker process was stopped and replaced")
         except (EOFError, OSError):
             worker = self._replace(worker)
             return "error", WorkerDied("a worker process of the server stopped while answering; it was replaced, "
@@ -145,13 +173,18 @@ class WorkerProcesses:
         finally:
             idle.put_nowait(worker)
 
-    async def _receive(self, worker: _Worker) -> tuple[str, Any]:
+    async def _receive(self, worker: _Worker, deadline: float | None = None) -> tuple[str, Any]:
+        """The worker's next message, once its pipe is readable; ``asyncio.TimeoutError`` at ``deadline`` (the
+        event loop's clock)."""
         loop = asyncio.get_running_loop()
         readable = loop.create_future()
         fd = worker.conn.fileno()
         loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
         try:
-            await readable
+            if deadline is None:
+                await readable
+            else:
+                await asyncio.wait_for(readable, max(0.0, deadline - loop.time()))
         finally:
             loop.remove_reader(fd)
         return worker.conn.recv()

@@ -48,9 +48,11 @@ from spectro.runs import (
     SPLITS,
     TRAINING_PLOT_NAME,
     default_threshold,
+    finish_run,
     point_latest,
     read_history,
     save_config,
+    staging_folder,
     write_splits,
 )
 from spectro.training.augment import AugmentSettings
@@ -485,6 +487,11 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
           keep_failed: bool = False) -> Path | None:
     """Train a model on the images in ``images`` and write a run folder below ``out``.
 
+    The run is whole or absent: it is written into a hidden folder beside ``out/<name>``
+    (:func:`spectro.runs.staging_folder`) and renamed to ``out/<name>`` only when it is complete; an error or an
+    interruption (Ctrl-C) removes that folder, so the same ``name`` can be trained again, and ``out/latest`` only
+    ever points at a whole run.
+
     Parameters
     ----------
     splits : list of str, optional
@@ -509,6 +516,21 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
         weights file, devices that cannot be had; a model that did not learn (``settings.check_learning``):
         the message says so with the figures and what to try, and the run is removed unless ``keep_failed``.
     """
+    staging: list[Path] = []  # the folders this call writes into: removed unless the run is finished
+    try:
+        return _train(images, out, settings=settings, model_settings=model_settings, distribute=distribute,
+                      name=name, progress=progress, splits=splits, keep_failed=keep_failed, staging=staging)
+    except BaseException:  # an error, or Ctrl-C (KeyboardInterrupt): no half-written run is left behind
+        for folder in staging:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _train(images: str | Path, out: str | Path, *, settings: TrainSettings, model_settings: ModelSettings,
+           distribute: DistributeSettings, name: str | None, progress: bool, splits: list[str] | None,
+           keep_failed: bool, staging: list[Path]) -> Path | None:
+    """:func:`train`'s work; each folder it writes into joins ``staging`` as soon as it exists, and the chief's is
+    renamed to the run folder at the end."""
     import keras
 
     started = time.perf_counter()
@@ -550,9 +572,10 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
     final = out / (name or _run_name(out, settings.task, model_settings.backbone))
     if placement.chief and final.exists() and any(final.iterdir()):
         raise SpectroError(f"{final}: run folder exists and is not empty; choose another --name")
-    # every worker of a cluster trains; only the chief keeps what it writes
+    # every worker of a cluster trains; only the chief keeps what it writes, first in a hidden folder beside the
+    # run's final one, renamed to it when the run is whole
     scratch_dir = None if placement.chief else tempfile.TemporaryDirectory(prefix="spectro-worker-")
-    run = final if placement.chief else Path(scratch_dir.name) / final.name
+    run = staging_folder(final) if placement.chief else Path(scratch_dir.name) / final.name
 
     keras.utils.set_random_seed(settings.seed)
     if distribute.mixed_precision:
@@ -564,8 +587,11 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
     scratch = weights_used == "none"
     if scratch and settings.bn_momentum is not None:
         _set_bn_momentum(base, settings.bn_momentum)
+    if placement.chief:  # a folder of this name is left only by a killed process that had this one's id
+        shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True, exist_ok=True)
     run = run.resolve()
+    staging.append(run)
 
     labels.save(run)
     write_splits(run, rows)
@@ -701,12 +727,13 @@ def train(images: str | Path = IMAGES_DIR, out: str | Path = MODELS_DIR, *, sett
         scratch_dir.cleanup()
         return None
     if learning is not None and not learning.learned:
-        if not keep_failed:
-            shutil.rmtree(run, ignore_errors=True)
+        if not keep_failed:  # train() removes the folder
             raise SpectroError(f"{learning.message()}. The run was removed (--keep-failed keeps it for inspection)")
-        raise SpectroError(f"{learning.message()}. The run is kept in {run} for inspection, not linked as latest")
-    point_latest(out, run)
-    return run
+        final = finish_run(run, final)
+        raise SpectroError(f"{learning.message()}. The run is kept in {final} for inspection, not linked as latest")
+    final = finish_run(run, final)
+    point_latest(out, final)
+    return final
 
 
 def _build_state(model, data) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from spectro.data import download as dl
 from spectro.cli import main as cli_main
+from spectro.data import download as dl
 from spectro.errors import SpectroError
 
 NAME = "6_dB_fan.zip"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from spectro.data.layout import discover, has_audio, parse_path
+from spectro.data.layout import discover, has_audio, open_problem, parse_path
 from spectro.errors import SpectroError
 
 
@@ -90,3 +90,30 @@ def test_has_audio(tmp_path, rels, expected):
 
 def test_has_audio_missing_folder(tmp_path):
     assert has_audio(tmp_path / "nope") is False
+
+
+def test_discover_lists_links_it_cannot_open_and_open_problem_says_why(tmp_path):
+    _touch(tmp_path, ["fan/normal/good.wav"])
+    folder = tmp_path / "fan" / "normal"
+    (folder / "loop.wav").symlink_to("loop.wav")
+    (folder / "ping.wav").symlink_to("pong.wav")
+    (folder / "pong.wav").symlink_to("ping.wav")
+    (folder / "dangling.wav").symlink_to("../nowhere/x.wav")
+    (folder / "link.wav").symlink_to("good.wav")
+    (folder / "dir.wav").mkdir()  # a folder named like audio is a folder, not a recording
+    clips, unmatched = discover(tmp_path)
+    assert [c.path.name for c in clips] == ["dangling.wav", "good.wav", "link.wav", "loop.wav", "ping.wav",
+                                             "pong.wav"]
+    assert unmatched == []
+    problems = {c.path.name: open_problem(c.path) for c in clips}
+    assert problems["good.wav"] is None and problems["link.wav"] is None
+    assert problems["loop.wav"] == "symbolic link loop: following loop.wav -> loop.wav never reaches a file"
+    assert problems["ping.wav"] == "symbolic link loop: following ping.wav -> pong.wav never reaches a file"
+    assert problems["dangling.wav"] == "dangling symbolic link: its target ../nowhere/x.wav does not exist"
+    assert open_problem(tmp_path / "missing.wav") == "cannot open file: No such file or directory"
+
+
+def test_has_audio_counts_a_broken_link(tmp_path):
+    (tmp_path / "fan" / "normal").mkdir(parents=True)
+    (tmp_path / "fan" / "normal" / "x.wav").symlink_to("gone.wav")
+    assert has_audio(tmp_path) is True

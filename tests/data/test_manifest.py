@@ -11,10 +11,10 @@ from spectro.errors import SpectroError
 
 
 def _rows(folder: Path) -> list[ImageRow]:
-    return [ImageRow(path=folder / "pump/normal/b.png", source="/x/b.wav", machine="pump", machine_id="", label="normal",
-                     snr="", segment=2, settings_hash="abc"),
+    return [ImageRow(path=folder / "pump/normal/b.png", source="/x/b.wav", machine="pump", machine_id="",
+                     label="normal", snr="", segment=2, settings_hash="abc"),
             ImageRow(path=folder / "fan/normal/6dB_id_00_a.png", source="/x/a, \"quoted\".wav", machine="fan",
-                     machine_id="id_00", label="normal", snr="6dB", segment=0, settings_hash="abc")]
+                     machine_id="id_00", label="normal", snr="6dB", segment=0, settings_hash="abc", silent=True)]
 
 
 def test_manifest_round_trip(tmp_path):
@@ -38,9 +38,22 @@ def test_manifest_stores_paths_relative_to_its_folder_and_reads_them_back_absolu
                                       moved.resolve() / "pump/normal/b.png"]
 
 
+def test_manifest_keeps_the_silent_flag_and_reads_an_older_manifest_without_it(tmp_path):
+    write_manifest(tmp_path / MANIFEST_NAME, _rows(tmp_path))
+    lines = (tmp_path / MANIFEST_NAME).read_text().splitlines()
+    assert lines[0].endswith(",settings_hash,silent") and lines[1].endswith(",abc,1") and lines[2].endswith(",abc,0")
+    assert [r.silent for r in read_manifest(tmp_path)] == [True, False]
+    (tmp_path / MANIFEST_NAME).write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")
+    old = read_manifest(tmp_path)
+    assert [r.silent for r in old] == [False, False]
+    assert [r.path for r in old] == [r.path for r in sorted(_rows(tmp_path), key=lambda r: str(r.path))]
+
+
 @pytest.mark.parametrize("text, match", [
     (None, "no manifest"),
     ("image,source\nx.png,y.wav\n", "lacks columns"),
+    ("image,source,machine,machine_id,label,snr,segment,settings_hash,silent\nx.png,y.wav,fan,,normal,,0,abc,yes\n",
+     "column silent must be 0 or 1, found 'yes'"),
 ])
 def test_read_manifest_rejects(tmp_path, text, match):
     if text is not None:

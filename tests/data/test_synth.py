@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 
 from spectro.data import synth
-from spectro.features.audio import read_audio
 from spectro.data.layout import discover
 from spectro.errors import SpectroError
+from spectro.features.audio import read_audio
 
 SR = 16000
 TINY = dict(machines=("fan", "valve"), ids=1, snrs=(6.0,), clips_per_class=1, normal_clips=1, seconds=0.5)
@@ -72,8 +72,8 @@ def test_eight_channels_readable_and_channel_0_is_the_mono_clip(tmp_path):
     channels = [read_audio(tmp_path / "array" / rel, channel=str(c)) for c in range(8)]
     assert np.array_equal(channels[0], mono)
     assert all(len(c) == SR // 2 for c in channels)
-    from spectro.features.settings import FeatureSettings
     from spectro.features.logmel import log_mel
+    from spectro.features.settings import FeatureSettings
 
     settings = FeatureSettings()
     reference = log_mel(mono, settings).mean(1)
@@ -99,8 +99,8 @@ def test_snr_of_the_written_file(tmp_path, snr):
 
 def test_levels_sit_where_real_mimii_does(tmp_path):
     """Real MIMII fan (channel 0): about -58..+4 dB per mel bin on the default fixed scale."""
-    from spectro.features.settings import FeatureSettings
     from spectro.features.logmel import clipped_fraction, log_mel
+    from spectro.features.settings import FeatureSettings
 
     settings = FeatureSettings()
     dbs = [log_mel(synth.render_clip(synth.ClipSpec(m, "id_00", "normal", snr, 0), seconds=2.0), settings)
@@ -166,7 +166,8 @@ def _centroid(y, lo, hi, sr=SR):
 PHYSICS = [
     ("fan", "bearing", lambda y, p: _envelope_peak(y, 2000, 7000, p["shaft_hz"] * p["bearing_ratio"]), 3.0),
     ("fan", "unbalance", lambda y, p: _envelope_peak(y, 100, 4000, p["shaft_hz"]), 3.0),
-    ("pump", "leakage", lambda y, p: _band_fraction(y, p["hiss_hz"] - p["hiss_bw"] / 2, p["hiss_hz"] + p["hiss_bw"] / 2), 5.0),
+    ("pump", "leakage",
+     lambda y, p: _band_fraction(y, p["hiss_hz"] - p["hiss_bw"] / 2, p["hiss_hz"] + p["hiss_bw"] / 2), 5.0),
     ("pump", "clogging", lambda y, p: _centroid(y, 150, 3000), 1.05),
     ("slider", "rail_damage", lambda y, p: _kurtosis(_band(y, p["damage_res"] - 400, p["damage_res"] + 400)), 2.0),
     ("slider", "no_grease", lambda y, p: _band_fraction(y, 0.9 * p["squeal_hz"], 1.1 * p["squeal_hz"])
@@ -211,8 +212,8 @@ def test_minus_6_db_is_harder_than_6_db():
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from spectro.features.settings import FeatureSettings
     from spectro.features.logmel import log_mel
+    from spectro.features.settings import FeatureSettings
 
     settings = FeatureSettings()
     auc = {}

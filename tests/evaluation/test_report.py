@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 import shutil
 import subprocess
@@ -13,10 +14,8 @@ import pytest
 from conftest import tone_signal, write_wav
 
 from spectro.cli import main as cli
-from spectro.evaluation.report import REPORT_NAME, SECTIONS
+from spectro.evaluation.report import REPORT_NAME, SECTIONS, PathText, build_report, mistakes_caption, settings_section
 from spectro.runs import read_splits, write_splits
-
-pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -60,6 +59,7 @@ def _external_refs(page: str) -> list[str]:
     return re.findall(r'(?:src|href)="(?!data:|#)([^"]*)"', page) + re.findall(r"url\((?!data:)", page)
 
 
+@pytest.mark.slow
 def test_report_has_every_section(run_with_audio, report):
     path, status, stdout = report
     assert status == 0 and "report.html" in stdout
@@ -79,6 +79,92 @@ def test_report_has_every_section(run_with_audio, report):
     assert "&quot;n_mels&quot;: 32" in page  # the settings, config.json verbatim
 
 
+@pytest.mark.slow
+def test_report_shows_no_absolute_path_and_collapses_the_config(run_with_audio, report, tmp_path_factory):
+    path, _, _ = report
+    page = path.read_text()
+    base = str(tmp_path_factory.getbasetemp())
+    assert base in str(run_with_audio) and base not in page  # the run, its images and its audio all live there
+    assert str(Path(base).resolve()) not in page
+    # the run's images folder by its name, the exploratory views' recordings by their file names
+    assert "&quot;images&quot;: &quot;tiny_images" in page
+    assert re.search(r"<h3>Normal: fan_normal_\d+\.wav</h3>", page) or re.search(r"<h3>Normal: pump_normal_", page)
+    # config.json is inside a collapsed <details> (closed: no 'open' attribute), in the Settings section
+    details = re.findall(r"<details>(.*?)</details>", page, flags=re.S)
+    assert len(details) == 1 and "<summary>config.json" in details[0] and "&quot;n_mels&quot;: 32" in details[0]
+    settings = page.split('<section id="settings">', 1)[1]
+    assert "<details>" in settings and "<details open" not in page
+    assert page.count("&quot;n_mels&quot;") == 1  # only in the collapsed dump, not also spelt out elsewhere
+
+
+@pytest.mark.slow
+def test_mistakes_caption_matches_its_figure(run_with_audio, report, tmp_path):
+    path, _, _ = report
+    page = path.read_text()
+    with (run_with_audio / "predictions.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    wrong = sum(r["true"] != r["predicted"] for r in rows)
+    assert wrong > 0  # the tiny run makes mistakes: the caption counts them
+    assert f"The worst mistakes: {wrong} of {len(rows)} images wrong" in page
+    # the same run with every prediction right: no "worst mistakes" over the closest calls
+    run = Path(shutil.copytree(run_with_audio, tmp_path / "run"))
+    for row in rows:
+        row["predicted"] = row["true"]
+    with (run / "predictions.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    page = build_report(run, evaluate=False).read_text()
+    assert "worst mistakes" not in page.lower()
+    assert f"No mistakes: all {len(rows)} images are predicted right" in page and "closest calls" in page
+
+
+def _predictions(folder: Path, rows: list[tuple[str, str, str]]) -> Path:
+    with (folder / "predictions.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "true", "predicted", "anomaly_score"])
+        writer.writerows([f"/img/{i}.png", *row] for i, row in enumerate(rows))
+    return folder
+
+
+@pytest.mark.parametrize("rows, expected", [
+    ([("normal", "normal", "0.1"), ("abnormal", "normal", "0.4"), ("abnormal", "abnormal", "0.9")],
+     "The worst mistakes: 1 of 3 images wrong"),
+    ([("normal", "normal", "0.1"), ("abnormal", "abnormal", "0.9")], "No mistakes: all 2 images are predicted right"),
+    # images without a score (a normal-only run's unknown machine) are not in the figure, nor in the count
+    ([("normal", "normal", "0.1"), ("abnormal", "normal", "nan")], "No mistakes: all 1 images are predicted right"),
+])
+def test_mistakes_caption(tmp_path, rows, expected):
+    caption = mistakes_caption(_predictions(tmp_path, rows))
+    assert caption.startswith(expected)
+    assert ("worst mistakes" in caption.lower()) == expected.startswith("The worst")
+
+
+def test_mistakes_caption_without_predictions_claims_neither(tmp_path):
+    caption = mistakes_caption(tmp_path)
+    assert "the figure's title says which" in caption and "No mistakes" not in caption
+
+
+def test_path_text_shows_paths_relative_to_the_run_or_the_images_or_by_name(tmp_path):
+    run, images = tmp_path / "models" / "run1", tmp_path / "data" / "images"
+    paths = PathText(run, str(images))
+    assert paths.show(run / "model.keras") == "model.keras"
+    assert paths.show(run / "tflite" / "int8.tflite") == "tflite/int8.tflite"
+    assert paths.show(run) == "run1"
+    assert paths.show(images / "fan" / "normal" / "a.png") == "images/fan/normal/a.png"
+    assert paths.show(tmp_path / "raw" / "fan" / "normal" / "a.wav") == "a.wav"
+    assert paths.show("relative/a.wav") == "relative/a.wav"
+    message = (f"{run / 'config.json'}: bad; images of {images}; see {tmp_path / 'x' / 'y.wav'}, 31 frames/s, "
+               "AUC / pAUC, https://example.org/a/b")
+    assert paths.scrub(message) == ("config.json: bad; images of images; see y.wav, 31 frames/s, AUC / pAUC, "
+                                    "https://example.org/a/b")
+    config = {"images": str(images), "features": {"sr": 16000}, "sources": [str(tmp_path / "rec" / "a.wav")]}
+    assert paths.scrub_json(config) == {"images": "images", "features": {"sr": 16000}, "sources": ["a.wav"]}
+    assert str(tmp_path) not in settings_section(config, paths)
+    assert "<details><summary>config.json" in settings_section(config, paths)
+
+
+@pytest.mark.slow
 def test_report_without_metrics_or_audio_says_so(tiny_run, tmp_path):
     run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
     assert cli(["report", str(run), "--no-evaluate", "--out", str(tmp_path / "r.html")]) == 0
@@ -96,6 +182,7 @@ def test_report_errors(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: ") and "no such run folder" in err[0]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(report, tmp_path):
     from PIL import Image
@@ -116,6 +203,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100
 
 
+@pytest.mark.slow
 def test_report_notes_a_failed_evaluation(tiny_run, tmp_path):
     run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
     write_splits(run, [r.with_split("train") if r.split == "test" else r for r in read_splits(run)])
@@ -123,3 +211,4 @@ def test_report_notes_a_failed_evaluation(tiny_run, tmp_path):
     page = (run / REPORT_NAME).read_text()
     assert "evaluate&#x27; failed: " in page and "has no test images" in page
     assert _headings(page) == list(SECTIONS)
+    assert str(tmp_path) not in page and str(tiny_run.parent) not in page

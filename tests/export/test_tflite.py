@@ -242,7 +242,7 @@ def test_cli_out_dir_is_self_contained(tiny_exports, tmp_path, capsys, monkeypat
     assert device_config["export"]["none"]["passed"] is True
     # the folder alone is enough to classify with
     _, x = _test_split(run)
-    probs = load_predictor(out).predict(x)
+    probs = load_predictor(out / "model.tflite").predict(x)
     np.testing.assert_allclose(probs, raw_tflite_probs(out / "model.tflite", x), atol=1e-6)
 
 

@@ -158,7 +158,8 @@ def test_bad_input_is_listed_and_never_stops_the_batch(tmp_path):
     make_tree(raw, MIMII_RELS[:2])
     write_wav(raw / "fan" / "normal" / "silent.wav", np.zeros(SR, dtype=np.float32))
     expected = _bad_files(raw)
-    summary = render_folder(raw, tmp_path / "img", S, jobs=1, progress=False)
+    with pytest.warns(SpectroWarning, match=r"1 image\(s\) are silent"):
+        summary = render_folder(raw, tmp_path / "img", S, jobs=1, progress=False)
     assert (summary.converted, summary.failed, summary.unmatched) == (3, 5, 1)
     listed = errors_csv(tmp_path / "img")
     assert set(listed) == set(expected)
@@ -170,6 +171,124 @@ def test_bad_input_is_listed_and_never_stops_the_batch(tmp_path):
     assert len(read_manifest(tmp_path / "img")) == 3
     assert summary.clipped_low > 0  # the silent clip is below the range everywhere
     assert any("truncated.wav: truncated recording" in line for line in summary_lines(summary, raw, max_errors=10))
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("loop", "symbolic link loop: following loop.wav -> loop.wav never reaches a file"),
+    ("dangling", "dangling symbolic link: its target gone.wav does not exist"),
+    ("fifo", "not a regular file (a FIFO, socket or device): expected an audio file"),
+])
+def test_unopenable_paths_are_listed_never_dropped(tmp_path, kind, reason):
+    raw = tmp_path / "raw"
+    make_tree(raw, MIMII_RELS[:1])
+    folder = raw / "fan" / "normal"
+    folder.mkdir(parents=True)
+    if kind == "loop":
+        (folder / "loop.wav").symlink_to("loop.wav")
+    elif kind == "dangling":
+        (folder / "dangling.wav").symlink_to("gone.wav")
+    else:
+        os.mkfifo(folder / "fifo.wav")  # reading it would block: it must be refused without opening
+    summary = render_folder(raw, tmp_path / "img", S, jobs=1, progress=False)
+    assert (summary.converted, summary.failed) == (1, 1)
+    assert errors_csv(tmp_path / "img") == {f"{kind}.wav": reason}
+    assert any(f"{kind}.wav: {reason}" in line for line in summary_lines(summary, raw))
+
+
+def test_a_link_that_breaks_after_rendering_is_listed_and_its_image_removed(tmp_path):
+    raw = tmp_path / "raw"
+    make_tree(raw, MIMII_RELS[:1])
+    target = write_wav(tmp_path / "elsewhere" / "clip.wav", 0.1 * tone_signal("normal", 1.0))
+    (raw / "fan" / "normal").mkdir(parents=True)
+    (raw / "fan" / "normal" / "linked.wav").symlink_to(target)
+    first = render_folder(raw, tmp_path / "img", S, jobs=1, progress=False)
+    assert (first.converted, first.failed) == (2, 0)
+    target.unlink()
+    again = render_folder(raw, tmp_path / "img", S, jobs=1, progress=False)
+    assert (again.skipped, again.failed, again.removed) == (1, 1, 1)
+    assert "dangling symbolic link" in errors_csv(tmp_path / "img")["linked.wav"]
+    assert not (tmp_path / "img" / "fan" / "normal" / "linked.png").exists()
+
+
+def test_a_folder_of_broken_links_only_fails_with_every_link_listed(tmp_path, capsys):
+    folder = tmp_path / "raw" / "fan" / "normal"
+    folder.mkdir(parents=True)
+    (folder / "a.wav").symlink_to("a.wav")
+    (folder / "b.wav").symlink_to("missing.wav")
+    code, _, err = _cli(capsys, tmp_path / "raw", "--out", tmp_path / "img", "--jobs", "1", "--no-progress")
+    assert code == 2 and "no image could be rendered" in err and "2 recording(s) failed" in err
+    assert set(errors_csv(tmp_path / "img")) == {"a.wav", "b.wav"}
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_silent_clips_are_flagged_in_the_manifest_and_the_summary(tmp_path, jobs):
+    raw = tmp_path / "raw"
+    make_tree(raw, MIMII_RELS[:2])
+    write_wav(raw / "fan" / "normal" / "zeros.wav", np.zeros(SR, dtype=np.float32))
+    # white noise at 1e-6 of full scale: about -120 dB per mel band, far below --db-min -80
+    quiet = 1e-6 * np.random.default_rng(0).standard_normal(SR).astype(np.float32)
+    write_wav(raw / "fan" / "normal" / "faint.wav", quiet, subtype="FLOAT")
+    with pytest.warns(SpectroWarning, match=r"2 image\(s\) are silent.*--db-min -80 dB"):
+        summary = render_folder(raw, tmp_path / "img", S, jobs=jobs, progress=False)
+    assert (summary.converted, summary.silent) == (4, 2)
+    rows = {Path(r.source).name: r.silent for r in read_manifest(tmp_path / "img")}
+    assert rows == {"faint.wav": True, "zeros.wav": True, "00000000.wav": False}  # the two tones share a stem
+    assert sum(r.silent for r in read_manifest(tmp_path / "img")) == 2
+    assert any(line.startswith("2 silent image(s)") for line in summary_lines(summary, raw))
+    # a re-run skips every image and still flags them (from the manifest), also when the manifest is an old one
+    with pytest.warns(SpectroWarning, match=r"2 image\(s\) are silent"):
+        again = render_folder(raw, tmp_path / "img", S, jobs=jobs, progress=False)
+    assert (again.skipped, again.silent) == (4, 2)
+    manifest = tmp_path / "img" / "manifest.csv"
+    with manifest.open(newline="") as handle:
+        old = [row[:-1] for row in csv.reader(handle)]  # without the silent column
+    with manifest.open("w", newline="") as handle:
+        csv.writer(handle).writerows(old)
+    assert not any(r.silent for r in read_manifest(tmp_path / "img"))  # an old manifest still reads
+    with pytest.warns(SpectroWarning, match=r"2 image\(s\) are silent"):
+        third = render_folder(raw, tmp_path / "img", S, jobs=jobs, progress=False)
+    assert (third.skipped, third.silent) == (4, 2)  # decoded from the PNGs
+    assert sum(r.silent for r in read_manifest(tmp_path / "img")) == 2
+
+
+def test_a_clip_with_sound_in_part_of_it_is_not_silent(tmp_path):
+    y = np.zeros(SR, dtype=np.float32)
+    y[: SR // 4] = 0.1 * tone_signal("normal", 0.25)
+    write_wav(tmp_path / "raw" / "fan" / "normal" / "burst.wav", y)
+    summary = render_folder(tmp_path / "raw", tmp_path / "img", S, jobs=1, progress=False)
+    assert summary.silent == 0 and not read_manifest(tmp_path / "img")[0].silent
+
+
+def test_no_stale_png_survives_a_rename_or_a_collision(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "img"
+    make_tree(raw, ["site-a/fan/normal/rec.wav", "fan/normal/other.wav"])
+    first = render_folder(raw, out, S, jobs=1, progress=False)
+    assert sorted(rel(r, out) for r in first.rows) == ["fan/normal/other.png", "fan/normal/rec.png"]
+    foreign = out / "fan" / "normal" / "mine.png"  # a PNG spectro did not write is left alone
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(foreign)
+    # a second rec.wav makes both names collide (each gets a hash suffix); other.wav is renamed
+    make_tree(raw, ["site-b/fan/normal/rec.wav"])
+    (raw / "fan" / "normal" / "other.wav").rename(raw / "fan" / "normal" / "renamed.wav")
+    again = render_folder(raw, out, S, jobs=1, progress=False)
+    listed = sorted(rel(r, out) for r in read_manifest(out))
+    assert len(listed) == 3 and "fan/normal/renamed.png" in listed and "fan/normal/rec.png" not in listed
+    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert on_disk == sorted([*listed, "fan/normal/mine.png"])
+    assert again.removed == 2
+    assert any("removed 2 stale image(s)" in line for line in summary_lines(again, raw))
+    assert (render_folder(raw, out, S, jobs=1, progress=False).removed) == 0
+
+
+def test_changing_segments_removes_the_whole_recording_images(tmp_path):
+    make_tree(tmp_path / "raw", MIMII_RELS[:1], seconds=2.0)
+    out = tmp_path / "img"
+    render_folder(tmp_path / "raw", out, S, jobs=1, progress=False)
+    segmented = FeatureSettings(n_mels=32, n_fft=512, hop_length=256, segment_seconds=1.0)
+    summary = render_folder(tmp_path / "raw", out, segmented, jobs=1, progress=False)
+    assert summary.removed == 1
+    assert sorted(p.name for p in out.rglob("*.png")) == ["6dB_id_00_00000000_s000.png", "6dB_id_00_00000000_s001.png"]
 
 
 def test_wrong_channel_is_a_listed_failure(tmp_path):
@@ -443,3 +562,20 @@ def test_images_command_never_imports_tensorflow(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "heavy: []" in proc.stdout
+
+
+def test_recordings_outside_the_input_limits_are_listed_with_their_reason(tmp_path, monkeypatch):
+    """spectro images reads with the default InputLimits: a small file whose header declares 1 Hz, or more than an
+    hour, lands in errors.csv with its one-line reason, refused before a sample is read (issue 44)."""
+    from hostile import one_hz_wav, wav_bytes
+
+    raw = tmp_path / "raw"
+    make_tree(raw, MIMII_RELS[:1])
+    folder = raw / "fan" / "normal"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "one_hz.wav").write_bytes(one_hz_wav())
+    (folder / "long.wav").write_bytes(wav_bytes(sr=1000, frames=3_700_000))  # 3,700 s of 1 kHz mono: 7.4 MB
+    summary = render_folder(raw, tmp_path / "img", S, jobs=1, progress=False)
+    assert (summary.converted, summary.failed) == (1, 2)
+    assert errors_csv(tmp_path / "img") == {"one_hz.wav": "sample rate 1 Hz is outside 1000..384000 Hz",
+                                            "long.wav": "recording declares 3700 s; the limit is 3660 s"}

@@ -340,3 +340,80 @@ def test_the_sparkline_puts_any_threshold_half_way_up():
     line = next(x for x in format_text(result).splitlines() if "score over time" in x)
     assert line.endswith(sparkline([0.0, 0.125, 0.375, 0.53125, 0.75]))  # -8 farthest from 0: the bottom
     assert len(set(line.split(": ")[-1])) == 5  # five different heights, none lost to a division by 0
+
+
+# -- hostile files: one-line errors, never a traceback, decided from the header (issue 44) --
+
+RUN_SETTINGS = dict(n_mels=32, n_fft=512, hop_length=256)  # the tiny run's feature settings
+
+
+def _hostile(case: str, tmp_path: Path) -> Path:
+    from hostile import BOMB_SIDE, one_hz_wav, png_bytes, spectro_text, wav_bytes, wide_png
+
+    from spectro.features.settings import FeatureSettings
+
+    run = FeatureSettings(**RUN_SETTINGS)
+    path = tmp_path / ("x.wav" if "wav" in case else "x.png")
+    if case == "1 Hz wav":
+        path.write_bytes(one_hz_wav())
+    elif case == "65-channel wav":
+        path.write_bytes(wav_bytes(channels=65, frames=100))
+    elif case == "384 kHz+ wav":
+        path.write_bytes(wav_bytes(sr=400_000, frames=100))
+    elif case == "64 x 2,000,000 png":
+        path.write_bytes(wide_png(bands=32, settings=run))
+    elif case == "decompression bomb png":
+        path.write_bytes(png_bytes(width=BOMB_SIDE, height=BOMB_SIDE, text=spectro_text(run), idat=b""))
+    elif case.startswith("settings "):
+        path.write_bytes(png_bytes(width=63, height=32, text=spectro_text(run, settings=case[len("settings "):])))
+    elif case == "bad segment png":
+        path.write_bytes(png_bytes(width=63, height=32, text=spectro_text(run, segment="seven")))
+    elif case == "bad modulation png":
+        path.write_bytes(png_bytes(width=63, height=32, text=spectro_text(run, modulation="1 2 three")))
+    return path
+
+
+@pytest.mark.parametrize("case, match", [
+    ("1 Hz wav", r"x.wav: sample rate 1 Hz is outside 1000..384000 Hz"),
+    ("65-channel wav", r"x.wav: 65 channels declared; expected 1..64"),
+    ("384 kHz+ wav", r"x.wav: sample rate 400000 Hz is outside"),
+    ("64 x 2,000,000 png", r"x.png: image is 2000000 frames wide; the limit is 228751 frames (3660 s)"),
+    ("decompression bomb png", r"x.png: image is 20000x20000 pixels (bands x frames), the model takes 32x63"),
+    ('settings {"sr": "abc"}', r"x.png: its 'spectro:settings' text chunk: invalid FeatureSettings: sr must be a whole "
+                               r"number, got 'abc'"),
+    ("settings [1, 2]", r"FeatureSettings must be a JSON object of settings, got list"),
+    ('settings {"features": "x"}', r"unknown FeatureSettings keys ['features']"),
+    ("bad segment png", r"x.png: its 'spectro:segment' text chunk should be a window index"),
+    ("bad modulation png", r"x.png: its modulation spectrum is not a list of numbers"),
+])
+def test_hostile_files_are_one_line_errors(case, match, tiny_run, tmp_path, capsys):
+    path = _hostile(case, tmp_path)
+    assert cli(["classify", str(path), "--model", str(tiny_run)]) == 2
+    assert match in _one_line_error(capsys)
+
+
+def test_max_seconds_bounds_recordings_and_pngs(tiny_run, tiny_images, tmp_path, capsys):
+    wav = write_wav(tmp_path / "one.wav", tone_signal("normal", 1.0))
+    png = tiny_images / FAN_BEARING_0  # 1 s: 63 frames
+    assert cli(["classify", str(wav), str(png), "--model", str(tiny_run), "--max-seconds", "1", "--json"]) == 0
+    assert len(_json_lines(capsys.readouterr().out)) == 2
+    assert cli(["classify", str(wav), "--model", str(tiny_run), "--max-seconds", "0.5"]) == 2
+    assert "one.wav: recording declares 1 s; the limit is 0.5 s" in _one_line_error(capsys)
+    assert cli(["classify", str(png), "--model", str(tiny_run), "--max-seconds", "0.5"]) == 2
+    assert "image is 63 frames wide; the limit is 32 frames (0.5 s)" in _one_line_error(capsys)
+    for bad in ("inf", "nan", "0", "-3"):
+        assert cli(["classify", str(wav), "--model", str(tiny_run), "--max-seconds", bad]) == 2
+        assert f"max_seconds must be a finite number > 0, got {float(bad)}" in _one_line_error(capsys)
+
+
+def test_classify_files_takes_limits(tiny_run, tmp_path):
+    from spectro.errors import SpectroError
+    from spectro.features.limits import InputLimits
+    from spectro.inference.classify import classify_files
+    from spectro.inference.predictors import load_predictor
+
+    predictor = load_predictor(tiny_run)
+    wav = write_wav(tmp_path / "two.wav", tone_signal("normal", 2.0))
+    assert len(classify_files([wav], predictor, threshold=None, limits=InputLimits(max_seconds=2.0))) == 1
+    with pytest.raises(SpectroError, match="two.wav: recording declares 2 s; the limit is 1.5 s"):
+        classify_files([wav], predictor, threshold=None, limits=InputLimits(max_seconds=1.5))

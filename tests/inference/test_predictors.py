@@ -13,7 +13,7 @@ import pytest
 from conftest import raw_tflite_probs, split_pixels, tone_signal, write_wav
 
 from spectro.errors import SpectroError
-from spectro.inference.predictors import KerasPredictor, LiteRTPredictor, load_predictor
+from spectro.inference.predictors import KerasPredictor, LiteRTPredictor, find_model, load_predictor
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,14 +81,44 @@ def test_wrong_image_shape_is_refused(tiny_exports, shape):
         predictor.predict(np.zeros(shape, dtype=np.uint8))
 
 
-def test_run_folder_prefers_keras_then_tflite(tiny_exports, tmp_path):
-    assert isinstance(load_predictor(tiny_exports["run"]), KerasPredictor)
+def test_a_run_folder_means_its_keras_model_and_a_tflite_file_is_used_only_when_named(tiny_exports, tmp_path):
+    run = tiny_exports["run"]  # model.keras beside three .tflite files
+    assert {p.name for p in run.glob("*.tflite")} == {"model.tflite", "model_dynamic.tflite", "model_int8.tflite"}
+    assert find_model(run) == (run / "model.keras", run)
+    assert isinstance(load_predictor(run), KerasPredictor)
+    named = load_predictor(run / "model_int8.tflite")
+    assert isinstance(named, LiteRTPredictor) and named.path.name == "model_int8.tflite"
+    # a folder of .tflite files only (spectro export --out): refused in one line that names them to choose from
     device = tmp_path / "device"
     device.mkdir()
     for name in ("config.json", "labels.json", "model_int8.tflite", "model_dynamic.tflite"):
-        shutil.copy(tiny_exports["run"] / name, device / name)
-    predictor = load_predictor(device)
-    assert isinstance(predictor, LiteRTPredictor) and predictor.path.name == "model_int8.tflite"
+        shutil.copy(run / name, device / name)
+    with pytest.raises(SpectroError, match=r"no model.keras in the folder .*name one of model_dynamic.tflite, "
+                                           r"model_int8.tflite, e.g. .*device/model_dynamic.tflite") as refused:
+        load_predictor(device)
+    assert "\n" not in str(refused.value)
+    assert load_predictor(device / "model_int8.tflite").path == device / "model_int8.tflite"
+
+
+@pytest.mark.parametrize("content", [b"not a zip archive" * 20, b"PK\x03\x04 a zip header and nothing more"])
+def test_a_damaged_keras_file_is_not_a_loadable_keras_model(tiny_run, tmp_path, content):
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns("*.keras")))
+    (run / "model.keras").write_bytes(content)
+    with pytest.raises(SpectroError, match=r"model.keras: not a loadable Keras model \(") as refused:
+        load_predictor(run)
+    assert "File not found" not in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_run_without_labels_or_with_a_damaged_config_is_refused_before_loading_the_model(tiny_run, tmp_path):
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    (run / "labels.json").unlink()
+    with pytest.raises(SpectroError, match=r"run: no labels.json \(the class labels\)"):
+        find_model(run)
+    shutil.copy(tiny_run / "labels.json", run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "input_shape": [32, "63"]}))
+    with pytest.raises(SpectroError, match=r"config.json: 'input_shape' should be two positive integers"):
+        find_model(run / "model.keras")
 
 
 @pytest.mark.parametrize("case, message", [
@@ -96,7 +126,7 @@ def test_run_folder_prefers_keras_then_tflite(tiny_exports, tmp_path):
     ("missing", "no such model file"),
     ("labels_mismatch", "labels.json lists 3 classes"),
     ("shape_mismatch", "does not fit the run's images"),
-    ("no_model", "no model in the run folder"),
+    ("no_model", "no model.keras in the run folder"),
 ])
 def test_bad_tflite_gives_clear_error(tiny_exports, tmp_path, case, message):
     run = tiny_exports["run"]
@@ -115,7 +145,7 @@ def test_bad_tflite_gives_clear_error(tiny_exports, tmp_path, case, message):
         (device / "labels.json").write_text(json.dumps(labels))
     if case == "shape_mismatch":
         config = json.loads((device / "config.json").read_text())
-        config["input_shape"] = [64, 63]
+        config["input_shape"] = [32, 40]
         (device / "config.json").write_text(json.dumps(config))
     with pytest.raises(SpectroError, match=message):
         load_predictor(device if case == "no_model" else target)

@@ -128,3 +128,39 @@ def test_load_windows_goes_by_the_file_suffix(tmp_path):
     wav = write_wav(tmp_path / "b.wav", tone_signal("normal", 1.0))
     assert load_windows(tmp_path / "a.png", S, SHAPE).kind == "png"
     assert load_windows(wav, S, SHAPE).kind == "audio"
+
+
+# -- limits from the header, before decoding (issue 44) --
+
+def test_a_png_wider_than_the_limits_is_refused_before_decoding(tmp_path, monkeypatch):
+    from hostile import wide_png
+    from PIL import ImageFile
+
+    (tmp_path / "wide.png").write_bytes(wide_png(bands=32, settings=S))
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("pixels were decoded"))
+    with pytest.raises(SpectroError, match=r"wide.png: image is 2000000 frames wide; the limit is 228751 frames"):
+        load_windows(tmp_path / "wide.png", S, SHAPE)
+
+
+def test_limits_travel_down_to_the_png_and_audio_readers(tmp_path):
+    from spectro.features.limits import InputLimits
+
+    _png(tmp_path / "a.png", 3.0)  # 188 frames
+    wav = write_wav(tmp_path / "a.wav", tone_signal("normal", 3.0))
+    for path in (tmp_path / "a.png", wav):  # at the limit: the same spans as with the defaults
+        np.testing.assert_array_equal(load_windows(path, S, SHAPE, limits=InputLimits(max_seconds=3.0)).pixels,
+                                      load_windows(path, S, SHAPE).pixels)
+    short = InputLimits(max_seconds=2.5)
+    with pytest.raises(SpectroError, match=r"a.png: image is 188 frames wide; the limit is 157 frames \(2.5 s\)"):
+        load_windows(tmp_path / "a.png", S, SHAPE, limits=short)
+    with pytest.raises(SpectroError, match=r"a.wav: recording declares 3 s; the limit is 2.5 s"):
+        load_windows(wav, S, SHAPE, limits=short)
+
+
+def test_a_recording_outside_the_limits_is_refused_with_its_path(tmp_path, monkeypatch):
+    from hostile import one_hz_wav
+
+    (tmp_path / "one_hz.wav").write_bytes(one_hz_wav())
+    monkeypatch.setattr("soundfile.SoundFile.read", lambda *a, **k: pytest.fail("samples were read"))
+    with pytest.raises(SpectroError, match=r"one_hz.wav: sample rate 1 Hz is outside 1000\.\.384000 Hz"):
+        audio_windows(tmp_path / "one_hz.wav", S, SHAPE)

@@ -51,7 +51,7 @@ def files(tiny_images, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def lite_client(tiny_exports):
-    with TestClient(create_app(tiny_exports["run"], workers=2)) as client:
+    with TestClient(create_app(tiny_exports["files"]["int8"], workers=2)) as client:
         yield client
 
 
@@ -80,13 +80,14 @@ def _same_as_cli(answer: list[dict], expected: list[dict], names: list[str]) -> 
 
 # -- which model, and start-up ---------------------------------------------------------------------------------
 
-def test_a_run_is_served_from_its_tflite_file_without_tensorflow(tiny_exports, tiny_run):
-    assert serve_model_path(tiny_exports["run"]) == tiny_exports["run"] / "model_int8.tflite"
-    assert serve_model_path(tiny_run) == tiny_run / "model.keras"  # no .tflite there
+def test_a_run_folder_serves_its_keras_model_and_a_named_tflite_file_runs_without_tensorflow(tiny_exports):
+    # one rule with classify: a run folder means its model.keras even beside .tflite files, which are named
+    assert serve_model_path(tiny_exports["run"]) == tiny_exports["run"] / "model.keras"
+    assert serve_model_path(tiny_exports["files"]["int8"]) == tiny_exports["run"] / "model_int8.tflite"
     code = ("import sys, json; from spectro.serving.app import create_app; app = create_app(sys.argv[1]); "
             "print(json.dumps([app.state.service.identity, 'tensorflow' in sys.modules, 'keras' in sys.modules]))")
-    done = subprocess.run([sys.executable, "-c", code, str(tiny_exports["run"])], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-c", code, str(tiny_exports["files"]["int8"])], capture_output=True,
+                          text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     identity, tensorflow, keras = json.loads(done.stdout.strip().splitlines()[-1])
     assert identity["file"] == "model_int8.tflite" and identity["format"] == "tflite"
@@ -111,7 +112,7 @@ def test_a_keras_model_is_loaded_by_the_workers_only_and_checked_at_start_up(tin
     # loaded the model before create_app returns
     assert file == "model.keras" and not tensorflow and ready
     # a file Keras cannot load is a one-line error at start-up
-    assert "cannot load Keras model" in error and str(broken / "model.keras") in error and "\n" not in error
+    assert "not a loadable Keras model" in error and str(broken / "model.keras") in error and "\n" not in error
 
 
 # -- the answers -----------------------------------------------------------------------------------------------
@@ -147,7 +148,7 @@ def test_the_client_file_name_is_shown_never_used_as_a_path(tiny_exports, files,
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where the server's request folders go
     (tmp_path / "tmp").mkdir()
     expected = _cli_json([files["normal.wav"]], tiny_exports["files"]["int8"], capsys)
-    with TestClient(create_app(tiny_exports["run"], workers=1)) as client:
+    with TestClient(create_app(tiny_exports["files"]["int8"], workers=1)) as client:
         response = _post(client, [files["normal.wav"]], names=["../../escape.wav"])
         assert response.status_code == 200
         assert response.json()[0]["path"] == "escape.wav"
@@ -221,7 +222,7 @@ def test_the_machine_parameter_is_classify_machine(tiny_exports, files, tmp_path
     config["anomaly_score"] = {"kind": "fused"}
     save_config(run, config)
     paths = [files["normal.wav"], files["image.png"]]
-    with TestClient(create_app(run, workers=1)) as client:
+    with TestClient(create_app(run / "model_int8.tflite", workers=1)) as client:
         assert client.get("/api/model").json()["machine_choices"] == ["fan", "pump"]
         answers = {}
         for machine in ("pump", "fan/id_07"):
@@ -244,7 +245,7 @@ def test_the_machine_parameter_is_classify_machine(tiny_exports, files, tmp_path
         assert bad.status_code == 422
         assert bad.json() == {"error": "machine turbine: this run scores the machine types fan, pump; got 'turbine' "
                                        "(this model accepts: fan, pump)"}
-    with TestClient(create_app(tiny_exports["run"], workers=1)) as client:
+    with TestClient(create_app(tiny_exports["files"]["int8"], workers=1)) as client:
         answer = client.post("/api/classify?machine=pump", files=[("file", ("a.wav", paths[0].read_bytes()))])
         assert answer.status_code == 422 and answer.json()["error"].startswith("machine is for normal-only runs")
 
@@ -275,7 +276,7 @@ def test_model_description_has_the_evaluated_threshold_and_metrics(tiny_exports,
     config = json.loads((run / "config.json").read_text())
     kept = {k: config[k] for k in ("features", "input_shape", "task", "model", "seed", "threshold")}
     (device / "config.json").write_text(json.dumps({**kept, "exported_from": str(run)}))
-    with TestClient(create_app(device, workers=1)) as client:
+    with TestClient(create_app(device / "model_int8.tflite", workers=1)) as client:
         model = client.get("/api/model").json()
         assert model["created"] == "2026-12-01T10:00:00" and model["test_metrics"]["auc"] == 0.875
         assert model["test_metrics_source"] == f"metrics.json of {run}"
@@ -295,7 +296,7 @@ def test_page_docs_and_assets(lite_client):
     js = lite_client.get("/page.js")
     assert js.status_code == 200 and "javascript" in js.headers["content-type"]
     assert re.findall(r"https?://[^\s\"']+", js.text) == ["http://www.w3.org/2000/svg"]  # a namespace, not a fetch
-    assert "api/classify" in js.text and "api/spectrogram" in js.text and "api/model" in js.text
+    assert "api/inspect" in js.text and "api/model" in js.text  # one upload per file: verdict and spectrogram
     css = lite_client.get("/page.css")
     assert css.status_code == 200 and "text/css" in css.headers["content-type"] and "url(" not in css.text
     assert lite_client.get("/docs").status_code == 200
@@ -407,7 +408,7 @@ def test_uploads_over_the_size_limit_are_refused(tiny_exports, files, tmp_path, 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     big = _wav_bytes(tone_signal("normal", 3.0))  # 96 kB
     assert len(big) > 64 * 1024
-    with TestClient(create_app(tiny_exports["run"], max_upload_mb=64 / 1024, workers=1)) as client:
+    with TestClient(create_app(tiny_exports["files"]["int8"], max_upload_mb=64 / 1024, workers=1)) as client:
         _assert_error(client.post("/api/classify", files={"file": ("big.wav", big)}), 413, "over the server's limit")
         # without a Content-Length (chunked): counted as it arrives, refused before it is all stored
 
@@ -424,7 +425,7 @@ def test_uploads_over_the_size_limit_are_refused(tiny_exports, files, tmp_path, 
         assert small.status_code == 200
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(Exception, match="max-upload-mb"):
-        create_app(tiny_exports["run"], max_upload_mb=0)
+        create_app(tiny_exports["files"]["int8"], max_upload_mb=0)
 
 
 # -- concurrency -----------------------------------------------------------------------------------------------

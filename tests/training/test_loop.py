@@ -500,6 +500,49 @@ def test_the_checkpoint_holds_the_best_epoch(early):
     assert _val_loss(run, CHECKPOINT_NAME) == pytest.approx(val_loss[best], rel=1e-4)
 
 
+# -- a run is whole or absent ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_an_interrupted_or_failed_run_leaves_nothing_behind_and_its_name_trains_afterwards(tiny_images, tmp_path,
+                                                                                           monkeypatch, capsys):
+    import os
+
+    import spectro.training.loop as loop
+    from spectro.runs import point_latest
+
+    out = tmp_path / "models"
+    (out / "old").mkdir(parents=True)
+    point_latest(out, out / "old")
+    argv = ["train", str(tiny_images), "--out", str(out), *TINY, "--steps", "2", "--eval-every", "2", "--qat-steps",
+            "0", "--batch-size", "8", "--name", "again"]
+    staged = []  # what the run's (hidden) folder held when the run was stopped
+
+    def stop(exception):
+        def stopped(*args, **kwargs):
+            [folder] = [p for p in out.iterdir() if p.name.startswith(".again.partial-")]
+            staged.append(sorted(p.name for p in folder.iterdir()))
+            raise exception
+        return stopped
+
+    # Ctrl-C once config.json, labels.json and splits.csv are written, before any model (what `kill -INT` left)
+    monkeypatch.setattr(loop, "training_dataset", stop(KeyboardInterrupt()))
+    assert cli_main(argv) == 130 and "interrupted" in capsys.readouterr().err
+    assert staged[0] == ["config.json", "labels.json", SPLITS_NAME]
+    assert sorted(p.name for p in out.iterdir()) == ["latest", "old"] and os.readlink(out / LATEST) == "old"
+    monkeypatch.undo()
+    # an error after the model is written: the folder goes too, and latest stays where it was
+    monkeypatch.setattr(loop.plots, "training_curves", stop(RuntimeError("disk full")))
+    with pytest.raises(RuntimeError, match="disk full"):
+        cli_main(argv)
+    assert MODEL_NAME in staged[1] and HISTORY_NAME in staged[1]
+    assert sorted(p.name for p in out.iterdir()) == ["latest", "old"] and os.readlink(out / LATEST) == "old"
+    monkeypatch.undo()
+    # the same name trains afterwards, and only then does latest move
+    assert cli_main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["again", "latest", "old"] and os.readlink(out / LATEST) == "again"
+    assert {MODEL_NAME, "config.json", "labels.json", SPLITS_NAME, HISTORY_NAME} <= {p.name for p in
+                                                                                    (out / "again").iterdir()}
+
+
 @pytest.mark.slow
 def test_a_run_records_the_width_its_backbone_was_built_with(tiny_images, tmp_path):
     import keras
