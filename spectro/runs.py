@@ -7,10 +7,13 @@ Contract (written by ``spectro train``, extended by ``evaluate``/``export``):
                   of ``labels.json``
 ``checkpoint.keras``  the best epoch so far, written by ``ModelCheckpoint`` during training
 ``labels.json``   :class:`spectro.model.labels.LabelSpace`
-``config.json``   ``features`` (FeatureSettings dict), ``input_shape`` (the model's: ``[n_mels, window]``),
-                  ``image_shape`` (the training images': ``[n_mels, frames]``), ``task``, ``model`` (backbone,
-                  alpha, image_size, window_seconds, weights requested/used), ``seed``, ``split``, ``training``,
-                  ``metrics``, and after ``evaluate`` a ``threshold`` block ``{"value", "method", ...}``
+``config.json``   ``format`` (:data:`FORMAT`), ``features`` (FeatureSettings dict), ``input_shape`` (the model's:
+                  ``[n_mels, window]``), ``image_shape`` (the training images': ``[n_mels, frames]``), ``task``,
+                  ``model`` (backbone, alpha, image_size, window_seconds, embedding, weights requested/used),
+                  ``seed``, ``split``, ``training``,
+                  ``metrics``, ``scorer_files`` (the files its score reads beside the model: :func:`scorer_files`),
+                  ``warnings`` (what training could not do, one line each), and after ``evaluate`` a ``threshold``
+                  block ``{"value", "method", ...}``
 ``splits.csv``    image (absolute PNG path), source, machine, machine_id, label, snr, segment,
                   split (train/val/test)
 ``config.json``'s ``images`` holds the absolute path of the image folder trained on.
@@ -23,13 +26,18 @@ extended by ``spectro enroll`` (:class:`spectro.model.references.References` rea
 ``references.json``  scorers, default scorer, ``k``, ``max_fpr``, and per machine its clips, sources,
                      thresholds and where they came from
 
-Every run trained since the known-machine check exists also holds ``known_machines.npz``: per machine key, its
-training (and enrolled) clips' mel statistics and their Gaussian and bound (:mod:`spectro.model.known`).
+Every run holds ``known_machines.npz``: per machine key, its training (and enrolled) clips' mel statistics and
+their Gaussian and bound (:mod:`spectro.model.known`); a supervised run whose score is fused holds ``fusion.npz``
+(:mod:`spectro.model.fusion`).
+
+A run of another :data:`FORMAT` (written by an older spectro) is refused by every reader with one line saying to
+retrain it; so is a run folder that lacks a file its score reads (:func:`scorer_files`), when it is resolved.
 
 A run is whole or absent: ``spectro train`` writes it into a hidden folder beside its final one
 (:func:`staging_folder`) and renames it when it is complete (:func:`finish_run`); ``models/latest`` only ever
 points at a whole run. Every reader checks what it reads: :func:`load_config` refuses a ``config.json`` whose keys
-have the wrong types, and :func:`resolve_run` the run folders that lack a file the reader needs, each in one line.
+have the wrong types or another format, and :func:`resolve_run` the run folders that lack a file the reader or the
+run's score needs, each in one line.
 Which model file a run means is one rule, :data:`MODEL_RULE` (:func:`spectro.inference.predictors.find_model`).
 """
 
@@ -47,10 +55,13 @@ from typing import Any
 from spectro.data.manifest import ImageRow, read_csv_rows
 from spectro.errors import SpectroError
 from spectro.features.settings import FeatureSettings
-from spectro.model.labels import LABELS_NAME, TASKS
+from spectro.model.labels import LABELS_NAME, NORMAL_ONLY, TASKS
 from spectro.paths import MODELS_DIR
 
 CONFIG_NAME = "config.json"
+# the run folder's format, in every config.json: a run of another format is refused (its files meant other things);
+# raise it when a file of the run changes meaning, and retrain
+FORMAT = 1
 MODEL_NAME = "model.keras"
 # the best epoch of the float phases, written by Keras' ModelCheckpoint while training runs (model.keras is
 # written when training ends: the best weights, compile state stripped)
@@ -75,7 +86,11 @@ MODEL_RULE = (f"a run folder means its {MODEL_NAME} (the model that training, ev
               "report describe); a .tflite file is used only when named, e.g. RUN/model_int8.tflite")
 # what each file of a run is, for the one-line refusal of a run folder that lacks one its reader needs
 RUN_FILES = {MODEL_NAME: "the Keras model", LABELS_NAME: "the class labels", SPLITS_NAME: "the image splits",
-             CONFIG_NAME: "the run's settings"}
+             CONFIG_NAME: "the run's settings", KNOWN_NAME: "the known-machine profiles",
+             FUSION_NAME: "the fused anomaly score", REFERENCES_NAME: "the normal references",
+             REFERENCES_INFO: "the normal references' thresholds"}
+# the files a run's score reads beside its model (config.json's scorer_files names those of the run)
+SCORER_FILES = (KNOWN_NAME, FUSION_NAME, REFERENCES_NAME, REFERENCES_INFO)
 # what every run written by ``spectro train`` holds: a reader of the whole run (the report) needs them all
 WHOLE_RUN = (MODEL_NAME, LABELS_NAME, SPLITS_NAME)
 LATEST = "latest"
@@ -89,13 +104,14 @@ DEFAULT_CALIBRATED_THRESHOLD = 0.0
 
 def resolve_run(path: str | Path | None = None, *, needs: Iterable[str] = ()) -> Path:
     """The run folder for ``path``: a run folder, ``models/latest``, or a model file inside a run; its
-    ``config.json`` checked (:func:`load_config`) and the files its reader ``needs`` there.
+    ``config.json`` checked (:func:`load_config`), the files its reader ``needs`` there, and the files its score
+    reads (:func:`scorer_files`).
 
     Raises
     ------
     SpectroError
-        When nothing there looks like a run (no ``config.json``), its ``config.json`` is damaged, or one of
-        ``needs`` is missing.
+        When nothing there looks like a run (no ``config.json``), its ``config.json`` is damaged or of another
+        format, or one of ``needs`` or of its scorer files is missing.
     """
     path = Path(path) if path is not None else MODELS_DIR / LATEST
     if path.is_file():
@@ -107,13 +123,26 @@ def resolve_run(path: str | Path | None = None, *, needs: Iterable[str] = ()) ->
     if not (path / CONFIG_NAME).is_file():
         raise SpectroError(f"{path}: not a spectro run folder (no {CONFIG_NAME}); expected a folder written by "
                            f"'spectro train'")
-    load_config(path)
+    config = load_config(path)
     for name in needs:
         if not (path / name).is_file():
             what = RUN_FILES.get(name, name)
             raise SpectroError(f"{path}: no {name} ({what}); expected a whole run written by 'spectro train' "
                                "(train it again)")
+    for name in scorer_files(config):
+        if not (path / name).is_file():
+            raise SpectroError(f"{path}: no {name} ({RUN_FILES[name]}), which this run's anomaly score reads; the "
+                               "run folder is incomplete (copy the whole run folder, or train it again)")
     return path
+
+
+def scorer_files(config: dict[str, Any]) -> list[str]:
+    """The files a run's score reads beside its model: those its ``config.json`` names (``scorer_files``) and,
+    whatever it names, every run's known-machine profiles, a fused run's ``fusion.npz`` and a normal-only run's
+    references."""
+    implied = [KNOWN_NAME, *([FUSION_NAME] if fused(config) else []),
+               *([REFERENCES_NAME, REFERENCES_INFO] if config.get("task") == NORMAL_ONLY else [])]
+    return [name for name in SCORER_FILES if name in implied or name in config.get("scorer_files", ())]
 
 
 def load_config(run: str | Path) -> dict[str, Any]:
@@ -159,15 +188,16 @@ _OBJECTS = ("model", "training", "split", "metrics", "anomaly_score", "normal_on
 
 
 def check_config(config: Any, path: str | Path = CONFIG_NAME) -> dict[str, Any]:
-    """``config`` (a run's ``config.json``, read from ``path``) when every key a reader uses has the type it
-    expects: ``features`` valid feature settings, ``input_shape`` (and ``image_shape``) two positive integers with
-    the features' mel bands first, ``task`` one of the tasks, ``threshold`` an object whose ``value`` is a number
-    (``null``: per machine), the other blocks objects.
+    """``config`` (a run's ``config.json``, read from ``path``) when it is of this :data:`FORMAT` and every key a
+    reader uses has the type it expects: ``features`` valid feature settings, ``input_shape`` and ``image_shape``
+    two positive integers with the features' mel bands first, ``task`` one of the tasks, ``model.embedding`` a text,
+    ``threshold`` an object whose ``value`` is a number (``null``: per machine), ``scorer_files`` names of
+    :data:`SCORER_FILES`, ``warnings`` texts, the other blocks objects.
 
     Raises
     ------
     SpectroError
-        One line: the file, the key, what was expected and what was found.
+        One line: a run of another format (retrain it), or the file, the key, what was expected and what was found.
     """
     def bad(key: str, expected: str, found: Any) -> SpectroError:
         return SpectroError(f"{path}: '{key}' should be {expected}, found {_found(found)}; the run's config is "
@@ -175,7 +205,16 @@ def check_config(config: Any, path: str | Path = CONFIG_NAME) -> dict[str, Any]:
 
     if not isinstance(config, dict):
         raise SpectroError(f"{path}: should be a JSON object of the run's settings, found {_found(config)}")
-    for key in ("features", "input_shape"):
+    run = Path(path).parent if Path(path).name == CONFIG_NAME else Path(path)
+    found = config.get("format", 0)
+    if not isinstance(found, int) or isinstance(found, bool):
+        raise bad("format", "a whole number (the run folder's format)", found)
+    if found < FORMAT:
+        raise SpectroError(f"{run}: written by an older spectro (format {found}); retrain it with this version")
+    if found > FORMAT:
+        raise SpectroError(f"{run}: written by a newer spectro (format {found}; this version reads format "
+                           f"{FORMAT}); use that version, or retrain it with this one")
+    for key in ("features", "input_shape", "image_shape", "task", "model"):
         if key not in config:
             raise SpectroError(f"{path}: no '{key}' (every run written by 'spectro train' has one); the run's config "
                                "is damaged")
@@ -186,11 +225,11 @@ def check_config(config: Any, path: str | Path = CONFIG_NAME) -> dict[str, Any]:
     except (SpectroError, TypeError, ValueError) as exc:
         raise SpectroError(f"{path}: 'features' are not valid feature settings ({str(exc).splitlines()[0]})") from None
     for key in ("input_shape", "image_shape"):
-        if key in config and not _shape(config[key]):
+        if not _shape(config[key]):
             raise bad(key, "two positive integers [mel bands, frames]", config[key])
-        if key in config and config[key][0] != features.n_mels:
+        if config[key][0] != features.n_mels:
             raise bad(key, f"{features.n_mels} mel bands first (the features' n_mels)", config[key])
-    if "task" in config and config["task"] not in TASKS:
+    if config["task"] not in TASKS:
         raise bad("task", f"one of {', '.join(TASKS)}", config["task"])
     for key in _OBJECTS:
         if key in config and not isinstance(config[key], dict):
@@ -204,8 +243,14 @@ def check_config(config: Any, path: str | Path = CONFIG_NAME) -> dict[str, Any]:
     score = config.get("anomaly_score") or {}
     if "kind" in score and not isinstance(score["kind"], str):
         raise bad("anomaly_score.kind", "a text", score["kind"])
-    if "embedding" in (config.get("model") or {}) and not isinstance(config["model"]["embedding"], str):
-        raise bad("model.embedding", "a text", config["model"]["embedding"])
+    if not isinstance(config["model"].get("embedding"), str):
+        raise bad("model.embedding", "a text", config["model"].get("embedding"))
+    files = config.get("scorer_files", [])
+    if not isinstance(files, list) or any(name not in SCORER_FILES for name in files):
+        raise bad("scorer_files", f"a list of the run's scorer files (of {', '.join(SCORER_FILES)})", files)
+    notes = config.get("warnings", [])
+    if not isinstance(notes, list) or not all(isinstance(note, str) for note in notes):
+        raise bad("warnings", "a list of texts", notes)
     for key in ("images", "created", "exported_from"):
         if key in config and not isinstance(config[key], str):
             raise bad(key, "a text", config[key])
@@ -242,15 +287,14 @@ def input_shape(config: dict[str, Any]) -> tuple[int, int]:
 
 
 def image_shape(config: dict[str, Any]) -> tuple[int, int]:
-    """The shape of the images the model was trained on, the span it scores as one clip (runs from before
-    windows existed: the input shape)."""
-    return tuple(int(v) for v in config.get("image_shape", config["input_shape"])[:2])
+    """The shape of the images the model was trained on, the span it scores as one clip."""
+    return tuple(int(v) for v in config["image_shape"][:2])
 
 
 def embedding_of(config: dict[str, Any]) -> str:
-    """The embedding a run's model gives (``model.embedding``, :attr:`spectro.model.backbones.ModelSettings.embedding`;
-    runs written before there was a choice used ``pool``)."""
-    return str(config.get("model", {}).get("embedding", "pool"))
+    """The embedding a run's model gives (``model.embedding``,
+    :attr:`spectro.model.backbones.ModelSettings.embedding`)."""
+    return str(config["model"]["embedding"])
 
 
 def save_arrays(path: str | Path, arrays: dict[str, Any]) -> Path:
@@ -274,7 +318,7 @@ def fused(config: dict[str, Any]) -> bool:
 def default_threshold(config: dict[str, Any]) -> float:
     """The anomaly-score threshold before ``evaluate`` chooses one: 0.5 for the CNN's probability,
     :data:`DEFAULT_CALIBRATED_THRESHOLD` for a calibrated fused score, :data:`DEFAULT_FUSED_THRESHOLD` for a fused
-    one that is not (trained before the calibration, or without failure clips to calibrate on)."""
+    one that is not (trained without failure clips in its validation split to calibrate on)."""
     if not fused(config):
         return DEFAULT_THRESHOLD
     return DEFAULT_CALIBRATED_THRESHOLD if config["anomaly_score"].get("calibrated") else DEFAULT_FUSED_THRESHOLD

@@ -3,7 +3,8 @@
 Test modules in the subfolders import the helpers with ``from conftest import ...`` (pytest puts this
 folder on ``sys.path`` when it loads this file).
 
-``tiny_run`` builds a run folder exactly as the run-folder contract in ``spectro/runs.py`` describes,
+``tiny_run`` builds a run folder exactly as the run-folder contract in ``spectro/runs.py`` describes (this
+format's ``config.json``, and the known-machine profiles every run holds),
 without going through ``spectro train``, so the downstream stages (evaluate, classify, export) are
 tested on their own. It trains a real (tiny) Keras model for a few epochs on clearly separable
 images, so its predictions are meaningful.
@@ -110,7 +111,7 @@ def tiny_run(tiny_images, tmp_path_factory) -> Path:
     from spectro.features.png import read_info, read_pixels
     from spectro.model.backbones import ModelSettings, build_model
     from spectro.model.labels import LabelSpace
-    from spectro.runs import MODEL_NAME, save_config, write_splits
+    from spectro.runs import FORMAT, KNOWN_NAME, MODEL_NAME, save_config, write_splits
 
     keras.utils.set_random_seed(0)
     run = tmp_path_factory.mktemp("runs") / "tiny"
@@ -137,13 +138,23 @@ def tiny_run(tiny_images, tmp_path_factory) -> Path:
     labels.save(run)
     features = read_info(rows[0].path).settings
     save_config(run, {
-        "features": features.to_dict(), "input_shape": list(x.shape[1:3]), "task": labels.task,
+        "format": FORMAT, "features": features.to_dict(), "input_shape": list(x.shape[1:3]),
+        "image_shape": list(x.shape[1:3]), "task": labels.task,
         "model": {"backbone": settings.backbone, "alpha": settings.alpha, "image_size": settings.image_size,
-                  "weights_requested": settings.weights, "weights_used": used},
-        "seed": 0, "images": str(tiny_images),
+                  "embedding": settings.embedding, "weights_requested": settings.weights, "weights_used": used},
+        "seed": 0, "images": str(tiny_images), "scorer_files": [KNOWN_NAME],
     })
     write_splits(run, [r.with_split(s) for r, s in zip(rows, split)])
+    fit_known_machines(run, [r for r, s in zip(rows, split) if s == "train"], x[train, ..., 0], features)
     return run
+
+
+def fit_known_machines(run: Path, rows, pixels: np.ndarray, features) -> None:
+    """The known-machine profiles every run holds, of its training clips, as ``spectro train`` fits them."""
+    from spectro.model.known import KnownMachines, statistics
+    from spectro.model.labels import machine_key
+
+    KnownMachines.fit([machine_key(r.machine, r.machine_id) for r in rows], statistics(pixels, features)).save(run)
 
 
 WINDOW = 32  # frames: 0.5 s of the tiny images (1 + 8000 // 256), which are 63 frames wide
@@ -160,7 +171,7 @@ def tiny_window_run(tiny_images, tmp_path_factory) -> Path:
     from spectro.model.backbones import ModelSettings, build_model
     from spectro.model.labels import LabelSpace
     from spectro.model.windows import cut
-    from spectro.runs import MODEL_NAME, save_config, write_splits
+    from spectro.runs import FORMAT, KNOWN_NAME, MODEL_NAME, save_config, write_splits
 
     keras.utils.set_random_seed(0)
     run = tmp_path_factory.mktemp("runs") / "tiny_window"
@@ -186,8 +197,8 @@ def tiny_window_run(tiny_images, tmp_path_factory) -> Path:
     labels.save(run)
     features = read_info(rows[0].path).settings
     save_config(run, {
-        "features": features.to_dict(), "input_shape": [images.shape[1], WINDOW],
-        "image_shape": list(images.shape[1:3]), "task": labels.task,
+        "format": FORMAT, "features": features.to_dict(), "input_shape": [images.shape[1], WINDOW],
+        "image_shape": list(images.shape[1:3]), "task": labels.task, "scorer_files": [KNOWN_NAME],
         "model": {"backbone": settings.backbone, "alpha": settings.alpha, "image_size": settings.image_size,
                   "window_seconds": 0.5, "window_frames": WINDOW, "embedding": settings.embedding,
                   "weights_requested": settings.weights,
@@ -195,6 +206,7 @@ def tiny_window_run(tiny_images, tmp_path_factory) -> Path:
         "seed": 0, "images": str(tiny_images),
     })
     write_splits(run, [r.with_split(s) for r, s in zip(rows, split)])
+    fit_known_machines(run, [rows[i] for i in train], images[train], features)
     return run
 
 

@@ -1,5 +1,5 @@
-"""Run folders: splits.csv, history.csv, config.json and its checks, resolving a run, the files a reader needs,
-a run written whole (staging folder, rename) and the ``latest`` link."""
+"""Run folders: splits.csv, history.csv, config.json and its checks (its format among them), resolving a run, the
+files a reader and the run's score need, a run written whole (staging folder, rename) and the ``latest`` link."""
 
 from __future__ import annotations
 
@@ -17,9 +17,14 @@ from spectro.runs import (
     DEFAULT_CALIBRATED_THRESHOLD,
     DEFAULT_FUSED_THRESHOLD,
     DEFAULT_THRESHOLD,
+    FORMAT,
+    FUSION_NAME,
     HISTORY_NAME,
+    KNOWN_NAME,
     LATEST,
     MODEL_NAME,
+    REFERENCES_INFO,
+    REFERENCES_NAME,
     SPLITS_NAME,
     WHOLE_RUN,
     check_config,
@@ -30,6 +35,7 @@ from spectro.runs import (
     read_splits,
     resolve_run,
     save_config,
+    scorer_files,
     staging_folder,
     threshold,
     update_config,
@@ -82,8 +88,13 @@ def test_read_history_gives_the_numeric_columns_per_epoch(tmp_path):
 
 def _config(**keys) -> dict:
     """The smallest config.json every reader accepts, with ``keys`` set."""
-    return {"features": FeatureSettings(n_mels=32, n_fft=512, hop_length=256).to_dict(), "input_shape": [32, 63],
-            "task": "failure", **keys}
+    return {"format": FORMAT, "features": FeatureSettings(n_mels=32, n_fft=512, hop_length=256).to_dict(),
+            "input_shape": [32, 63], "image_shape": [32, 63], "task": "failure", "model": {"embedding": "pool"},
+            **keys}
+
+
+def _without(key: str, **keys) -> dict:
+    return {k: v for k, v in _config(**keys).items() if k != key}
 
 
 def test_config_save_update_and_threshold(tmp_path):
@@ -115,6 +126,7 @@ def test_resolve_run_takes_a_folder_a_file_in_it_or_latest(tmp_path, monkeypatch
     run.mkdir(parents=True)
     save_config(run, _config())
     (run / MODEL_NAME).write_bytes(b"")
+    (run / KNOWN_NAME).write_bytes(b"")  # what every run's score reads beside its model
     assert resolve_run(run) == run.resolve() and resolve_run(run / MODEL_NAME) == run.resolve()
     link = point_latest(tmp_path / "models", run)
     assert link == tmp_path / "models" / LATEST and os.readlink(link) == "r1"  # relative: the folder can move
@@ -150,8 +162,13 @@ def _features(**keys) -> dict:
      r"'threshold.value' should be a number \(or null: per machine\), found a text " r'\("0.3"\)'),
     (_config(threshold={"value": True}), r"'threshold.value' should be a number .*found a boolean"),
     (_config(threshold=0.3), r"'threshold' should be an object with a 'value', found a number \(0.3\)"),
-    ({k: v for k, v in _config().items() if k != "features"}, r"no 'features' \(every run written by"),
-    ({k: v for k, v in _config().items() if k != "input_shape"}, r"no 'input_shape'"),
+    (_without("features"), r"no 'features' \(every run written by"),
+    (_without("input_shape"), r"no 'input_shape'"),
+    (_without("image_shape"), r"no 'image_shape'"),
+    (_without("task"), r"no 'task'"),
+    (_without("model"), r"no 'model'"),
+    (_config(format="1"), r"'format' should be a whole number \(the run folder's format\), found a text"),
+    (_config(format=True), r"'format' should be a whole number"),
     (_config(input_shape=[32]), r"'input_shape' should be two positive integers \[mel bands, frames\], found a "
                                 r"list \(\[32\]\)"),
     (_config(input_shape=[32, 0]), r"'input_shape' should be two positive integers"),
@@ -164,6 +181,11 @@ def _features(**keys) -> dict:
     (_config(training="x"), r"'training' should be an object"),
     (_config(anomaly_score={"kind": 1}), r"'anomaly_score.kind' should be a text, found a number \(1\)"),
     (_config(model={"embedding": None}), r"'model.embedding' should be a text, found null"),
+    (_config(model={}), r"'model.embedding' should be a text, found null"),
+    (_config(scorer_files="fusion.npz"), r"'scorer_files' should be a list of the run's scorer files"),
+    (_config(scorer_files=["model.keras"]), r"'scorer_files' should be a list of the run's scorer files \(of "
+                                            r"known_machines.npz, fusion.npz"),
+    (_config(warnings=["ok", 3]), r"'warnings' should be a list of texts"),
     (_config(images=3), r"'images' should be a text"),
 ])
 def test_a_damaged_config_is_one_line_naming_the_file_the_key_and_what_was_found(tmp_path, config, match):
@@ -180,13 +202,15 @@ def test_a_damaged_config_is_one_line_naming_the_file_the_key_and_what_was_found
 def test_a_config_with_every_block_a_reader_opens_passes_unchanged(tmp_path):
     config = _config(image_shape=[32, 126], threshold={"value": None, "method": "per machine"},
                      anomaly_score={"kind": "fused", "calibrated": True}, model={"embedding": "pool"}, training={},
-                     metrics={}, split={}, images="/data/images", created="2026-12-01T10:00:00", seed=0)
+                     metrics={}, split={}, images="/data/images", created="2026-12-01T10:00:00", seed=0,
+                     scorer_files=[KNOWN_NAME, FUSION_NAME], warnings=["one line"])
     assert check_config(config) is config
     assert check_config(_config(threshold={"value": -1.5})) and threshold(_config(threshold={"value": -1.5})) == -1.5
 
 
 def test_a_run_folder_missing_a_file_its_reader_needs_is_refused_in_one_line(tmp_path):
     save_config(tmp_path, _config())
+    (tmp_path / KNOWN_NAME).write_bytes(b"")
     assert resolve_run(tmp_path) == tmp_path.resolve()  # a reader that needs nothing more
     for name in WHOLE_RUN[:2]:
         (tmp_path / name).write_text("{}")
@@ -224,6 +248,7 @@ def _whole_run_but_the_model(folder: Path, **config) -> Path:
 
     folder.mkdir(parents=True)
     save_config(folder, _config(**config))
+    (folder / KNOWN_NAME).write_bytes(b"")
     LabelSpace.from_pairs([("fan", "normal"), ("fan", "bearing")], task="failure").save(folder)
     write_splits(folder, _rows(folder / "images"))
     return folder
@@ -257,3 +282,77 @@ def test_report_refuses_a_run_without_its_model_evaluated_or_not(tmp_path, capsy
     assert err == [f"error: {run}: no {MODEL_NAME} (the Keras model); expected a whole run written by 'spectro "
                    "train' (train it again)"]
     assert not (run / "report.html").exists()
+
+
+# -- one run format; the files a run's score reads -------------------------------------------------------------
+@pytest.mark.parametrize("command", ["classify", "evaluate", "serve", "report"])
+@pytest.mark.parametrize("found", [None, 0])
+def test_a_run_of_an_older_format_is_refused_by_every_reader_with_the_retrain_message(tmp_path, capsys, command,
+                                                                                      found):
+    """A config.json without ``format`` (every run written before it existed) or of an older one is refused in one
+    line before any of its files is read, whatever else it holds."""
+    from spectro.cli import main as cli
+
+    run = _whole_run_but_the_model(tmp_path / "run", format=found)
+    if found is None:
+        save_config(run, _without("format"))
+    (run / MODEL_NAME).write_bytes(b"")  # never reached
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(b"")
+    argv = {"classify": ["classify", str(tmp_path / "in"), "--model", str(run)],
+            "serve": ["serve", str(run), "--port", "0"], "evaluate": ["evaluate", str(run)],
+            "report": ["report", str(run), "--no-evaluate"]}[command]
+    assert cli(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {run}: written by an older spectro (format 0); retrain it with this version"]
+
+
+def test_a_run_of_a_newer_format_is_refused_too(tmp_path):
+    save_config(tmp_path, _config(format=FORMAT + 1))
+    with pytest.raises(SpectroError, match=rf"{tmp_path}: written by a newer spectro \(format {FORMAT + 1}; this "
+                                           rf"version reads format {FORMAT}\); use that version, or retrain"):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize("config, missing", [
+    # the measured failure: a fused run without fusion.npz was scored by the CNN's probability against the fused
+    # threshold, so no clip could ever be ABNORMAL
+    (_config(anomaly_score={"kind": "fused", "calibrated": True}, scorer_files=[KNOWN_NAME, FUSION_NAME]),
+     FUSION_NAME),
+    (_config(anomaly_score={"kind": "fused"}), FUSION_NAME),  # implied by the kind, even where not listed
+    (_config(task="normal-only", scorer_files=[KNOWN_NAME, REFERENCES_NAME, REFERENCES_INFO]), REFERENCES_NAME),
+    (_config(task="normal-only"), REFERENCES_INFO),
+    (_config(), KNOWN_NAME),  # every run
+])
+def test_a_run_missing_a_file_its_score_reads_is_refused_at_load_in_one_line(tmp_path, config, missing):
+    save_config(tmp_path, config)
+    for name in scorer_files(config):
+        if name != missing:
+            (tmp_path / name).write_bytes(b"")
+    with pytest.raises(SpectroError) as refused:
+        resolve_run(tmp_path)
+    assert str(refused.value).startswith(f"{tmp_path}: no {missing} (") and "\n" not in str(refused.value)
+    assert "which this run's anomaly score reads; the run folder is incomplete" in str(refused.value)
+    (tmp_path / missing).write_bytes(b"")
+    assert resolve_run(tmp_path) == tmp_path.resolve()
+
+
+def test_scorer_files_are_what_the_config_lists_and_what_its_score_implies():
+    assert scorer_files(_config()) == [KNOWN_NAME]
+    assert scorer_files(_config(anomaly_score={"kind": "fused"})) == [KNOWN_NAME, FUSION_NAME]
+    assert scorer_files(_config(task="normal-only")) == [KNOWN_NAME, REFERENCES_NAME, REFERENCES_INFO]
+    assert scorer_files(_config(scorer_files=[FUSION_NAME])) == [KNOWN_NAME, FUSION_NAME]
+
+
+def test_a_fused_run_without_its_fusion_is_refused_by_classify_not_scored_by_the_probability(tmp_path, capsys):
+    from spectro.cli import main as cli
+
+    run = _whole_run_but_the_model(tmp_path / "run", anomaly_score={"kind": "fused", "calibrated": True},
+                                   scorer_files=[KNOWN_NAME, FUSION_NAME], threshold={"value": 3.746})
+    (run / MODEL_NAME).write_bytes(b"")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(b"")
+    assert cli(["classify", str(tmp_path / "in"), "--model", str(run)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {run}: no {FUSION_NAME} (the fused anomaly score), which this run's anomaly score reads; the run "
+        "folder is incomplete (copy the whole run folder, or train it again)"]

@@ -21,7 +21,9 @@ HELP = ("Classify spectrogram PNGs (written by 'spectro images') or recordings (
         "(normal / ABNORMAL: anomaly score >= threshold), the anomaly score, the most likely failure type and the "
         "top-k classes. A recording longer than the model's input is scored window by window: the score over time "
         "is shown, windows over the threshold are flagged, and the file's score is the maximum over its windows. A "
-        "recording unlike every machine the run was trained or enrolled on is flagged UNKNOWN MACHINE.")
+        "recording unlike every machine the run was trained or enrolled on is flagged UNKNOWN MACHINE. Of several "
+        "files, one that cannot be read or scored (a bad file, a machine without normal references) is reported as "
+        "ERROR with its reason and the others are scored; the exit status is then 1.")
 
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -76,6 +78,8 @@ def around(scores: list[float], threshold: float) -> list[float]:
 
 def format_text(result: dict[str, Any], *, max_listed: int = 8) -> str:
     """The human-readable lines for one result."""
+    if result["verdict"] == "ERROR":  # a file of a batch that could not be read or scored
+        return f"{result['path']}: ERROR {result['error']}"
     score = round(result["anomaly_score"], 3) + 0.0  # + 0.0: a score just below 0 prints 0.000, not -0.000
     lines = [f"{result['path']}: {result['verdict']}  anomaly score {score:.3f} "
              f"(threshold {result['threshold']:.3f})"
@@ -83,6 +87,9 @@ def format_text(result: dict[str, Any], *, max_listed: int = 8) -> str:
     if "machine" in result:  # a normal-only run: which machine's normal references the file was scored against
         lines.append(f"  machine {result['machine']} (from {result['reference']}); {result['scorer']} score; "
                      + ", ".join(f"{name} {v:.3f}" for name, v in result["scores"].items()))
+        if result.get("few_references"):
+            lines.append(f"  few references: {result['reference_clips']} normal clip(s) of this machine; its threshold "
+                         "is on the pooled scale of the run's machines")
     if "machine_type" in result:  # a fused supervised run: the type whose normal clips set the scales
         parts = result["scores"]
         lines.append(f"  scored as a {result['machine_type']} (from {result['machine_type_from']}): CNN probability "
@@ -117,6 +124,9 @@ def write_csv(path: Path, results: list[dict[str, Any]], classes: tuple[str, ...
         writer.writerow(["path", "verdict", "anomaly_score", "threshold", "failure_type", "predicted", "windows",
                          "windows_over_threshold"] + [f"p_{c}" for c in classes])
         for r in results:
+            if r["verdict"] == "ERROR":
+                writer.writerow([r["path"], "ERROR", "", "", r["error"], "", 0, 0] + [""] * len(classes))
+                continue
             windows = r.get("windows", [])
             writer.writerow([r["path"], r["verdict"], r["anomaly_score"], r["threshold"], r["failure_type"],
                              r["predicted"], max(1, len(windows)),
@@ -134,4 +144,7 @@ def main(args) -> int:
     if args.csv is not None:
         write_csv(args.csv, results, predictor.labels.classes)
         print(f"wrote {args.csv} ({len(results)} rows)", file=sys.stderr if args.json else sys.stdout)
-    return 0
+    failed = sum(r["verdict"] == "ERROR" for r in results)
+    if failed:
+        print(f"{failed} of {len(results)} files could not be scored", file=sys.stderr)
+    return 1 if failed else 0

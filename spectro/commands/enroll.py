@@ -32,6 +32,7 @@ def main(args) -> int:
     for key, s in summary.items():
         what = "enrolled new machine" if s["new"] else "added to"
         thresholds = ", ".join(f"{name} {value:.4g}" for name, value in s["thresholds"].items())
+        few = "; few references: no modulation score, threshold on the pooled scale" if s["few_references"] else ""
         print(f"{what} {key}: {s['added']} clip(s), {s['clips']} in all; thresholds {thresholds} (from "
-              f"{s['threshold_from']})")
+              f"{s['threshold_from']}){few}")
     return 0

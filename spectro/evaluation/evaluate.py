@@ -102,7 +102,7 @@ def mel_baseline(train_rows: list[ImageRow], rows: list[ImageRow], pixels: np.nd
     Parameters
     ----------
     train_rows : list of ImageRow
-        The run's training split; read with the model's ``settings`` and ``shape``.
+        The run's training split; read with the model's ``settings`` and bands (``shape[0]``; any width).
     rows, pixels
         The evaluated images and their pixels ``(n, n_mels, frames)``.
     cnn_auc : float or None
@@ -125,7 +125,7 @@ def mel_baseline(train_rows: list[ImageRow], rows: list[ImageRow], pixels: np.nd
                              "abnormal image(s); the baseline needs both", cnn_beats_baseline=None)
         return block, None
     try:
-        train_pixels, _ = read_images(train_rows, settings=settings, shape=shape, progress=progress)
+        train_pixels, _ = read_images(train_rows, settings=settings, bands=shape[0], progress=progress)
     except SpectroError as exc:
         warnings.warn(f"the mel-statistics baseline is skipped: cannot read the run's training images ({exc}); "
                       "make the images of the run's splits.csv readable to compare the CNN with it", SpectroWarning,
@@ -208,7 +208,9 @@ def evaluate_run(run: str | Path, *, images: str | Path | None = None, max_fpr: 
 
         return evaluate_normal_only(run, predictor, split_rows, test_rows, what, max_fpr=max_fpr, out=out,
                                     progress=progress)
-    pixels, _ = read_images(test_rows + val_rows, settings=settings, shape=shape, progress=progress)
+    # clips of any length at least a window wide (training's may differ too), scored as training scored them
+    pixels, _ = read_images(test_rows + val_rows, settings=settings, bands=shape[0],
+                            min_frames=predictor.input_shape[1], progress=progress)
     probs = predictor.predict_clips(pixels)  # each image scored as training scored it: pooled over its windows
     parts = predictor.anomaly_parts(probs, read_modulation(test_rows + val_rows, settings=settings)
                                     if predictor.fusion is not None else None,

@@ -85,7 +85,7 @@ def autoencoder_baseline(train_rows: list[ImageRow], rows: list[ImageRow], pixel
     if not train_rows:
         return {**block, "skipped": "no normal training clips", "cnn_beats_baseline": None}, None
     try:
-        train_pixels = read_images(train_rows, settings=settings, shape=shape, progress=progress)[0]
+        train_pixels = read_images(train_rows, settings=settings, bands=shape[0], progress=progress)[0]
     except SpectroError as exc:
         return {**block, "skipped": f"cannot read the training images: {exc}", "cnn_beats_baseline": None}, None
 
@@ -110,7 +110,8 @@ def evaluate_normal_only(run: Path, predictor, split_rows: list[ImageRow], test_
     references = References.load(run)
     val_rows = [r for r in split_rows if r.split == "val" and not r.is_abnormal
                 and labels.class_of(r) in references.machines]
-    pixels = read_images(test_rows + val_rows, settings=settings, shape=shape, progress=progress)[0]
+    pixels = read_images(test_rows + val_rows, settings=settings, bands=shape[0], min_frames=predictor.input_shape[1],
+                         progress=progress)[0]  # clips of any length at least a window wide
     modulation = read_modulation(test_rows + val_rows, settings=settings)
     n = len(test_rows)
     if 0 < max_fpr < 1:

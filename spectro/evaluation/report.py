@@ -274,10 +274,7 @@ def machines(run: Path, paths: PathText | None = None) -> str:
         known = KnownMachines.load(run)
     except SpectroError as exc:
         known, parts = None, [_note(paths.scrub(str(exc)))]
-    if known is None and not parts:
-        parts.append(_note("No known-machine profiles: a run trained before the check existed; classify reports "
-                           "no known_machine for it."))
-    elif known is not None:
+    if known is not None:
         parts.append("<p>The known-machine check: a recording farther than every machine's bound (distance &gt; 1) "
                      "is reported as an unknown machine.</p>" + _table(
                          ["machine", "clips", "bound (Mahalanobis)"],
@@ -289,10 +286,13 @@ def machines(run: Path, paths: PathText | None = None) -> str:
         return "".join(parts)
     info = references.to_dict()
     parts.append(f"<h3>Normal references</h3><p>Default scorer <b>{_e(info['default_scorer'])}</b>, thresholds at "
-                 f"the {1 - info['max_fpr']:g} quantile of normal clips' scores.</p>" + _table(
+                 f"the {1 - info['max_fpr']:g} quantile of normal clips' scores; a machine with few normal clips has "
+                 "its threshold on the pooled scale of the machines with more, and one marked few references (under "
+                 "3 clips) is judged by mahalanobis.</p>" + _table(
                      ["machine", "clips", "windows", *[f"{n} threshold" for n in info["scorers"]], "threshold from",
                       "sources", "enrolled"],
-                     [[key, m["clips"], m["windows"], *[_fmt(m["thresholds"].get(n)) for n in info["scorers"]],
+                     [[key, f"{m['clips']} (few references)" if m["few_references"] else m["clips"], m["windows"],
+                       *[_fmt(m["thresholds"].get(n)) for n in info["scorers"]],
                        m["threshold_from"], "; ".join(paths.scrub(source) for source in m["sources"]), m["enrolled"]]
                       for key, m in info["machines"].items()]))
     return "".join(parts)

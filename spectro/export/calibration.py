@@ -22,9 +22,10 @@ def representative_images(run: Path, n: int, *, input_shape: tuple[int, int],
     """Up to ``n`` model inputs from the training images (a seeded random choice of images, then of their
     windows when the model takes windows), the first carrying the 0/255 range anchors.
 
-    ``input_shape`` is the model's input, ``image_shape`` the training images' (default: the run's
-    ``config.json``); ``image_size`` is the backbone's input size (the anchors are sized to survive resizing
-    to it); ``features`` the run's feature settings (read from its config.json when not given).
+    ``input_shape`` is the model's input, ``image_shape`` a training clip's (default: the run's ``config.json``;
+    its bands are checked, and clips of any width at least a window wide are cut, as training's may differ in
+    length); ``image_size`` is the backbone's input size (the anchors are sized to survive resizing to it);
+    ``features`` the run's feature settings (read from its config.json when not given).
     """
     from spectro.model.windows import cut
 
@@ -36,8 +37,8 @@ def representative_images(run: Path, n: int, *, input_shape: tuple[int, int],
     config = load_config(run) if features is None or image_shape is None else None
     features = features or feature_settings(config)
     image_shape = image_shape or stored_image_shape(config)
-    pixels = read_images([rows[i] for i in order], settings=features, shape=image_shape)[0]
-    if tuple(image_shape) != tuple(input_shape):  # windows of the images: n of them, a seeded choice
+    pixels = read_images([rows[i] for i in order], settings=features, bands=image_shape[0])[0]
+    if pixels.dtype == object or pixels.shape[1:] != tuple(input_shape):  # windows of the images: n, seeded
         windows, _ = cut(pixels, int(input_shape[1]))
         pixels = windows[np.sort(rng.permutation(len(windows))[:n])]
     images = model_input(pixels)

@@ -402,8 +402,8 @@ def verify(path: Path, run: Path, *, mode: str, split: str, images: np.ndarray, 
 # -- the export ---------------------------------------------------------------------------------------
 def _device_config(config: dict, run: Path) -> dict:
     """The part of a run's config a device needs beside the model."""
-    keep = {k: config[k] for k in ("features", "input_shape", "image_shape", "task", "model", "seed", "anomaly_score")
-            if k in config}
+    keep = {k: config[k] for k in ("format", "features", "input_shape", "image_shape", "task", "model", "seed",
+                                   "anomaly_score", "scorer_files") if k in config}
     keep["threshold"] = config.get("threshold") or {"value": stored_threshold(config),
                                                     "method": "default (run not evaluated)"}
     keep["exported_from"] = str(run)
@@ -478,7 +478,7 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
     if settings.verify:
         split, rows = verification_rows(run)
         # the model's inputs: windows of the clips, up to VERIFY_WINDOWS spread evenly over them
-        pixels = read_images(rows, settings=features, shape=image_shape)[0]
+        pixels = read_images(rows, settings=features, bands=image_shape[0])[0]  # clips may differ in length
         windows, owners = cut(pixels, input_shape[1], per_image=-(-VERIFY_WINDOWS // len(rows)))
         images = model_input(windows)
         abnormal = np.array([row.is_abnormal for row in rows])[owners]

@@ -4,11 +4,18 @@ Training, evaluation, export and ``classify`` all read images here, so an image 
 feature settings, or of another size, is refused the same way everywhere. Every check is made from the PNG's
 header and text chunks, before its pixels are decoded: a file that declares more pixels than
 :class:`~spectro.features.limits.InputLimits` let a spectrogram have costs a header read.
+
+Clips may differ in length: the model takes a window of a clip (:mod:`spectro.model.windows`), so a split's images
+need one height (the mel bands) and a width of at least one window, not one width. Read that way
+(``bands=``/``min_frames=``), images of different widths come back as a one-dimensional object array of
+``(bands, frames_i)`` images (:func:`stack_clips`), which indexes, slices and iterates like a batch.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,10 +87,21 @@ def read_image_and_info(path: str | Path, *, settings: FeatureSettings, bands: i
         return decode_pixels(image, path), info
 
 
+def stack_clips(images: Sequence[np.ndarray]) -> np.ndarray:
+    """Images ``(bands, frames_i)`` as one array: a batch ``(n, bands, frames)`` when their widths agree, else a
+    one-dimensional object array of the images (indexing, slicing and iterating work on both alike)."""
+    if len({image.shape for image in images}) <= 1:
+        return np.stack(images) if len(images) else np.zeros((0, 0, 0), dtype=np.uint8)
+    out = np.empty(len(images), dtype=object)
+    for i, image in enumerate(images):
+        out[i] = image
+    return out
+
+
 def read_images(rows: Sequence[ImageRow], *, settings: FeatureSettings | None = None,
-                shape: tuple[int, int] | None = None, progress: bool = False,
-                limits: InputLimits | None = None) -> tuple[np.ndarray, FeatureSettings]:
-    """The pixels ``(n, n_mels, frames)`` uint8 of the rows' PNGs, and their feature settings.
+                shape: tuple[int, int] | None = None, bands: int | None = None, min_frames: int | None = None,
+                progress: bool = False, limits: InputLimits | None = None) -> tuple[np.ndarray, FeatureSettings]:
+    """The pixels of the rows' PNGs, and their feature settings.
 
     Parameters
     ----------
@@ -92,24 +110,33 @@ def read_images(rows: Sequence[ImageRow], *, settings: FeatureSettings | None = 
         A model's settings: every image must have been rendered with them (segmenting aside). ``None``:
         every image must share one set of settings, the first image's, which are returned.
     shape : (int, int), optional
-        The ``(n_mels, frames)`` every image must have; ``None``: the first image's.
+        The ``(n_mels, frames)`` every image must have; ``None`` (and no ``bands``): the first image's.
+    bands, min_frames : int, optional
+        Instead of one ``shape``: every image ``bands`` rows tall and at least ``min_frames`` columns wide (a
+        model's window), of any width beyond (clips of different lengths).
     progress : bool
         Show a progress bar.
     limits : InputLimits, optional
         Bounds an image's width (:func:`spectro.features.png.check_size`); ``None``: the defaults.
 
+    Returns
+    -------
+    (numpy.ndarray, FeatureSettings)
+        ``(n, n_mels, frames)`` uint8 when every image has one width, else (only with ``bands``) an object array of
+        ``n`` images ``(n_mels, frames_i)`` (:func:`stack_clips`).
+
     Raises
     ------
     SpectroError
-        No rows, missing files, images rendered with other (or mixed) settings, of another shape, or larger than
-        ``limits`` allow (all found before decoding).
+        No rows, missing files, images rendered with other (or mixed) settings, of another shape (or height, or
+        narrower than ``min_frames``), or larger than ``limits`` allow (all found before decoding).
     """
     from tqdm import tqdm
 
     _check_present(rows)
-    out = None
+    images = []
     first = None
-    for i, row in enumerate(tqdm(rows, desc="reading images", unit="img", disable=not progress, leave=False)):
+    for row in tqdm(rows, desc="reading images", unit="img", disable=not progress, leave=False):
         with open_png(row.path) as (image, info):
             if settings is not None:
                 check_image_settings(row.path, info.settings, settings)
@@ -119,27 +146,90 @@ def read_images(rows: Sequence[ImageRow], *, settings: FeatureSettings | None = 
                 raise _mixed(first[0].path, first[1], row.path, info.settings)
             found = (image.height, image.width)
             check_size(row.path, *found, settings=settings or info.settings, limits=limits)
-            if out is None:
+            if bands is not None and shape is None:
+                _check_clip(row.path, found, bands, min_frames)
+            else:
                 shape = tuple(shape) if shape is not None else found
-                out = np.empty((len(rows), *shape), dtype=np.uint8)
-            if found != shape:
-                raise SpectroError(f"{row.path}: image is {found[0]}x{found[1]} pixels (bands x frames), "
-                                   f"expected {shape[0]}x{shape[1]} like the others (re-render with fixed-length "
-                                   "segments)" if settings is None else
-                                   f"{row.path}: image is {found[0]}x{found[1]} pixels, the model takes "
-                                   f"{shape[0]}x{shape[1]}")
-            out[i] = decode_pixels(image, row.path)
-    return out, settings if settings is not None else first[1]
+                if found != shape:
+                    raise SpectroError(f"{row.path}: image is {found[0]}x{found[1]} pixels (bands x frames), "
+                                       f"expected {shape[0]}x{shape[1]} like the others (re-render with fixed-length "
+                                       "segments)" if settings is None else
+                                       f"{row.path}: image is {found[0]}x{found[1]} pixels, the model takes "
+                                       f"{shape[0]}x{shape[1]}")
+            images.append(decode_pixels(image, row.path))
+    return stack_clips(images), settings if settings is not None else first[1]
 
 
-def survey_images(rows: Sequence[ImageRow], *, progress: bool = False) -> tuple[FeatureSettings, tuple[int, int]]:
-    """The feature settings and ``(n_mels, frames)`` shared by every image of ``rows``, read from the PNG
-    headers alone (no pixel is decoded, so it costs little on any number of images).
+def _check_clip(path, found: tuple[int, int], bands: int, min_frames: int | None) -> None:
+    """Refuse a clip that is not ``bands`` rows tall or narrower than ``min_frames`` columns (a model's window)."""
+    if found[0] != bands or (min_frames is not None and found[1] < min_frames):
+        wide = f" and at least {min_frames} frames (a window of the model)" if min_frames is not None else ""
+        raise SpectroError(f"{path}: image is {found[0]}x{found[1]} pixels (bands x frames), expected {bands} "
+                           f"bands{wide}")
+
+
+@dataclass(frozen=True)
+class ImageSurvey:
+    """What the PNG headers of a set of images say: their common feature settings and mel bands, and each
+    image's width (frames), by path."""
+
+    settings: FeatureSettings
+    bands: int
+    widths: dict[str, int]
+
+    @property
+    def clip_frames(self) -> int:
+        """The width of *a clip* of this set: the most common one (the narrowest among the most common).
+
+        This is the ``image_shape`` a run records, the span ``classify`` scores as one clip and cuts longer
+        recordings into. Clips of different lengths train together (the model sees windows), so one width has
+        to stand for them: the most common is the length users' recordings usually have, so a typical recording
+        is scored whole, as one clip, as training and evaluation scored it; among equally common widths the
+        narrowest, so that no span is longer than most clips."""
+        counts = Counter(self.widths.values())
+        return min(counts, key=lambda w: (-counts[w], w))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(bands, clip_frames)``: a clip's image shape (see :attr:`clip_frames`)."""
+        return self.bands, self.clip_frames
+
+    @property
+    def uniform(self) -> bool:
+        """Whether every image has one width."""
+        return len(set(self.widths.values())) <= 1
+
+    def narrowest(self) -> tuple[str, int]:
+        """The path and width of the narrowest image (the first in order among equals)."""
+        path = min(self.widths, key=self.widths.get)
+        return path, self.widths[path]
+
+    def check_window(self, window: int, *, seconds: float | None) -> None:
+        """Refuse, naming a file, what a model with a ``window`` (frames) of ``seconds`` cannot train on: images
+        narrower than the window, or, for a model of whole images (``seconds`` None), images of different widths.
+        """
+        path, frames = self.narrowest()
+        if seconds is None and not self.uniform:
+            widest = max(self.widths, key=self.widths.get)
+            raise SpectroError(f"{path}: image is {frames} frames wide and {widest} {self.widths[widest]}: a model of "
+                               "whole images (--window-seconds 0) needs clips of one length; train on windows "
+                               "(--window-seconds) to mix lengths")
+        if frames < window:
+            raise SpectroError(f"{path}: image is {frames} frames wide, expected at least the model's window of "
+                               f"{window} frames ({seconds:g} s); leave out clips that short, or train on a shorter "
+                               "--window-seconds")
+
+
+def survey_images(rows: Sequence[ImageRow], *, progress: bool = False) -> ImageSurvey:
+    """The feature settings and mel bands shared by every image of ``rows``, and each image's width, read from
+    the PNG headers alone (no pixel is decoded, so it costs little on any number of images). Widths may differ
+    (clips of different lengths); :meth:`ImageSurvey.check_window` refuses the ones narrower than a window.
 
     Raises
     ------
     SpectroError
-        No rows, missing files, images rendered with different settings or of different shapes.
+        No rows, missing files, images rendered with different settings or of different heights, an image
+        larger than its settings allow or without the modulation spectrum its settings ask for.
     """
     from tqdm import tqdm
 
@@ -147,17 +237,20 @@ def survey_images(rows: Sequence[ImageRow], *, progress: bool = False) -> tuple[
 
     _check_present(rows)
     first = None
+    widths: dict[str, int] = {}
     for row in tqdm(rows, desc="checking images", unit="img", disable=not progress, leave=False):
         info, shape = read_info_and_shape(row.path)
+        widths[str(row.path)] = int(shape[1])
         if first is None:
             first = (row, info.settings, shape)
             continue
         if info.settings != first[1]:
             raise _mixed(first[0].path, first[1], row.path, info.settings)
-        if shape != first[2]:
+        if shape[0] != first[2][0]:
             raise SpectroError(f"{row.path}: image is {shape[0]}x{shape[1]} pixels (bands x frames), expected "
-                               f"{first[2][0]}x{first[2][1]} like the others (re-render with fixed-length segments)")
-    return first[1], first[2]
+                               f"{first[2][0]} bands like the others ({first[0].path}); re-render them all with one "
+                               "set of settings")
+    return ImageSurvey(settings=first[1], bands=int(first[2][0]), widths=widths)
 
 
 def read_modulation(rows: Sequence[ImageRow], *, settings: FeatureSettings) -> np.ndarray | None:

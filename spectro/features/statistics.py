@@ -13,7 +13,10 @@ from spectro.errors import SpectroError
 
 
 def pixels_to_db_batch(pixels: np.ndarray, *, db_min: float, db_per_step: float) -> np.ndarray:
-    """dB values of pixels on the fixed scale (row order kept: top row = highest band)."""
+    """dB values of pixels on the fixed scale (row order kept: top row = highest band); clips of different widths
+    (an object array, :func:`spectro.features.reader.stack_clips`) give one array per clip, in a list."""
+    if isinstance(pixels, np.ndarray) and pixels.dtype == object:
+        return [np.asarray(p, dtype=np.float64) * db_per_step + db_min for p in pixels]
     return np.asarray(pixels, dtype=np.float64) * db_per_step + db_min
 
 
@@ -59,8 +62,12 @@ def mel_statistics_of_pixels(pixels: np.ndarray, *, db_min: float, db_per_step: 
     """:func:`mel_statistics` of a batch of PNG pixels ``(n, n_mels, frames)`` on the fixed dB scale.
 
     The pixels are turned into dB ``chunk`` images at a time, so a large split never exists in float64
-    all at once.
+    all at once. Clips of different widths (an object array of images, :func:`spectro.features.reader.stack_clips`)
+    are taken one at a time: the statistics are over time, any clip's length gives them.
     """
+    if isinstance(pixels, np.ndarray) and pixels.dtype == object:
+        return (np.concatenate([mel_statistics_of_pixels(np.asarray(p)[None], db_min=db_min, db_per_step=db_per_step)
+                                for p in pixels]) if len(pixels) else np.zeros((0, 0)))
     pixels = np.asarray(pixels)
     if pixels.ndim != 3:
         raise SpectroError(f"expected a batch of images (n, n_mels, frames), got shape {pixels.shape}")

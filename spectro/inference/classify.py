@@ -22,6 +22,11 @@ the one the CNN names. Its objects add ``scores`` (``cnn``: the CNN's probabilit
 standard score), ``machine_type`` and ``machine_type_from`` (``--machine``, ``the path``, ``the image's source
 recording`` or ``the model``).
 
+A batch need not stop at one file: with ``errors="report"`` (``spectro classify`` on more than one file) a file
+that cannot be read, or whose machine has no normal references, is one result ``{"path", "verdict": "ERROR",
+"error"}`` (its one-line message) and the others are scored; with ``errors="raise"`` (one file, and ``spectro
+serve``, whose bad uploads are a 4xx) it is the error of the whole call.
+
 Every result has ``known_machine``: the known-machine check (:mod:`spectro.model.known`), ``{"known", "nearest",
 "distance"}``: ``known`` is false for a recording unlike every machine the run was trained on or enrolled with,
 whose verdict then says little; ``null`` for a run without the check's profiles.
@@ -44,7 +49,8 @@ from spectro.runs import threshold as stored_threshold
 
 def classify_files(files: list[Path], predictor, *, threshold: float | None, top_k: int = 3,
                    hop_seconds: float | None = None, progress: bool = False,
-                   machine: str | None = None, limits: InputLimits | None = None) -> list[dict[str, Any]]:
+                   machine: str | None = None, limits: InputLimits | None = None,
+                   errors: str = "raise") -> list[dict[str, Any]]:
     """One result dict per file (the ``--json`` objects).
 
     Parameters
@@ -62,24 +68,44 @@ def classify_files(files: list[Path], predictor, *, threshold: float | None, top
     limits : InputLimits, optional
         What a file's header may declare (sample rate, channels, duration, PNG size), checked before it is decoded;
         ``None``: :class:`InputLimits`' defaults.
+    errors : {"raise", "report"}
+        A file that cannot be read or scored (module docstring): the error of the call, or its own result with
+        verdict ``ERROR`` and the ``error`` message, the other files scored.
 
     Raises
     ------
     SpectroError
-        The first file that is bad or outside ``limits``, in one line naming it.
+        With ``errors="raise"``: the first file that is bad or outside ``limits``, in one line naming it.
     """
+    if errors not in ("raise", "report"):
+        raise SpectroError(f"errors must be 'raise' or 'report', got {errors!r}")
     settings = feature_settings(predictor.config)
     window = int(predictor.input_shape[1])
     labels = predictor.labels
     from tqdm import tqdm
 
-    all_windows = [load_windows(f, settings, predictor.image_shape, window=window, hop_seconds=hop_seconds,
-                                limits=limits)
-                   for f in tqdm(files, desc="reading", unit="file", disable=not progress, leave=False)]
+    failed: dict[int, dict[str, Any]] = {}  # position of a file that failed: its result
+
+    def attempt(i: int, path: Path, make):
+        if errors == "raise":
+            return make()
+        try:
+            return make()
+        except SpectroError as exc:
+            failed[i] = {"path": str(path), "verdict": "ERROR", "error": str(exc)}
+            return None
+
+    read = [attempt(i, f, lambda f=f: load_windows(f, settings, predictor.image_shape, window=window,
+                                                     hop_seconds=hop_seconds, limits=limits))
+            for i, f in enumerate(tqdm(files, desc="reading", unit="file", disable=not progress, leave=False))]
     if labels.normal_only:
-        return [{**_normal_only(w, predictor, references=predictor.references, threshold=threshold, top_k=top_k,
-                                machine=machine), "known_machine": _known(w, predictor, settings)}
-                for w in all_windows]
+        return [failed.get(i) or attempt(i, w.path, lambda w=w: {
+                    **_normal_only(w, predictor, references=predictor.references, threshold=threshold, top_k=top_k,
+                                   machine=machine), "known_machine": _known(w, predictor, settings)}) or failed[i]
+                for i, w in enumerate(read)]
+    all_windows = [w for w in read if w is not None]
+    if not all_windows:
+        return [failed[i] for i in range(len(files))]
     if threshold is None:
         threshold = stored_threshold(predictor.config)
     spans = [span for w in all_windows for span in w.pixels]  # widths may differ between files
@@ -127,7 +153,8 @@ def classify_files(files: list[Path], predictor, *, threshold: float | None, top
                  "over_threshold": bool(scores[at - n + i] >= threshold), "failure_type": failures[at - n + i]}
                 for i in range(n)]
         results.append(result)
-    return results
+    scored = iter(results)
+    return [failed[i] if i in failed else next(scored) for i in range(len(files))]
 
 
 def checked_machine(predictor, machine: str | None) -> str | None:
@@ -225,6 +252,7 @@ def _normal_only(w, predictor, *, references, threshold: float | None, top_k: in
         "probabilities": {c: round(float(v), 6) for c, v in zip(labels.classes, p)},
         "top_k": [[labels.classes[i], round(float(p[i]), 6)] for i in order],
         "machine": key, "reference": how, "scorer": scorer,
+        "few_references": references.machine(key).few_references, "reference_clips": references.machine(key).n_clips,
         "scores": {name: round(float(v[best]), 6) for name, v in scores.items() if not np.isnan(v[best])},
     }
     if len(w.pixels) > 1:
@@ -239,7 +267,8 @@ def _normal_only(w, predictor, *, references, threshold: float | None, top_k: in
 def classify_paths(paths: list[str | Path], model: str | Path, *, threshold: float | None = None, top_k: int = 3,
                    hop_seconds: float | None = None, progress: bool | None = None, machine: str | None = None,
                    limits: InputLimits | None = None):
-    """Classify files and folders with a model: ``(results, predictor)``.
+    """Classify files and folders with a model: ``(results, predictor)``; more than one file: a file that cannot
+    be read or scored is its own ``ERROR`` result and the others are scored (:func:`classify_files`).
 
     Parameters
     ----------
@@ -259,7 +288,7 @@ def classify_paths(paths: list[str | Path], model: str | Path, *, threshold: flo
     Raises
     ------
     SpectroError
-        Bad options, missing inputs or model, and every bad-input case of the files.
+        Bad options, missing inputs or model, and every bad-input case of a single file.
     """
     from spectro.inference.predictors import load_predictor
 
@@ -281,5 +310,5 @@ def classify_paths(paths: list[str | Path], model: str | Path, *, threshold: flo
     machine = checked_machine(predictor, machine)
     results = classify_files(files, predictor, threshold=threshold, top_k=top_k, hop_seconds=hop_seconds,
                              progress=len(files) >= 20 if progress is None else progress, machine=machine,
-                             limits=limits)
+                             limits=limits, errors="report" if len(files) > 1 else "raise")
     return results, predictor

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from spectro.errors import SpectroError
-from spectro.model.references import EMBEDDING_SCORER, MODULATION_SCORERS, SCORERS, References
+from spectro.model.references import EMBEDDING_SCORER, MODULATION_SCORERS, SCORERS, References, own_threshold_clips
 from spectro.model.windows import pool
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
@@ -142,11 +142,19 @@ def calibrate_all(references: References, keys: Sequence[str], scores: dict[str,
     a machine with none, from its references fold by fold (``probs``: per machine, its reference windows'
     probabilities, for the id threshold)."""
     keys = np.asarray(list(keys), dtype=object)
-    for key in references.machines:
+    need = own_threshold_clips(references.max_fpr)
+    # machines with clips enough for their own scales first: the pooled scale of the others is made of them
+    order = sorted(references.machines, key=lambda k: references.machines[k].n_clips < need)
+    for key in order:  # each machine's references scored fold by fold, once, the id scorer's too
+        references.held_out(references.machines[key], (probs or {}).get(key))
+    pooled = None
+    for key in order:
+        if pooled is None and references.machines[key].n_clips < need:
+            pooled = references.pooled_offsets()
         mine = keys == key
         validation = ({name: v[mine] for name, v in scores.items() if not np.isnan(v[mine]).any()}
                       if mine.any() else None)
-        references.calibrate(key, validation, probs=(probs or {}).get(key))
+        references.calibrate(key, validation, probs=(probs or {}).get(key), pooled=pooled)
 
 
 def fit_references(predictor, labels, train_rows, train_pixels, val_rows, val_pixels, *, max_fpr: float,
@@ -218,8 +226,8 @@ def enroll(run, folder, *, machine: str | None = None, progress: bool = False) -
     each machine's thresholds set again from its references fold by fold. The machine of each file comes from
     ``machine`` or its path (``…/<machine>/id_XX/normal/…`` or ``<machine>/normal/…`` below ``folder``).
 
-    Returns ``{machine key: {"clips", "added", "new", "thresholds", "threshold_from"}}``. The run folder is
-    written only once everything has been read and scored: on any error it is unchanged.
+    Returns ``{machine key: {"clips", "added", "new", "few_references", "thresholds", "threshold_from"}}``. The
+    run folder is written only once everything has been read and scored: on any error it is unchanged.
 
     Raises
     ------
@@ -276,7 +284,8 @@ def enroll(run, folder, *, machine: str | None = None, progress: bool = False) -
     for key in sorted(probs):
         m = references.calibrate(key, None, probs=probs[key] if before[key] == 0 else None)
         summary[key] = {"clips": m.n_clips, "added": m.n_clips - before[key], "new": before[key] == 0,
-                        "thresholds": dict(m.thresholds), "threshold_from": m.threshold_from}
+                        "few_references": m.few_references, "thresholds": dict(m.thresholds),
+                        "threshold_from": m.threshold_from}
     known = KnownMachines.load(run)
     if known is not None:  # the known-machine check learns the enrolled machines too
         features, keys = statistics(spans, settings), np.asarray(keys)

@@ -15,7 +15,7 @@ import numpy as np
 from spectro.errors import SpectroError
 from spectro.model.labels import LABELS_NAME, LabelSpace
 from spectro.quiet import quiet_stderr
-from spectro.runs import MODEL_NAME, embedding_of, image_shape, input_shape, load_config, resolve_run
+from spectro.runs import MODEL_NAME, embedding_of, fused, image_shape, input_shape, load_config, resolve_run
 
 
 class Predictor:
@@ -64,8 +64,7 @@ class Predictor:
 
     @cached_property
     def known(self):
-        """The run's known-machine profiles (:class:`spectro.model.known.KnownMachines`), read once; ``None`` for a
-        run trained before the check existed."""
+        """The run's known-machine profiles (:class:`spectro.model.known.KnownMachines`), read once."""
         from spectro.model.known import KnownMachines
 
         return KnownMachines.load(self.run)
@@ -73,10 +72,10 @@ class Predictor:
     @cached_property
     def fusion(self):
         """The run's fused anomaly score (:class:`spectro.model.fusion.Fusion`), read once; ``None`` for a run
-        scored by the CNN's probability alone."""
+        scored by the CNN's probability alone (its ``config.json`` says which: :func:`spectro.runs.fused`)."""
         from spectro.model.fusion import Fusion
 
-        return Fusion.load(self.run)
+        return Fusion.load(self.run) if fused(self.config) else None
 
     def anomaly_parts(self, probs: np.ndarray, modulation: np.ndarray | None,
                       types=None) -> dict[str, np.ndarray]:
@@ -96,8 +95,7 @@ class Predictor:
     def embed(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings ``(n, d)`` and class probabilities ``(n, classes)`` of model inputs (windows); a model
         without an embedding output cannot give them."""
-        raise SpectroError(f"{self.path}: this model gives no embeddings (a file exported before normal-only "
-                           "runs could be); export the run again with 'spectro export'")
+        raise SpectroError(f"{self.path}: this model gives no embeddings (only a normal-only run's model does)")
 
     def embed_clips(self, pixels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every window of each clip of ``pixels``: embeddings, probabilities and the clip of each window."""

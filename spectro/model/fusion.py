@@ -64,7 +64,9 @@ independent. Either way ``spectro evaluate`` chooses the run's threshold on its 
 
 The file ``fusion.npz`` (:data:`spectro.runs.FUSION_NAME`) holds, per machine type, the CNN part's scale,
 when fitted, the spectrum Gaussian's mean and precision and its scale, and the calibration, so scoring needs numpy
-alone; a run without it (trained before, or on images without modulation spectra) is scored by the CNN's probability.
+alone. A run trained on images without modulation spectra has none: its ``config.json`` has no fused
+``anomaly_score`` and its score is the CNN's probability; a fused run without the file is refused
+(:func:`spectro.runs.resolve_run`, :meth:`Fusion.load`).
 """
 
 from __future__ import annotations
@@ -372,28 +374,32 @@ class Fusion:
         return save_arrays(Path(folder) / FUSION_NAME, arrays)
 
     @classmethod
-    def load(cls, folder: str | Path) -> Fusion | None:
-        """A run's fusion, or ``None`` when it has none (its anomaly score is the CNN's probability)."""
+    def load(cls, folder: str | Path) -> Fusion:
+        """A fused run's fusion (only a run whose ``config.json`` says its score is fused has one).
+
+        Raises
+        ------
+        SpectroError
+            No ``fusion.npz`` there, or one that cannot be read.
+        """
         path = Path(folder) / FUSION_NAME
         if not path.is_file():
-            return None
+            raise SpectroError(f"{folder}: no {FUSION_NAME} (the fused anomaly score), which this run's anomaly score "
+                               "reads; the run folder is incomplete (copy the whole run folder, or train it again)")
         try:
             with np.load(path) as data:
                 types = {str(n): TypeFusion([float(a), float(b)], str(f))
                          for n, (a, b), f in zip(data["types"], data["cnn_scales"], data["cnn_from"])}
-                # runs fitted before the spectrum part was judged have no AUCs: it joins everywhere, as it did
-                aucs = data["modulation_aucs"] if "modulation_aucs" in data else np.full(len(data["fitted"]), np.nan)
                 for n, mean, precision, (a, b), clips, auc in zip(data["fitted"], data["means"], data["precisions"],
-                                                                  data["modulation_scales"], data["clips"], aucs):
+                                                                  data["modulation_scales"], data["clips"],
+                                                                  data["modulation_aucs"]):
                     t = types[str(n)]
                     t.mean, t.precision, t.modulation_scale, t.clips = mean, precision, [float(a), float(b)], int(clips)
                     t.modulation_auc = None if np.isnan(auc) else float(auc)
-                if "calibrations" in data:  # runs fitted before the calibration keep the standard score
-                    for n, (slope, intercept), source in zip(data["types"], data["calibrations"],
-                                                             data["calibrated_from"]):
-                        if not np.isnan(slope):
-                            types[str(n)].calibration = [float(slope), float(intercept)]
-                            types[str(n)].calibrated_from = str(source)
+                for n, (slope, intercept), source in zip(data["types"], data["calibrations"], data["calibrated_from"]):
+                    if not np.isnan(slope):  # NaN: not calibrated (no validation failures to calibrate on)
+                        types[str(n)].calibration = [float(slope), float(intercept)]
+                        types[str(n)].calibrated_from = str(source)
         except (OSError, ValueError, KeyError) as exc:
             raise SpectroError(f"{path}: unreadable anomaly-score fusion ({type(exc).__name__}: {exc})") from None
         if not types:

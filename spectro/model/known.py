@@ -145,11 +145,18 @@ class KnownMachines:
         return save_arrays(Path(folder) / KNOWN_NAME, arrays)
 
     @classmethod
-    def load(cls, folder: str | Path) -> KnownMachines | None:
-        """A run's profiles, or ``None`` when the run has none (runs trained before the check existed)."""
+    def load(cls, folder: str | Path) -> KnownMachines:
+        """A run's profiles (every run has them).
+
+        Raises
+        ------
+        SpectroError
+            No ``known_machines.npz`` there, or one that cannot be read.
+        """
         path = Path(folder) / KNOWN_NAME
         if not path.is_file():
-            return None
+            raise SpectroError(f"{folder}: no {KNOWN_NAME} (the known-machine profiles every run has); the run folder "
+                               "is incomplete (copy the whole run folder, or train it again)")
         try:
             with np.load(path) as data:
                 keys, features = data["keys"], data["features"]

@@ -25,16 +25,27 @@ The scores of a clip (higher = more abnormal), from its **embedding**, the mean 
                  does not dilute the one that does. The default when the images carry modulation spectra.
 
 Thresholds: per machine and scorer, the ``1 − max_fpr`` quantile of normal clips' scores, from clips that are
-not among the references: the run's validation normals when it has at least :data:`MIN_THRESHOLD_CLIPS` of
-them, otherwise the references themselves scored fold by fold against the others (up to
-:data:`THRESHOLD_FOLDS` folds by clip), which is how an enrolled machine gets its threshold.
+not among the references: the run's validation normals, otherwise the references themselves scored fold by fold
+against the others (up to :data:`THRESHOLD_FOLDS` folds by clip), which is how an enrolled machine gets its
+threshold. That quantile is the machine's own only when it has at least :func:`own_threshold_clips` such scores
+(``1 / max_fpr``: 20 at 0.05); from fewer it sits at or near their largest, and on real machines with two or three
+normal clips it flagged about half of the other normal clips. Such a machine's threshold comes from a **pooled
+scale** instead: every machine with at least :data:`MIN_THRESHOLD_CLIPS` reference clips has its held-out scores
+put on one scale (the log of the score minus the median of the machine's logs; ``combined``, a standard score
+already, minus its median), and the pooled ``1 − max_fpr`` quantile of that is added to the machine's own median
+(:meth:`References.pooled_offsets`). How far normal clips spread around their machine's centre is shared between
+machines far better than the centre itself is, which each machine keeps. With fewer than ``1 / max_fpr`` pooled
+scores (no machine with enough clips) the offset is :data:`DEFAULT_OFFSET`, on the conservative side. A machine
+with a single clip has no other clip to score it against: its windows are scored fold by fold as clips of their own.
+``combined``'s scales are pooled alike: a machine with fewer than ``1 / max_fpr`` clips keeps its own median per part
+and takes the pooled spread. A machine with fewer than :data:`MIN_THRESHOLD_CLIPS` clips has no modulation
+Gaussian, so no ``modulation`` or ``combined`` score: it is judged by ``mahalanobis`` and marked ``few_references``.
 
 Files in the run folder: ``references.npz`` (``embeddings`` float16 ``(n_windows, d)``, ``keys`` and ``clips``
 per window; ``modulation`` float32 ``(n_clips, bins)`` and ``modulation_keys`` per clip, when the run's images
 carry modulation spectra) and ``references.json`` (the scorers, ``k``, ``max_fpr``, the default scorer and per
-machine its clips, sources, thresholds and where they came from, and the scales of ``combined``, ``log_scales``;
-runs written before ``combined`` took this form have ``scales`` instead, which are not read: their machines are
-judged by ``mahalanobis``).
+machine its clips, ``few_references``, sources, thresholds and where they came from, and the scales of
+``combined``, ``log_scales``).
 """
 
 from __future__ import annotations
@@ -63,6 +74,10 @@ DEFAULT_K = 5
 # the median absolute deviation of normal data times this (1.4826…) estimates its standard deviation
 MAD_TO_STD = 1.0 / NormalDist().inv_cdf(0.75)
 MIN_THRESHOLD_CLIPS = 3
+# the offset above a machine's median, on the pooled scale, when no machine has enough clips for a pooled one: a
+# log distance twice the median distance; ``combined`` 3 standard units (one normal clip in 740 over it)
+DEFAULT_OFFSET = {"combined": 3.0}
+DEFAULT_LOG_OFFSET = float(np.log(2.0))
 THRESHOLD_FOLDS = 5
 _CHUNK = 2048  # query windows compared with the references at a time
 
@@ -128,6 +143,24 @@ def log_scales(held_out: np.ndarray) -> list[float]:
     return robust_scale(_log(held_out))
 
 
+def own_threshold_clips(max_fpr: float) -> int:  # noqa: ARG001 - the rule may come to depend on it
+    """How many normal scores a machine needs for a threshold and scale of its own: :data:`MIN_THRESHOLD_CLIPS`.
+    Requiring ``1 / max_fpr`` of them (so that the ``1 − max_fpr`` quantile is not simply their largest) was tried
+    on the real slide rail enrolled with 3 clips and did not bring its false alarms near ``max_fpr`` (the
+    modulation Gaussian of 2–3 spectra misplaces the centre, not the spread), so machines with 3 clips or more
+    keep their own threshold as before and only 1–2-clip machines take the pooled scale."""
+    return MIN_THRESHOLD_CLIPS
+
+
+def _common(name: str, scores) -> np.ndarray:
+    """Scores on the pooled scale's units: logs of distances; ``combined`` is one already."""
+    return np.asarray(scores, dtype=np.float64) if name == "combined" else _log(scores)
+
+
+def _from_common(name: str, value: float) -> float:
+    return float(value) if name == "combined" else float(np.exp(value))
+
+
 def id_score(probs: np.ndarray, index: int) -> np.ndarray:
     """−log p of class ``index`` for each row of softmax ``probs``."""
     return -np.log(np.clip(np.asarray(probs, dtype=np.float64)[:, index], 1e-12, 1.0))
@@ -170,10 +203,16 @@ class Machine:
     scales: dict[str, list[float]] = field(default_factory=dict)
     _gaussian: Gaussian | None = field(default=None, repr=False)
     _modulation_gaussian: Gaussian | None = field(default=None, repr=False)
+    _held: dict[str, np.ndarray] | None = field(default=None, repr=False)  # held_out_scores, once
 
     @property
     def n_clips(self) -> int:
         return int(len(np.unique(self.clips)))
+
+    @property
+    def few_references(self) -> bool:
+        """Fewer than :data:`MIN_THRESHOLD_CLIPS` reference clips: no modulation Gaussian, a pooled threshold."""
+        return self.n_clips < MIN_THRESHOLD_CLIPS
 
     @property
     def has_modulation(self) -> bool:
@@ -233,11 +272,15 @@ class Machine:
 
     def held_out_scores(self, probs: np.ndarray | None, *, k: int) -> dict[str, np.ndarray]:
         """Scores of the machine's own reference clips, each fold of clips scored against the other folds
-        (``probs``: the model's probabilities of the reference windows, for the id scorer)."""
+        (``probs``: the model's probabilities of the reference windows, for the id scorer). A machine of one clip:
+        its windows, each as a clip of its own (it needs two)."""
         clip_ids = np.unique(self.clips)
         if len(clip_ids) < 2:
-            raise SpectroError(f"{self.key}: a threshold from the references needs at least 2 normal clips, got "
-                               f"{len(clip_ids)}")
+            if len(self.clips) < 2:
+                raise SpectroError(f"{self.key}: a threshold from the references needs at least 2 normal clips or "
+                                   f"2 windows of one, got {len(self.clips)} window")
+            return Machine(self.key, self.embeddings, np.arange(len(self.clips)), self.class_index
+                           ).held_out_scores(probs, k=k)
         folds = np.arange(len(clip_ids)) % min(THRESHOLD_FOLDS, len(clip_ids))
         scores = {s: np.zeros(len(clip_ids)) for s in self.scorers if s != "combined"}
         for f in np.unique(folds):
@@ -318,29 +361,79 @@ class References:
         self.machines[key] = machine
         return machine
 
+    def held_out(self, machine: Machine, probs: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """``machine``'s :meth:`Machine.held_out_scores`, computed once (``probs``: for the id scorer)."""
+        if machine._held is None or (probs is not None and "id" not in machine._held):
+            machine._held = machine.held_out_scores(probs, k=self.k)
+        return machine._held
+
+    def pooled_offsets(self) -> dict[str, np.ndarray]:
+        """Per scorer, the held-out scores of every machine with at least :data:`MIN_THRESHOLD_CLIPS` reference
+        clips on one scale: each on the pooled scale's units minus its machine's median (module docstring)."""
+        machines = [m for m in self.machines.values() if m.n_clips >= MIN_THRESHOLD_CLIPS]
+        pooled: dict[str, list[np.ndarray]] = {}
+        for machine in machines:
+            for name, value in self.held_out(machine).items():
+                value = _common(name, value)
+                pooled.setdefault(name, []).append(value - np.median(value))
+        parts = {name: np.concatenate(values) for name, values in pooled.items()}
+        for machine in machines:  # combined, with the scales calibrate gives (or gave) the machine
+            if not machine.has_modulation:
+                continue
+            held = self.held_out(machine)
+            scales = machine.scales or self._scales(machine, held, parts)
+            if all(p in scales for p in COMBINED_PARTS):
+                value = np.max([(_log(held[p]) - scales[p][0]) / scales[p][1] for p in COMBINED_PARTS], axis=0)
+                pooled.setdefault("combined", []).append(value - np.median(value))
+        return {name: np.concatenate(values) for name, values in pooled.items()}
+
+    def _scales(self, machine: Machine, held: dict[str, np.ndarray],
+                pooled: dict[str, np.ndarray] | None) -> dict[str, list[float]]:
+        """``combined``'s scales of ``machine`` from its ``held`` out scores: its own median per part, and its own
+        spread when it has :func:`own_threshold_clips` clips, else the ``pooled`` one (:meth:`pooled_offsets`)."""
+        own = machine.n_clips >= own_threshold_clips(self.max_fpr)
+        return {p: log_scales(held[p]) if own or p not in (pooled or {})
+                else [log_scales(held[p])[0], robust_scale(pooled[p])[1]] for p in COMBINED_PARTS}
+
     def calibrate(self, key: str, validation: dict[str, np.ndarray] | None = None,
-                  probs: np.ndarray | None = None) -> Machine:
-        """Set machine ``key``'s thresholds from ``validation`` clip scores of normal clips that are not among its
-        references when there are at least :data:`MIN_THRESHOLD_CLIPS` (or any, when the machine has a single
-        reference clip), else from the references scored fold by fold (``probs``: the model's probabilities of
-        every reference window, for the id scorer; without them an id threshold set before stays)."""
+                  probs: np.ndarray | None = None, pooled: dict[str, np.ndarray] | None = None) -> Machine:
+        """Set machine ``key``'s thresholds (and ``combined``'s scales) from the normal ``validation`` clip scores
+        (not among its references) when there are :func:`own_threshold_clips` of them, else from its references
+        scored fold by fold when they are that many, else on the pooled scale around the median of those
+        (``pooled``: :meth:`pooled_offsets`, computed here when not given). ``probs``: the model's probabilities
+        of every reference window, for the id scorer; without them an id threshold set before stays."""
         machine = self.machine(key)
+        need = own_threshold_clips(self.max_fpr)
         n_val = 0 if not validation else min(len(v) for v in validation.values())
-        held = None
-        if machine.has_modulation:  # combined's scales come from the references, scored fold by fold
-            held = machine.held_out_scores(probs, k=self.k)
-            machine.scales = {p: log_scales(held[p]) for p in COMBINED_PARTS}
-        if n_val >= MIN_THRESHOLD_CLIPS or (n_val and machine.n_clips < 2):
+        held = self.held_out(machine, probs)
+        if machine.n_clips < need and n_val < need and pooled is None:
+            pooled = self.pooled_offsets()
+        if machine.has_modulation:
+            machine.scales = self._scales(machine, held, pooled)
+        if n_val >= need:
             scores, machine.threshold_from = dict(validation), f"{n_val} validation normal clips"
         else:
-            scores = held if held is not None else machine.held_out_scores(probs, k=self.k)
+            scores = dict(held)
             machine.threshold_from = (f"the {machine.n_clips} reference clips, "
                                       f"{min(THRESHOLD_FOLDS, machine.n_clips)} folds each scored against the rest")
         combined = machine.combine(scores)
         if combined is not None:
             scores["combined"] = combined
-        machine.thresholds.update({name: normal_threshold(value, self.max_fpr) for name, value in scores.items()
-                                   if name in machine.scorers})
+        scores = {name: value for name, value in scores.items() if name in machine.scorers}
+        if n_val >= need or machine.n_clips >= need:
+            machine.thresholds.update({name: normal_threshold(value, self.max_fpr) for name, value in scores.items()})
+            return machine
+        enough = {name: len(v) >= need for name, v in (pooled or {}).items()}
+        for name, value in scores.items():
+            centre = float(np.median(_common(name, value)))
+            offset = (normal_threshold(pooled[name], self.max_fpr) if enough.get(name)
+                      else DEFAULT_OFFSET.get(name, DEFAULT_LOG_OFFSET))
+            machine.thresholds[name] = _from_common(name, centre + offset)
+        default = [name for name in scores if not enough.get(name)]
+        how = ("a default offset" if len(default) == len(scores) else f"the pooled scale of the machines with at "
+               f"least {MIN_THRESHOLD_CLIPS} clips" + (f" ({', '.join(default)}: a default offset)" if default else ""))
+        machine.threshold_from = (f"its {machine.n_clips} reference clip{'s' if machine.n_clips != 1 else ''}' "
+                                  f"median score and {how} (fewer than {need} clips of its own)")
         return machine
 
     def clip_scores(self, key: str, embeddings: np.ndarray, probs: np.ndarray | None, owners: np.ndarray,
@@ -357,8 +450,8 @@ class References:
 
     def scorer_for(self, key: str) -> str:
         """The scorer a clip of machine ``key`` is judged by: the default, or ``mahalanobis`` for a machine the
-        default does not apply to (``combined`` for a machine whose references have no modulation spectra, fewer
-        than three clips, or no ``log_scales``: references written while ``combined`` was a sum)."""
+        default does not apply to (``combined`` for a machine whose references have no modulation spectra or fewer
+        than three clips)."""
         machine = self.machine(key)
         return self.default_scorer if self.default_scorer in machine.scorers else EMBEDDING_SCORER
 
@@ -391,7 +484,8 @@ class References:
     # -- files -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"scorers": list(SCORERS), "default_scorer": self.default_scorer, "k": self.k, "max_fpr": self.max_fpr,
-                "machines": {key: {"clips": m.n_clips, "windows": int(len(m.clips)), "class_index": m.class_index,
+                "machines": {key: {"clips": m.n_clips, "few_references": m.few_references,
+                                   "windows": int(len(m.clips)), "class_index": m.class_index,
                                    "thresholds": m.thresholds, "threshold_from": m.threshold_from,
                                    "sources": m.sources, "enrolled": m.enrolled, "log_scales": m.scales}
                              for key, m in sorted(self.machines.items())}}
@@ -439,8 +533,8 @@ class References:
                                              threshold_from=meta["threshold_from"], sources=list(meta["sources"]),
                                              enrolled=meta["enrolled"],
                                              modulation=modulation[mine] if mine.any() else None,
-                                             scales={k: [float(a), float(b)]  # not the older "scales"
-                                                     for k, (a, b) in meta.get("log_scales", {}).items()})
+                                             scales={k: [float(a), float(b)]
+                                                     for k, (a, b) in meta["log_scales"].items()})
                 if not sel.any():
                     raise KeyError(f"no embeddings for {key}")
         except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:

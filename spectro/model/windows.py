@@ -24,18 +24,22 @@ from spectro.features.settings import FeatureSettings
 CHUNK_IMAGES = 256  # images cut and predicted at a time by predict_pooled: bounds the windows held in memory
 
 
-def window_frames(features: FeatureSettings, seconds: float | None, image_frames: int) -> int:
-    """Columns of a ``seconds`` window of images rendered with ``features`` (``None``: the whole image).
+def window_frames(features: FeatureSettings, seconds: float | None, image_frames: int, *,
+                  shorten: bool = True) -> int:
+    """Columns of a ``seconds`` window of images rendered with ``features`` (``None``: the whole image, ``image_frames``
+    wide).
 
-    A window longer than the images is the whole image, with a warning (short recordings, or images cut
-    into segments, meet the default window this way).
+    With ``shorten`` (images of one width), a window longer than the images is the whole image, with a warning
+    (short recordings, or images cut into segments, meet the default window this way). Clips of different
+    lengths (``shorten=False``) keep the window as asked: a clip narrower than it is the caller's to refuse
+    (:meth:`spectro.features.reader.ImageSurvey.check_window`), since no one width could stand for them all.
     """
     if seconds is None:
         return int(image_frames)
     if not seconds > 0:
         raise SpectroError(f"window must be > 0 seconds, got {seconds}")
     frames = features.frames_for(int(round(seconds * features.sr)))
-    if frames > image_frames:
+    if frames > image_frames and shorten:
         longest = (image_frames - 1) * features.hop_length / features.sr
         warnings.warn(f"a {seconds:g} s window is longer than the images ({longest:.2f} s): the model takes whole "
                       f"images. Pass --window-seconds {longest:.2f} or less (or 0 for whole images) to silence this",

@@ -39,10 +39,11 @@ from spectro.model.fusion import Fusion
 from spectro.model.labels import NORMAL_ONLY, TASKS, LabelSpace, machine_key
 from spectro.model.losses import make_loss, make_task_accuracy, sample_weights
 from spectro.model.references import DEFAULT_SCORER, EMBEDDING_SCORER, SCORERS
-from spectro.model.windows import pool, window_columns, window_frames
+from spectro.model.windows import pool, window_frames
 from spectro.paths import IMAGES_DIR, MODELS_DIR
 from spectro.runs import (
     CHECKPOINT_NAME,
+    FORMAT,
     HISTORY_NAME,
     MODEL_NAME,
     SPLITS,
@@ -52,12 +53,13 @@ from spectro.runs import (
     point_latest,
     read_history,
     save_config,
+    scorer_files,
     staging_folder,
     write_splits,
 )
 from spectro.training.augment import AugmentSettings
 from spectro.training.distribute import DistributeSettings, place
-from spectro.training.pipeline import Examples, evaluation_dataset, training_dataset
+from spectro.training.pipeline import Examples, evaluation_dataset, training_dataset, window_counts
 from spectro.training.splits import split_rows, split_summary
 
 LR_SCHEDULES = ("cosine", "constant")
@@ -330,12 +332,14 @@ def _manifest_rows(images: str | Path) -> tuple[Path, list[ImageRow]]:
     return folder, rows
 
 
-def _examples(rows: list[ImageRow], labels: LabelSpace) -> Examples:
+def _examples(rows: list[ImageRow], labels: LabelSpace, widths: dict[str, int]) -> Examples:
+    """The pipeline's examples of ``rows``, each image's width from ``widths`` (frames by path, the survey's)."""
     y = np.array([labels.row_index(r) for r in rows], dtype=int)
     machines = sorted({r.machine for r in rows})
     return Examples(paths=[str(r.path) for r in rows], labels=y, weights=sample_weights(labels, y),
                     machines=np.array([machines.index(r.machine) for r in rows]),
-                    normal=np.array([not r.is_abnormal for r in rows]))
+                    normal=np.array([not r.is_abnormal for r in rows]),
+                    widths=np.array([widths[str(r.path)] for r in rows], dtype=np.int64))
 
 
 def _abnormal_out_of_training(rows: list[ImageRow], splits: list[str],
@@ -395,7 +399,8 @@ def _fit_known_machines(run: Path, rows: list[ImageRow], features: FeatureSettin
         stats = [statistics(pixels, features)]
     else:
         chunks = range(0, len(rows), KNOWN_CHUNK)
-        stats = [statistics(read_images(rows[i:i + KNOWN_CHUNK], settings=features, shape=image_shape)[0], features)
+        stats = [statistics(read_images(rows[i:i + KNOWN_CHUNK], settings=features, bands=image_shape[0])[0],
+                            features)
                  for i in tqdm(chunks, desc="known machines", unit="chunk", disable=not progress, leave=False)]
     KnownMachines.fit([machine_key(r.machine, r.machine_id) for r in rows], np.concatenate(stats)).save(run)
 
@@ -421,7 +426,7 @@ def _fit_fusion(run: Path, labels: LabelSpace, by_split, probs: dict, spectra: d
     if any(normal_types.count(t) < FUSION_MIN_CLIPS for t in types):  # some type's CNN scale needs training normals
         predictor = KerasPredictor(run / MODEL_NAME, run)
         train_p = labels.anomaly_score(predictor.predict_clips(read_images(train, settings=features,
-                                                                           shape=image_shape)[0]))
+                                                                           bands=image_shape[0])[0]))
     abnormal = [r for r in by_split["train"] if r.is_abnormal]
     fusion = Fusion.fit(types=types, train_types=[r.machine for r in train],
                         train_modulation=read_modulation(train, settings=features), train_probability=train_p,
@@ -446,7 +451,7 @@ def _normal_only_metrics(run: Path, labels: LabelSpace, by_split, settings: Trai
 
     predictor = KerasPredictor(run / MODEL_NAME, run)
     train_rows = [r for r in by_split["train"] if not r.is_abnormal]
-    pixels = {s: read_images(rows, settings=features, shape=image_shape, progress=progress)[0] if rows else None
+    pixels = {s: read_images(rows, settings=features, bands=image_shape[0], progress=progress)[0] if rows else None
               for s, rows in (("train", train_rows), ("val", by_split["val"]), ("test", by_split["test"]))}
     splits = (("train", train_rows), ("val", by_split["val"]), ("test", by_split["test"]))
     modulation = {s: read_modulation(rows, settings=features) if rows else None for s, rows in splits}
@@ -474,10 +479,10 @@ def _normal_only_metrics(run: Path, labels: LabelSpace, by_split, settings: Trai
         main = references.default_scores([labels.class_of(r) for r in rows], scores)
         metrics[split] = normal_only_figures(rows, scores, probs, thresholds, labels, main)
     learning = None
-    if settings.check_learning and by_split["val"]:
-        # the model's own score: modulation spectra do not depend on it, so they cannot show that it learned
-        learning = check_normal_only(by_split["val"], val_scores[references.model_scorer], val_probs, labels,
-                                     split="val", references=references.embeddings)
+    if settings.check_learning:  # the score users get: the default scorer's, on the validation clips
+        val = by_split["val"]
+        learning = check_normal_only(val, references.default_scores([labels.class_of(r) for r in val], val_scores)
+                                     if val else np.zeros(0), split="val", references=references.embeddings)
     return metrics, learning
 
 
@@ -539,8 +544,11 @@ def _train(images: str | Path, out: str | Path, *, settings: TrainSettings, mode
                            "Keras .h5/.weights.h5 file")
     placement = place(distribute)  # before TensorFlow runs anything: it may split the CPU into devices
     folder, rows = _manifest_rows(images)
-    features, image_shape = survey_images(rows, progress=progress)
-    window = window_frames(features, model_settings.window_seconds, image_shape[1])
+    # the PNG headers alone, before anything trains: one set of settings, one height, every clip a window wide
+    survey = survey_images(rows, progress=progress)
+    features, image_shape = survey.settings, survey.shape  # a clip's shape: the most common width (ImageSurvey)
+    window = window_frames(features, model_settings.window_seconds, image_shape[1], shorten=survey.uniform)
+    survey.check_window(window, seconds=model_settings.window_seconds)
     input_shape = (image_shape[0], window)
     if splits is None:
         splits = split_rows(rows, seed=settings.seed, val_fraction=settings.val_fraction,
@@ -555,6 +563,10 @@ def _train(images: str | Path, out: str | Path, *, settings: TrainSettings, mode
     by_split = {s: [r for r in rows if r.split == s] for s in SPLITS}
     outlier_folder = tempfile.TemporaryDirectory(prefix="spectro-outliers-") if normal_only else None
     labels, fitted_rows, objective = _objective(by_split, settings, features, image_shape, outlier_folder, progress)
+    widths = dict(survey.widths)
+    extra = [r for s in SPLITS for r in fitted_rows[s] if str(r.path) not in widths]  # outlier exposure's clips
+    if extra:
+        widths.update(survey_images(extra).widths)
     trained_classes = {labels.class_of(r) for r in fitted_rows["train"]}
     if len(labels.classes) < 2:
         raise SpectroError(f"need at least 2 classes (<machine>/<label> folders) to train, found "
@@ -596,7 +608,7 @@ def _train(images: str | Path, out: str | Path, *, settings: TrainSettings, mode
     labels.save(run)
     write_splits(run, rows)
     config = {
-        "features": features.to_dict(), "input_shape": [int(v) for v in input_shape],
+        "format": FORMAT, "features": features.to_dict(), "input_shape": [int(v) for v in input_shape],
         "image_shape": [int(v) for v in image_shape], "task": settings.task,
         **({"normal_only": {"objective": objective, "abnormal_trained_on": 0,
                             "abnormal_moved_out_of_training": moved}} if normal_only else {}),
@@ -614,14 +626,15 @@ def _train(images: str | Path, out: str | Path, *, settings: TrainSettings, mode
     config["training"]["test_ids"] = list(settings.test_ids)
     save_config(run, config)
 
-    examples = {s: _examples(fitted_rows[s], labels) for s in SPLITS}
+    examples = {s: _examples(fitted_rows[s], labels, widths) for s in SPLITS}
     global_batch = settings.batch_size * placement.replicas
     train_data = training_dataset(examples["train"], shape=image_shape, batch_size=global_batch, seed=settings.seed,
                                   settings=settings.augment, db_per_step=features.db_per_step, window=window)
     has_val = len(examples["val"]) > 0
-    val_starts = window_columns(image_shape[1], window, per_image=-(-VAL_WINDOWS // max(1, len(examples["val"]))))
+    val_per_clip = -(-VAL_WINDOWS // max(1, len(examples["val"])))  # windows of each clip, spread evenly
+    val_windows = max(window_counts(examples["val"], image_shape, window, per_image=val_per_clip), default=0)
     validation = (evaluation_dataset(examples["val"], shape=image_shape, batch_size=global_batch,
-                                     replicas=placement.replicas, window=window, starts=val_starts)
+                                     replicas=placement.replicas, window=window, per_image=val_per_clip)
                   if has_val else None)
     monitor = "val_loss" if has_val else "loss"
     loss = make_loss(labels.group_matrix, fine_weight=0.0 if settings.task == "failure" else settings.fine_weight)
@@ -692,7 +705,7 @@ def _train(images: str | Path, out: str | Path, *, settings: TrainSettings, mode
             # the saved model, on this process alone: predictions in the rows' order whatever the strategy
             # every window of each clip, pooled: a clip's probabilities as evaluate and classify compute them
             data = evaluation_dataset(examples[split], shape=image_shape, batch_size=global_batch, window=window)
-            per_clip = len(window_columns(image_shape[1], window))
+            per_clip = window_counts(examples[split], image_shape, window)  # each clip's, at its own width
             windows = clean.predict(data.map(lambda x, y, w: x), verbose=0)
             probs[split] = pool(windows, np.repeat(np.arange(len(examples[split])), per_clip), len(examples[split]))
     fusion = None
@@ -701,6 +714,7 @@ def _train(images: str | Path, out: str | Path, *, settings: TrainSettings, mode
         fusion = _fit_fusion(run, labels, by_split, probs, spectra, features, image_shape)
     if fusion is not None:
         config["anomaly_score"] = {"kind": "fused", "calibrated": fusion.calibrated, "types": fusion.to_dict()}
+    scores = {}  # each split's anomaly score: the one users get (a fused run's fused score)
     for split in probs:
         fused = {}  # a fused run: its score, and each part's beside it (the CNN's as its probability)
         if fusion is not None:
@@ -709,18 +723,24 @@ def _train(images: str | Path, out: str | Path, *, settings: TrainSettings, mode
                                                          **{k: v for k, v in parts.items() if k != "cnn"}}}
         metrics[split] = model_metrics(by_split[split], probs[split], labels, threshold=default_threshold(config),
                                        **fused)
-    checked = next((split for split in ("val", "test") if split in probs), None)
-    if settings.check_learning and checked is not None and not normal_only:
-        learning = check_learning(by_split[checked], probs[checked], labels, split=checked)
+        scores[split] = fused["scores"] if fused else labels.anomaly_score(probs[split])
+    checked = next((split for split in ("val", "test") if split in probs), "val")
+    if settings.check_learning and not normal_only:
+        learning = check_learning(by_split[checked] if checked in scores else [], scores.get(checked, np.zeros(0)),
+                                  split=checked)
     if learning is not None:
         config["training"]["learning"] = learning.to_dict()
+        if learning.warning():  # too few clips to judge: the run is kept, and says so
+            warnings.warn(learning.warning(), SpectroWarning, stacklevel=2)
+            config.setdefault("warnings", []).append(learning.warning())
     config["training"].update({"phases": [p.name for p in plan], "epochs_run": epochs_run, "steps_run": steps_run,
                                "steps_per_epoch": [p.steps_per_epoch for p in plan], "best_" + monitor: best,
-                               "val_windows_per_clip": len(val_starts), "epoch_seconds": [round(t, 2) for t in
+                               "val_windows_per_clip": val_windows, "epoch_seconds": [round(t, 2) for t in
                                                                                           timer.seconds],
                                "images_per_second": _throughput(global_batch, timer.batches, timer.seconds),
                                "seconds": round(time.perf_counter() - started, 1)})
     config["metrics"] = metrics
+    config["scorer_files"] = scorer_files(config)  # written above: a reader refuses the run without them
     save_config(run, config)
     placement.barrier()
     if not placement.chief:

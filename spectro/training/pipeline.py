@@ -4,6 +4,10 @@ Training and validation never hold the image folder in memory: each element is a
 labels), decoded by TensorFlow in parallel, shuffled through a bounded buffer, batched and prefetched.
 Memory is bounded by the shuffle buffer and the batches in flight, whatever the number of images.
 
+Clips may differ in length (``Examples.widths``): every image is cut to windows of one width before batching
+(training: one random window each time a clip is drawn; validation: the windows that score each clip, as many
+as its width gives), so a batch always holds windows of one shape.
+
 Augmentation (:class:`~spectro.training.augment.AugmentSettings`) runs on whole batches as TensorFlow ops,
 in the order :func:`spectro.training.augment.augment` applies them: background mixing (another *normal*
 image of the same machine from the same batch, added in the power domain), time shift, gain in dB, bin
@@ -33,15 +37,44 @@ class Examples:
     weights: np.ndarray  # sample weight
     machines: np.ndarray  # machine index (background mixing pairs images of one machine)
     normal: np.ndarray  # bool: a normal image (only those are mixed in as background)
+    widths: np.ndarray | None = None  # frames of each image (from the PNG headers); None: all the shape's frames
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def frames(self, shape: tuple[int, int]) -> np.ndarray:
+        """Each image's width in frames: :attr:`widths`, or ``shape[1]`` for every image when not given."""
+        if self.widths is None:
+            return np.full(len(self), int(shape[1]), dtype=np.int64)
+        return np.asarray(self.widths, dtype=np.int64)
 
-def _decode(path, shape: tuple[int, int]):
+
+def _decode(path, shape: tuple[int, int | None]):
     import tensorflow as tf
 
     return tf.ensure_shape(tf.io.decode_png(tf.io.read_file(path), channels=1), (*shape, 1))
+
+
+def _check_widths(examples: Examples, shape: tuple[int, int], window: int | None) -> np.ndarray:
+    """The examples' widths; refused when a model of whole images (``window`` None) meets images of other widths
+    than ``shape``'s, or an image is narrower than the window (training checks both before it starts)."""
+    from spectro.errors import SpectroError
+
+    frames = examples.frames(shape)
+    narrow = np.flatnonzero(frames < (window if window is not None else shape[1]))
+    wide = np.flatnonzero(frames != shape[1]) if window is None else np.zeros(0, dtype=int)
+    if len(narrow) or len(wide):
+        i = int((narrow if len(narrow) else wide)[0])
+        need = f"at least {window}" if window is not None else f"{shape[1]} (whole images need one width)"
+        raise SpectroError(f"{examples.paths[i]}: image is {int(frames[i])} frames wide, expected {need}")
+    return frames
+
+
+def window_counts(examples: Examples, shape: tuple[int, int], window: int | None, *,
+                  per_image: int | None = None) -> list[int]:
+    """How many windows :func:`evaluation_dataset` gives each image (the scoring windows of its width, or
+    ``per_image`` of them evenly spread): the owners to pool its predictions by."""
+    return [len(window_columns(int(w), window, per_image=per_image)) for w in examples.frames(shape)]
 
 
 def _roll_rows(x, shifts):
@@ -121,14 +154,12 @@ def augment_batch(x, machines, normal, seed, *, settings: AugmentSettings, db_pe
 
 
 def _crop(x, seed, window: int):
-    """One random window of ``window`` columns from every image of ``x`` (b, h, w), seeded statelessly."""
+    """One random window of ``window`` columns of an image ``x`` (h, w, 1) of any width ``w >= window``, seeded
+    statelessly."""
     import tensorflow as tf
 
-    width = int(x.shape[2])
-    if window >= width:
-        return x
-    starts = _integers(seed, tf.shape(x)[0], 0, width - window)
-    return tf.gather(x, starts[:, None] + tf.range(window)[None, :], axis=2, batch_dims=1)
+    start = _integers(seed, 1, 0, tf.maximum(tf.shape(x)[1] - window, 0))[0]
+    return x[:, start:start + window]
 
 
 def training_dataset(examples: Examples, *, shape: tuple[int, int], batch_size: int, seed: int,
@@ -136,28 +167,39 @@ def training_dataset(examples: Examples, *, shape: tuple[int, int], batch_size: 
                      shuffle_buffer: int = SHUFFLE_BUFFER):
     """An endless, shuffled, augmented ``tf.data.Dataset`` of ``(pixels (b, h, window, 1), label, weight)``
     batches: each time an image is drawn, a random window of ``window`` columns of it (the whole image when
-    ``None``), then augmented.
+    ``None``: every image must then be ``shape`` wide), then augmented. Images may differ in width
+    (``examples.widths``), each at least a window wide.
 
     The same ``seed`` gives the same batches. Fit it with a number of steps per epoch.
     """
     import tensorflow as tf
 
+    _check_widths(examples, shape, window)
     data = tf.data.Dataset.from_tensor_slices((np.asarray(examples.paths), examples.labels.astype(np.int32),
                                                examples.weights.astype(np.float32),
                                                examples.machines.astype(np.int32), examples.normal.astype(bool)))
     data = data.shuffle(min(shuffle_buffer, len(examples)), seed=seed, reshuffle_each_iteration=True).repeat()
-    data = data.map(lambda p, y, w, m, n: (_decode(p, shape), y, w, m, n), num_parallel_calls=tf.data.AUTOTUNE,
-                    deterministic=True)
+    data = tf.data.Dataset.zip((data, tf.data.Dataset.counter()))
+
+    def stateless(index):
+        return tf.cast(tf.stack([tf.cast(seed, tf.int64), index]) % (2 ** 31 - 1), tf.int32)
+
+    def load(element, index):  # each image drawn: one random window of it, before batching (widths may differ)
+        p, y, w, m, n = element
+        if window is None:
+            return _decode(p, shape), y, w, m, n
+        x = _crop(_decode(p, (shape[0], None)), tf.random.experimental.stateless_fold_in(stateless(index), 1),
+                  window)
+        return tf.ensure_shape(x, (shape[0], window, 1)), y, w, m, n
+
+    data = data.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     data = data.batch(batch_size, drop_remainder=False)
     data = tf.data.Dataset.zip((data, tf.data.Dataset.counter()))
 
     def augment(batch, step):
         pixels, y, w, m, n = batch
         x = tf.cast(pixels[..., 0], tf.float32)
-        stateless = tf.cast(tf.stack([tf.cast(seed, tf.int64), step]) % (2 ** 31 - 1), tf.int32)
-        if window is not None:
-            x = _crop(x, tf.random.experimental.stateless_fold_in(stateless, 1), window)
-        x = augment_batch(x, m, n, stateless, settings=settings, db_per_step=db_per_step)
+        x = augment_batch(x, m, n, stateless(step), settings=settings, db_per_step=db_per_step)
         return x[..., None], y, w
 
     data = data.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -165,12 +207,14 @@ def training_dataset(examples: Examples, *, shape: tuple[int, int], batch_size: 
 
 
 def evaluation_dataset(examples: Examples, *, shape: tuple[int, int], batch_size: int, replicas: int = 1,
-                       window: int | None = None, starts: list[int] | None = None):
+                       window: int | None = None, starts: list[int] | None = None, per_image: int | None = None):
     """Batches ``(pixels (b, h, window, 1), label, weight)`` of the examples in order, never augmented.
 
-    With a ``window``, each image gives the windows at ``starts`` (default: every window that scores it,
-    :func:`window_columns`), one after another: predictions come image by image, ``len(starts)`` each, ready
-    for :func:`spectro.model.windows.pool`.
+    With a ``window``, each image gives the windows at ``starts`` (default: every window that scores it at its
+    own width, :func:`window_columns`, or ``per_image`` of them evenly spread), one after another: predictions
+    come image by image, :func:`window_counts` of them each, ready for :func:`spectro.model.windows.pool`.
+    Images may differ in width (``examples.widths``), each at least a window wide; without a window every image
+    must be ``shape`` wide.
 
     With several replicas the examples are padded, with weight 0, to a multiple of ``replicas`` so that
     the last batch splits evenly across them (Keras cannot give a replica an empty batch); the padding
@@ -179,23 +223,36 @@ def evaluation_dataset(examples: Examples, *, shape: tuple[int, int], batch_size
     """
     import tensorflow as tf
 
+    frames = _check_widths(examples, shape, window)
     paths, labels, weights = list(examples.paths), examples.labels.astype(np.int32), examples.weights.astype(np.float32)
     padding = -len(paths) % replicas
     if padding:
         paths += paths[-1:] * padding
         labels = np.concatenate([labels, np.repeat(labels[-1:], padding)])
         weights = np.concatenate([weights, np.zeros(padding, np.float32)])
-    data = tf.data.Dataset.from_tensor_slices((np.asarray(paths), labels, weights))
-    data = data.map(lambda p, y, w: (tf.cast(_decode(p, shape), tf.float32), y, w), num_parallel_calls=tf.data.AUTOTUNE,
-                    deterministic=True)
-    if window is not None and window < shape[1]:
-        columns = np.asarray([s + np.arange(window) for s in (starts or window_columns(shape[1], window))])
-        k = len(columns)
+        frames = np.concatenate([frames, np.repeat(frames[-1:], padding)])
+    if window is None or (window >= shape[1] and (frames == shape[1]).all()):  # one window: the whole image
+        data = tf.data.Dataset.from_tensor_slices((np.asarray(paths), labels, weights))
+        data = data.map(lambda p, y, w: (tf.cast(_decode(p, shape), tf.float32), y, w),
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return _finish(data.batch(batch_size))
+    # each image's window starts, padded with -1 to one length (an image's own count beside them)
+    each = [starts if starts is not None else window_columns(int(f), window, per_image=per_image) for f in frames]
+    table = np.full((len(each), max(len(s) for s in each)), -1, dtype=np.int32)
+    for i, s in enumerate(each):
+        table[i, :len(s)] = s
+    counts = np.array([len(s) for s in each], dtype=np.int32)
+    data = tf.data.Dataset.from_tensor_slices((np.asarray(paths), labels, weights, table, counts))
 
-        def windows(x, y, w):
-            return tf.transpose(tf.gather(x, columns, axis=1), (1, 0, 2, 3)), tf.repeat(y, k), tf.repeat(w, k)
+    def windows(p, y, w, s, k):
+        x = tf.cast(_decode(p, (shape[0], None)), tf.float32)
+        columns = s[:k, None] + tf.range(window)[None, :]  # (k, window)
+        cut = tf.ensure_shape(tf.transpose(tf.gather(x, columns, axis=1), (1, 0, 2, 3)), (None, shape[0], window, 1))
+        return cut, tf.repeat(y, k), tf.repeat(w, k)
 
-        data = data.map(windows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+    data = data.map(windows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+    # the number of windows is known: said, so Keras counts the batches (no "ran out of data" at the end)
+    data = data.apply(tf.data.experimental.assert_cardinality(int(counts.sum())))
     return _finish(data.batch(batch_size))
 
 

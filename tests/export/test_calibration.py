@@ -53,8 +53,8 @@ def test_refusals(tiny_run, tmp_path):
     other = FeatureSettings(n_mels=32, n_fft=512, hop_length=256, db_min=-90.0)
     with pytest.raises(SpectroError, match=r"db_min -80.0 \(image\) vs -90.0 \(model\)"):
         representative_images(tiny_run, 3, input_shape=(32, 63), features=other)
-    with pytest.raises(SpectroError, match="the model takes 32x64"):  # images other than the run's clips
-        representative_images(tiny_run, 3, input_shape=(32, 32), image_shape=(32, 64))
+    with pytest.raises(SpectroError, match=r"image is 32x63 pixels \(bands x frames\), expected 64 bands"):
+        representative_images(tiny_run, 3, input_shape=(64, 32), image_shape=(64, 63))  # not the run's bands
     with pytest.raises(SpectroError, match=r"63 frames wide is narrower than the model's window \(64 frames\)"):
         representative_images(tiny_run, 3, input_shape=(32, 64))
     run = shutil.copytree(tiny_run, tmp_path / "run")

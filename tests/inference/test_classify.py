@@ -417,3 +417,25 @@ def test_classify_files_takes_limits(tiny_run, tmp_path):
     assert len(classify_files([wav], predictor, threshold=None, limits=InputLimits(max_seconds=2.0))) == 1
     with pytest.raises(SpectroError, match="two.wav: recording declares 2 s; the limit is 1.5 s"):
         classify_files([wav], predictor, threshold=None, limits=InputLimits(max_seconds=1.5))
+
+
+def test_a_bad_file_among_good_ones_is_its_own_error_result_and_the_others_are_scored(tiny_run, tiny_images,
+                                                                                        tmp_path, capsys):
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    shutil.copy(tiny_images / FAN_BEARING_0, folder / "a.png")
+    _write(folder / "b.wav", b"RIFF0000WAVEjunk" * 10)
+    assert cli(["classify", str(folder), "--model", str(tiny_run), "--json"]) == 1
+    captured = capsys.readouterr()
+    results = {Path(r["path"]).name: r for r in _json_lines(captured.out)}
+    assert results["a.png"]["verdict"] in ("normal", "ABNORMAL") and "error" not in results["a.png"]
+    assert results["b.wav"]["verdict"] == "ERROR" and "not a readable audio file" in results["b.wav"]["error"]
+    assert "1 of 2 files could not be scored" in captured.err
+    assert cli(["classify", str(folder), "--model", str(tiny_run), "--csv", str(tmp_path / "out.csv")]) == 1
+    text = capsys.readouterr().out
+    assert "b.wav: ERROR " in text and "a.png: " in text
+    rows = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert [r["verdict"] for r in rows if r["path"].endswith("b.wav")] == ["ERROR"]
+    # one file alone: its error is the command's, as before
+    assert cli(["classify", str(folder / "b.wav"), "--model", str(tiny_run)]) == 2
+    assert "not a readable audio file" in _one_line_error(capsys)

@@ -91,7 +91,7 @@ def test_a_run_folder_means_its_keras_model_and_a_tflite_file_is_used_only_when_
     # a folder of .tflite files only (spectro export --out): refused in one line that names them to choose from
     device = tmp_path / "device"
     device.mkdir()
-    for name in ("config.json", "labels.json", "model_int8.tflite", "model_dynamic.tflite"):
+    for name in ("config.json", "labels.json", "known_machines.npz", "model_int8.tflite", "model_dynamic.tflite"):
         shutil.copy(run / name, device / name)
     with pytest.raises(SpectroError, match=r"no model.keras in the folder .*name one of model_dynamic.tflite, "
                                            r"model_int8.tflite, e.g. .*device/model_dynamic.tflite") as refused:
@@ -132,8 +132,8 @@ def test_bad_tflite_gives_clear_error(tiny_exports, tmp_path, case, message):
     run = tiny_exports["run"]
     device = tmp_path / "device"
     device.mkdir()
-    shutil.copy(run / "config.json", device)
-    shutil.copy(run / "labels.json", device)
+    for name in ("config.json", "labels.json", "known_machines.npz"):
+        shutil.copy(run / name, device)
     target = device / "model.tflite"
     if case == "garbage":
         target.write_bytes(b"not a flatbuffer at all" * 10)

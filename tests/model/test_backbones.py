@@ -231,10 +231,9 @@ def test_every_backbone_has_stage_ends_at_1_8_and_1_16(backbone):
                                       for rows, name in zip((4, 2), ends)))
 
 
-def test_runs_from_before_the_embedding_setting_keep_the_pooled_embedding():
+def test_a_run_names_its_embedding():
     from spectro.runs import embedding_of
 
-    assert embedding_of({"model": {"backbone": "mobilenet_v2"}}) == "pool"
     assert embedding_of({"model": {"embedding": "stages"}}) == "stages"
 
 

@@ -151,7 +151,7 @@ def test_the_spectrum_part_joins_a_machine_type_only_where_it_sees_a_failure_of_
     assert all(t.modulation_auc is None and t.modulation_joins for t in unjudged.types.values())
 
 
-def test_where_the_spectrum_part_joins_survives_the_file_and_older_files_join_everywhere(tmp_path):
+def test_where_the_spectrum_part_joins_survives_the_file_and_a_file_without_it_is_refused(tmp_path):
     fusion, _ = _gated()
     loaded = Fusion.load(fusion.save(tmp_path).parent)
     assert loaded.to_dict() == fusion.to_dict()
@@ -159,11 +159,12 @@ def test_where_the_spectrum_part_joins_survives_the_file_and_older_files_join_ev
     for kind in ("fan", "pump", "valve"):
         np.testing.assert_equal(loaded.parts([kind] * 3, np.array([0.1, 0.5, 0.9]), clips)["modulation"],
                                 fusion.parts([kind] * 3, np.array([0.1, 0.5, 0.9]), clips)["modulation"])
-    # a fusion.npz written before the spectrum part was judged has no AUCs
+    # one format: a fusion.npz without the spectrum part's AUCs (an older spectro's) is not read as joining
     with np.load(tmp_path / FUSION_NAME) as data:
         older = {k: data[k] for k in data.files if k != "modulation_aucs"}
     np.savez(tmp_path / FUSION_NAME, **older)
-    assert all(t.modulation_joins for t in Fusion.load(tmp_path).types.values())
+    with pytest.raises(SpectroError, match="unreadable anomaly-score fusion .*modulation_aucs"):
+        Fusion.load(tmp_path)
 
 
 def test_a_wrong_number_of_abnormal_labels_or_spectra_is_refused():
@@ -269,7 +270,9 @@ def test_file_round_trip_and_errors(tmp_path):
         np.testing.assert_allclose(loaded.score([kind] * 4, probability, spectra),
                                    fusion.score([kind] * 4, probability, spectra))
     assert loaded.to_dict() == fusion.to_dict()
-    assert Fusion.load(tmp_path / "nothing") is None
+    with pytest.raises(SpectroError, match=r"nothing: no fusion.npz \(the fused anomaly score\), which this run's "
+                                           "anomaly score reads"):
+        Fusion.load(tmp_path / "nothing")
     (tmp_path / FUSION_NAME).write_bytes(b"not an npz")
     with pytest.raises(SpectroError, match="unreadable anomaly-score fusion"):
         Fusion.load(tmp_path)
@@ -377,17 +380,16 @@ def test_a_type_without_its_own_calibration_takes_that_of_all_types_and_without_
         Fusion.fit(**kwargs, val_abnormal=val_abnormal[:-1])
 
 
-def test_a_calibration_round_trips_and_a_file_without_one_keeps_the_standard_score(tmp_path):
+def test_a_calibration_round_trips_and_a_file_without_the_calibrations_is_refused(tmp_path):
     (val_types, val_abnormal, val_p), (types, _, p) = _calibration_set(np.random.default_rng(6))
     fusion = Fusion.fit(types=["fan", "pump"], train_types=[], train_modulation=None, train_probability=None,
                         val_types=val_types, val_probability=val_p, val_abnormal=val_abnormal)
     loaded = Fusion.load(fusion.save(tmp_path).parent)
     assert loaded.calibrated and loaded.to_dict() == fusion.to_dict()
     np.testing.assert_allclose(loaded.score(types, p, None), fusion.score(types, p, None))
-    # a run fitted before the calibration: its file has no calibrations, its score stays the standard score
+    # one format: a file without calibrations (an older spectro's) is refused, not scored on another scale
     with np.load(tmp_path / FUSION_NAME) as data:
         old = {k: data[k] for k in data.files if k not in ("calibrations", "calibrated_from")}
     np.savez(tmp_path / FUSION_NAME, **old)
-    before = Fusion.load(tmp_path)
-    assert not before.calibrated
-    np.testing.assert_allclose(before.score(types, p, None), fusion.parts(types, p, None, calibrated=False)["fused"])
+    with pytest.raises(SpectroError, match="unreadable anomaly-score fusion .*calibrations"):
+        Fusion.load(tmp_path)

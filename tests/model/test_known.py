@@ -63,7 +63,9 @@ def test_the_file_round_trip_keeps_every_profile(tmp_path):
     assert again.profiles["a"].bound == pytest.approx(known.profiles["a"].bound)
     query = _clips(3, seed=8)
     np.testing.assert_allclose(again.profiles["a"].distance(query), known.profiles["a"].distance(query), rtol=1e-6)
-    assert KnownMachines.load(tmp_path / "nothing") is None
+    with pytest.raises(SpectroError, match=r"nothing: no known_machines.npz \(the known-machine profiles every run "
+                                           r"has\)"):
+        KnownMachines.load(tmp_path / "nothing")
     (tmp_path / KNOWN_NAME).write_bytes(b"garbage")
     with pytest.raises(SpectroError, match="unreadable known-machine profiles"):
         KnownMachines.load(tmp_path)

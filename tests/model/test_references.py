@@ -76,8 +76,8 @@ def _references(**machines) -> References:
 
 
 def test_thresholds_come_from_validation_normals_or_else_from_the_references_fold_by_fold():
-    embeddings = _cloud(40, seed=5)
-    clips = np.repeat(np.arange(10), 4)  # 10 clips of 4 windows
+    embeddings = _cloud(80, seed=5)
+    clips = np.repeat(np.arange(20), 4)  # 20 clips of 4 windows: 1 / max_fpr, enough for a threshold of its own
     refs = _references(fan__id_00=(embeddings, clips))
     validation = {"knn": np.linspace(0.1, 0.5, 20), "mahalanobis": np.linspace(1, 5, 20)}
     machine = refs.calibrate("fan/id_00", validation)
@@ -85,11 +85,11 @@ def test_thresholds_come_from_validation_normals_or_else_from_the_references_fol
     assert machine.threshold_from == "20 validation normal clips"
     # too few validation clips: folds of the references; by hand for knn
     machine = refs.calibrate("fan/id_00", {"knn": np.array([0.1, 0.2])})
-    fold = np.arange(10) % 5  # clip c is in fold c % 5; its score: its mean embedding against the other folds
+    fold = np.arange(20) % 5  # clip c is in fold c % 5; its score: its mean embedding against the other folds
     per_clip = [knn_distance(embeddings[clips == c].mean(axis=0, keepdims=True), embeddings[fold[clips] != c % 5], 3)[0]
-                for c in range(10)]
+                for c in range(20)]
     assert machine.thresholds["knn"] == pytest.approx(np.quantile(per_clip, 0.95))
-    assert "10 reference clips, 5 folds" in machine.threshold_from
+    assert "20 reference clips, 5 folds" in machine.threshold_from
 
 
 def test_a_clip_is_scored_by_its_mean_embedding_and_id_by_the_mean_over_its_windows():
@@ -182,7 +182,7 @@ def _robust_z(scores, held):
 
 
 def test_combined_is_the_larger_robust_standard_score_of_the_parts_logs_scaled_by_the_references_fold_by_fold():
-    refs = _with_spectra()
+    refs = _with_spectra(20)  # clips enough for scales and a threshold of its own
     machine = refs.calibrate("fan/id_00")
     held = machine.held_out_scores(None, k=3)
     for part in ("mahalanobis", "modulation"):
@@ -198,18 +198,18 @@ def test_combined_is_the_larger_robust_standard_score_of_the_parts_logs_scaled_b
     assert refs.scorer_for("fan/id_00") == "combined"
 
 
-def test_references_saved_with_the_older_combined_scales_fall_back_to_mahalanobis(tmp_path):
+def test_references_without_their_combined_scales_are_refused_in_one_line(tmp_path):
+    """One format: a references.json without ``log_scales`` (what an older spectro wrote) is not read as another
+    scorer's references."""
     refs = _with_spectra()
     refs.calibrate("fan/id_00")
     refs.save(tmp_path)
     info = json.loads((tmp_path / REFERENCES_INFO).read_text())
     meta = info["machines"]["fan/id_00"]
-    meta["scales"] = meta.pop("log_scales")  # as the sum of standard scores wrote them
+    meta["scales"] = meta.pop("log_scales")
     (tmp_path / REFERENCES_INFO).write_text(json.dumps(info))
-    back = References.load(tmp_path)
-    assert "combined" not in back.machines["fan/id_00"].scorers and back.scorer_for("fan/id_00") == "mahalanobis"
-    scores = back.clip_scores("fan/id_00", _cloud(4, seed=34), None, np.zeros(4, int), 1, _cloud(1, d=6, seed=35))
-    assert "combined" not in scores and "modulation" in scores
+    with pytest.raises(SpectroError, match=r"unreadable normal references \(KeyError: 'log_scales'\)"):
+        References.load(tmp_path)
 
 
 def test_modulation_spectra_and_scales_round_trip_and_must_match_when_clips_are_added(tmp_path):
@@ -229,3 +229,41 @@ def test_modulation_spectra_and_scales_round_trip_and_must_match_when_clips_are_
     back.add("fan/id_00", _cloud(8, seed=43), np.repeat(np.arange(2), 4), class_index=None, source="more",
              modulation=_cloud(2, d=6, seed=44))
     assert back.machines["fan/id_00"].modulation.shape == (14, 6) and back.machines["fan/id_00"].n_clips == 14
+
+
+def test_a_machine_with_few_clips_gets_its_threshold_on_the_pooled_scale_around_its_own_median():
+    """Two machines of 12 clips make the pool (24 held-out scores >= 1 / max_fpr); a 2-clip and a 1-clip machine
+    take its 0.95 quantile of log score minus machine median, added to their own median log score."""
+    from spectro.model.references import MIN_THRESHOLD_CLIPS, own_threshold_clips
+
+    assert own_threshold_clips(0.05) == MIN_THRESHOLD_CLIPS and own_threshold_clips(0.5) == MIN_THRESHOLD_CLIPS
+    refs = _references(fan__id_00=(_cloud(48, seed=50), np.repeat(np.arange(12), 4)),
+                       fan__id_02=(_cloud(48, seed=51) + 1.0, np.repeat(np.arange(12), 4)),
+                       pump__id_00=(_cloud(8, seed=52), np.repeat(np.arange(2), 4)),
+                       valve__id_00=(_cloud(4, seed=53), np.zeros(4, int)))
+    pooled = []
+    for key in ("fan/id_00", "fan/id_02"):
+        logs = np.log(refs.machines[key].held_out_scores(None, k=3)["mahalanobis"])
+        pooled.append(logs - np.median(logs))
+    offset = np.quantile(np.concatenate(pooled), 0.95)
+    for key, n in (("pump/id_00", 2), ("valve/id_00", 1)):
+        machine = refs.calibrate(key)  # never an error, not even for a single clip
+        own = np.log(machine.held_out_scores(None, k=3)["mahalanobis"])
+        assert len(own) == (2 if n == 2 else 4)  # one clip: its 4 windows, each as a clip of its own
+        assert machine.thresholds["mahalanobis"] == pytest.approx(np.exp(np.median(own) + offset))
+        assert machine.few_references and machine.n_clips == n and "pooled scale" in machine.threshold_from
+        assert refs.scorer_for(key) == "mahalanobis"
+    assert not refs.machines["fan/id_00"].few_references
+    info = refs.to_dict()["machines"]
+    assert info["valve/id_00"]["few_references"] is True and info["valve/id_00"]["clips"] == 1
+    assert info["fan/id_00"]["few_references"] is False
+
+
+def test_without_a_pool_a_few_clip_machine_gets_the_default_offset():
+    from spectro.model.references import DEFAULT_LOG_OFFSET
+
+    refs = _references(pump__id_00=(_cloud(8, seed=54), np.repeat(np.arange(2), 4)))
+    machine = refs.calibrate("pump/id_00")
+    own = np.log(machine.held_out_scores(None, k=3)["knn"])
+    assert machine.thresholds["knn"] == pytest.approx(np.exp(np.median(own) + DEFAULT_LOG_OFFSET))
+    assert "a default offset" in machine.threshold_from

@@ -271,10 +271,11 @@ def test_model_description_has_the_evaluated_threshold_and_metrics(tiny_exports,
     # whose training date and metrics the description shows while that run is still there
     device = tmp_path / "device"
     device.mkdir()
-    for name in ("model_int8.tflite", "labels.json"):
+    for name in ("model_int8.tflite", "labels.json", "known_machines.npz"):
         shutil.copy(run / name, device / name)
     config = json.loads((run / "config.json").read_text())
-    kept = {k: config[k] for k in ("features", "input_shape", "task", "model", "seed", "threshold")}
+    kept = {k: config[k] for k in ("format", "features", "input_shape", "image_shape", "task", "model", "seed",
+                                   "threshold")}
     (device / "config.json").write_text(json.dumps({**kept, "exported_from": str(run)}))
     with TestClient(create_app(device / "model_int8.tflite", workers=1)) as client:
         model = client.get("/api/model").json()

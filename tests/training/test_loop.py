@@ -139,6 +139,12 @@ def test_run_folder_holds_every_file_and_latest_points_at_it(trained):
     for name in (MODEL_NAME, "labels.json", "config.json", SPLITS_NAME, HISTORY_NAME, TRAINING_PLOT_NAME):
         assert (run / name).is_file(), name
     assert (out / LATEST).resolve() == run.resolve()
+    # this format, and the files its score reads (a reader refuses the run without them)
+    from spectro.runs import FORMAT
+
+    config = load_config(run)
+    assert config["format"] == FORMAT and config["scorer_files"] == ["known_machines.npz", "fusion.npz"]
+    assert all((run / name).is_file() for name in config["scorer_files"])
 
 
 @pytest.mark.slow
@@ -385,7 +391,8 @@ def test_the_fused_score_is_calibrated_on_the_validation_splits_failures(trained
         train_modulation=None, train_probability=None, val_types=[r.machine for r in normal],
         val_probability=labels.anomaly_score(probs["val"][[not r.is_abnormal for r in by_split["val"]]]))
     for name, t in fusion.types.items():
-        assert t.cnn_scale == pytest.approx(scales_of_normals.types[name].cnn_scale)
+        # training scores validation clips in its own batches: float32 sums in another order
+        assert t.cnn_scale == pytest.approx(scales_of_normals.types[name].cnn_scale, rel=1e-5)
 
 
 def test_an_exported_fused_run_scores_through_litert_as_through_keras(trained, tmp_path):
@@ -582,3 +589,83 @@ def test_pretrained_run_trains_the_head_then_fine_tunes_the_whole_base(tiny_imag
     expected = f"fine-tuning the top {n_layers} layers of the base ({n_trainable} trainable, BatchNorm frozen)"
     assert expected in log.getvalue()
     assert load_keras_model(tmp_path / "models" / "pre" / "model.keras").output_shape == (None, 4)
+
+
+# -- clips of different lengths ---------------------------------------------------------------------------------
+def _two_lengths(root: Path, *, per_class: int = 6, short: dict | None = None) -> Path:
+    """A two-machine image folder whose clips are 1 s (63 frames) or, two in three, 1.25 s long (79 frames);
+    ``short`` maps a clip's index in a class to other lengths in seconds."""
+    from conftest import tone_signal
+
+    from spectro.data.manifest import ImageRow
+    from spectro.features.logmel import db_to_pixels, log_mel
+    from spectro.features.png import write_png
+    from spectro.features.render import modulation_of
+
+    settings = FeatureSettings(n_mels=32, n_fft=512, hop_length=256)
+    rows = []
+    for c, (machine, label) in enumerate([("fan", "normal"), ("fan", "bearing"), ("pump", "normal"), ("pump", "leak")]):
+        for i in range(per_class):
+            seconds = (short or {}).get(i, 1.0 if i % 3 == 0 else 1.25)
+            y = tone_signal(label, seconds, seed=1000 * c + i)
+            path, source = root / machine / label / f"{i:03d}.png", f"/virtual/{machine}/id_0{i % 2}/{label}/{i}.wav"
+            write_png(path, db_to_pixels(log_mel(y, settings), settings), settings=settings, source=source,
+                      modulation=modulation_of(y, settings))
+            rows.append(ImageRow(path=path, source=source,
+                                 machine=machine, machine_id=f"id_0{i % 2}", label=label, snr="", segment=0,
+                                 settings_hash=settings.hash()))
+    write_manifest(root / "manifest.csv", rows)
+    return root
+
+
+TWO_LENGTHS = [*TINY[:-1], "0.5", "--steps", "3", "--eval-every", "3", "--qat-steps", "0", "--batch-size", "8",
+               "--seed", "2"]  # 0.5 s windows (32 frames) of 1 s and 1.25 s clips
+
+
+@pytest.mark.slow
+def test_clips_of_two_lengths_train_evaluate_classify_and_calibrate(tmp_path):
+    import csv
+
+    from spectro.evaluation.evaluate import evaluate_run
+    from spectro.export.calibration import representative_images
+    from spectro.inference.classify import classify_paths
+    from spectro.inference.predictors import load_predictor
+
+    images = _two_lengths(tmp_path / "images")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli_main(["train", str(images), "--out", str(tmp_path / "models"), *TWO_LENGTHS, "--name", "mixed"]) == 0
+    run = tmp_path / "models" / "mixed"
+    config = load_config(run)
+    # a clip is the most common length (1.25 s); the model takes 0.5 s windows of any clip
+    assert config["image_shape"] == [32, 79] and config["input_shape"] == [32, 32]
+    assert set(config["metrics"]) == {"val", "test"}
+
+    result = evaluate_run(run)
+    with (run / "predictions.csv").open() as handle:
+        predicted = list(csv.DictReader(handle))
+    widths = {read_pixels(p["path"]).shape[1] for p in predicted}
+    assert widths == {63, 79}, "the test split holds clips of both lengths"
+    assert result["n_images"] == len(predicted)
+    # each clip pooled over the windows of its own length, as a clip read alone is
+    predictor = load_predictor(run)
+    labels = predictor.labels
+    for row in predicted:
+        probs = predictor.predict_clips(read_pixels(row["path"])[None])[0]
+        np.testing.assert_allclose([float(row[f"p_{c}"]) for c in labels.classes], probs, atol=1e-5)
+    results, _ = classify_paths([p["path"] for p in predicted], run)
+    for row, res in zip(predicted, results):
+        assert res["anomaly_score"] == pytest.approx(float(row["anomaly_score"]), abs=1e-4)
+
+    windows = representative_images(run, 10, input_shape=(32, 32), image_size=32)  # export's int8 calibration
+    assert windows.shape == (10, 32, 32, 1)
+
+
+def test_a_clip_narrower_than_a_window_is_refused_before_training(capsys, tmp_path):
+    images = _two_lengths(tmp_path / "images", per_class=3, short={1: 0.3})  # 0.3 s: 19 frames
+    line = _cli_error(capsys, ["train", str(images), "--out", str(tmp_path / "models"), *TWO_LENGTHS])
+    assert re.search(r"/images/\w+/\w+/001.png: image is 19 frames wide, expected at least the model's window of 32 "
+                     r"frames \(0.5 s\)", line), line
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+    # whole images (--window-seconds 0) need one length
+    line = _cli_error(capsys, ["train", str(images), "--out", str(tmp_path / "models"), *TINY[:-1], "0"])
+    assert "a model of whole images (--window-seconds 0) needs clips of one length" in line

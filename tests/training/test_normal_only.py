@@ -75,7 +75,7 @@ def test_a_normal_only_model_that_learned_nothing_is_refused_in_plain_words(fail
 def test_a_normal_only_model_that_learned_passes_the_check(scored_run):
     """The check on ``scored_run``'s validation clips, scored as training scores them."""
     from spectro.evaluation.learning import check_normal_only
-    from spectro.features.reader import read_images
+    from spectro.features.reader import read_images, read_modulation
     from spectro.inference.normal import embed_and_score
     from spectro.inference.predictors import KerasPredictor
     from spectro.runs import feature_settings
@@ -85,12 +85,12 @@ def test_a_normal_only_model_that_learned_passes_the_check(scored_run):
     pixels = read_images(val, settings=feature_settings(predictor.config), shape=predictor.image_shape)[0]
     keys = [predictor.labels.class_of(r) for r in val]
     references = References.load(scored_run)
-    scores, probs = embed_and_score(predictor, references, keys, pixels, unknown="nan")
-    check = check_normal_only(val, scores["mahalanobis"], probs, predictor.labels, split="val",
-                              references=references.embeddings)
+    modulation = read_modulation(val, settings=feature_settings(predictor.config))
+    scores, probs = embed_and_score(predictor, references, keys, pixels, modulation=modulation, unknown="nan")
+    default = references.default_scores(keys, scores)  # the score users get
+    check = check_normal_only(val, default, split="val", references=references.embeddings)
     assert check.learned and check.problems == () and check.auc > 0.5 and check.n_abnormal > 0
-    assert check.balanced_accuracy > check.chance
-    constant = check_normal_only(val, np.full(len(val), 3.0), probs, predictor.labels, split="val")
+    constant = check_normal_only(val, np.full(len(val), 3.0), split="val")
     assert not constant.learned and "hardly vary" in constant.problems[0]
 
 
@@ -344,8 +344,8 @@ def test_bad_enrollments_are_one_line_errors_and_leave_the_run_unchanged(normal_
         expected = "cannot tell which machine it is from its path"
     else:
         _wavs(folder / "fan" / "id_00" / "normal", 2, seed=1)
-        (run / REFERENCES_NAME).unlink()
-        expected = "no normal references"
+        (run / REFERENCES_NAME).unlink()  # refused as the run is resolved, before any recording is read
+        expected = f"run: no {REFERENCES_NAME} (the normal references), which this run's anomaly score reads"
     before = _files(run)
     assert cli_main(["enroll", str(run), str(folder), "--no-progress", *args]) == 2
     err = capsys.readouterr().err.strip()
@@ -415,3 +415,64 @@ def test_serve_answers_as_classify_on_a_normal_only_run(scored_run, tmp_path):
         answer = client.post("/api/classify", files=[("file", ("clip.wav", handle))]).json()
     assert len(answer) == 1 and answer[0]["path"] == "clip.wav"
     assert {k: v for k, v in answer[0].items() if k != "path"} == {k: v for k, v in expected.items() if k != "path"}
+
+
+def _add_machine(root: Path, rows: list, machine: str, n: int, *, seed: int) -> list:
+    """``n`` normal clips of a machine ``<machine>/id_00`` rendered into the image tree at ``root``."""
+    from spectro.data.manifest import ImageRow
+    from spectro.features.logmel import db_to_pixels, log_mel
+    from spectro.features.png import write_png
+    from spectro.features.render import modulation_of
+
+    settings = FeatureSettings(n_mels=32, n_fft=512, hop_length=256)
+    for i in range(n):
+        y = tone_signal("normal", 1.0, seed=seed + i)
+        y = np.clip(y + 0.2 * np.sin(2 * np.pi * (200 + seed % 97) * np.arange(len(y)) / 16000), -1, 1)
+        rel = f"{machine}/normal/6dB_id_00_{i:08d}.png"
+        source = f"/virtual/6_dB_{machine}/{machine}/id_00/normal/{i}.wav"
+        write_png(root / rel, db_to_pixels(log_mel(y.astype(np.float32), settings), settings), settings=settings,
+                  source=source, modulation=modulation_of(y.astype(np.float32), settings))
+        rows.append(ImageRow(path=root / rel, source=source, machine=machine, machine_id="id_00", label="normal",
+                             snr="6dB", segment=0, settings_hash=settings.hash()))
+    return rows
+
+
+def test_machines_with_one_and_two_normal_clips_train_enroll_and_score_and_a_batch_flags_an_unknown_one(tmp_path):
+    """A 1-clip machine (gear) and a 2-clip machine (valve: one clip lands in validation) are enrolled, marked few
+    references, and scored; classify of a folder holding a clip of a machine without references scores the others
+    and gives that one an ERROR result, with exit status 1."""
+    from spectro.data.manifest import write_manifest
+
+    rows = make_image_tree(tmp_path / "img", per_class=16)  # 6 training normals per fan and pump id: a pool of 24
+    rows = _add_machine(tmp_path / "img", rows, "gear", 1, seed=700)
+    rows = _add_machine(tmp_path / "img", rows, "valve", 2, seed=800)
+    write_manifest(tmp_path / "img" / "manifest.csv", rows)
+    code, _ = _cli(["train", str(tmp_path / "img"), "--out", str(tmp_path / "m"), "--name", "few", *TINY,
+                    "--no-learning-check"])
+    assert code == 0
+    run = tmp_path / "m" / "few"
+    refs = References.load(run)
+    info = json.loads((run / REFERENCES_INFO).read_text())["machines"]
+    for key in ("gear/id_00", "valve/id_00"):
+        assert refs.machines[key].few_references and info[key]["few_references"] is True
+        assert "pooled scale" in info[key]["threshold_from"] and refs.scorer_for(key) == "mahalanobis"
+        assert np.isfinite(info[key]["thresholds"]["mahalanobis"])
+    assert info["gear/id_00"]["clips"] == 1
+    batch = tmp_path / "batch"
+    for machine, name in (("gear", "g.png"), ("valve", "v.png"), ("drill", "d.png")):
+        (batch / machine / "id_00").mkdir(parents=True)
+        shutil.copy(tmp_path / "img" / ("gear" if machine == "drill" else machine) / "normal" /
+                    "6dB_id_00_00000000.png", batch / machine / "id_00" / name)
+    code, text = _cli(["classify", str(batch), "--model", str(run), "--json"])
+    results = {Path(r["path"]).parent.parent.name: r for r in map(json.loads, text.splitlines())}
+    assert code == 1 and set(results) == {"gear", "valve", "drill"}
+    assert results["drill"]["verdict"] == "ERROR" and "'drill/id_00' has no enrolled normal clips" in results[
+        "drill"]["error"]
+    for machine in ("gear", "valve"):
+        r = results[machine]
+        assert r["verdict"] in ("normal", "ABNORMAL") and r["few_references"] is True and r["scorer"] == "mahalanobis"
+        assert r["threshold"] == pytest.approx(refs.threshold(f"{machine}/id_00"))
+    assert results["gear"]["reference_clips"] == 1
+    code, text = _cli(["classify", str(batch), "--model", str(run)])
+    assert code == 1 and "d.png: ERROR machine 'drill/id_00' has no enrolled normal clips" in text
+    assert "few references: 1 normal clip(s) of this machine" in text

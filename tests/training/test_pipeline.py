@@ -236,3 +236,70 @@ def test_training_streams_a_folder_larger_than_the_memory_budget(tiny_images, tm
     decoded = 3000 * big.size / 2**20
     assert decoded > 100
     assert peaks[3000] - peaks[300] < 80, (peaks, decoded)
+
+
+# -- clips of different lengths ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_lengths(tmp_path_factory):
+    """Six images of two widths (1 s and 1.25 s of audio: 63 and 79 frames) and their examples with those widths."""
+    from conftest import tone_signal
+
+    from spectro.features.logmel import db_to_pixels, log_mel
+    from spectro.features.render import modulation_of
+
+    settings = FeatureSettings(n_mels=32, n_fft=512, hop_length=256)
+    root = tmp_path_factory.mktemp("two_lengths")
+    images = []
+    for i in range(6):
+        y = tone_signal("normal", 1.25 if i % 2 else 1.0, seed=i)
+        pixels = db_to_pixels(log_mel(y, settings), settings)
+        write_png(root / f"{i}.png", pixels, settings=settings, modulation=modulation_of(y, settings))
+        images.append(pixels)
+    ex = Examples([str(root / f"{i}.png") for i in range(6)], np.arange(6) % 3, np.ones(6), np.zeros(6, int),
+                  np.ones(6, bool), widths=np.array([p.shape[1] for p in images]))
+    return ex, images
+
+
+def test_clips_of_two_widths_train_on_windows_of_one_shape_each_a_slice_of_its_clip(two_lengths):
+    ex, images = two_lengths
+    assert sorted(set(ex.widths.tolist())) == [63, 79]
+    data = training_dataset(ex, shape=(32, 63), batch_size=4, seed=0, settings=OFF, db_per_step=DB_PER_STEP,
+                            window=20)
+    starts = {63: set(), 79: set()}
+    for x, y, _ in data.take(9):
+        x, y = x.numpy(), y.numpy()
+        assert x.shape[1:] == (32, 20, 1)
+        for window in x[..., 0]:
+            found = [(i, s) for i, image in enumerate(images) for s in range(image.shape[1] - 19)
+                     if np.array_equal(image[:, s:s + 20].astype(np.float32), window)]
+            assert found, "a training window is not a slice of any clip"
+            starts[images[found[0][0]].shape[1]].add(found[0][1])
+    assert max(starts[79]) > 43  # the longer clips' windows reach past the shorter clips' last start
+
+
+def test_validation_gives_every_scoring_window_of_each_clip_at_its_own_width(two_lengths):
+    from spectro.model.windows import cut
+    from spectro.training.pipeline import window_counts
+
+    ex, images = two_lengths
+    data = evaluation_dataset(ex, shape=(32, 63), batch_size=4, window=20)
+    x = np.concatenate([b.numpy() for b, _, _ in data])[..., 0]
+    windows, owners = cut(images, 20)
+    np.testing.assert_array_equal(x, windows.astype(np.float32))
+    assert int(data.cardinality()) == -(-len(windows) // 4)  # known to Keras: it counts the validation batches
+    counts = window_counts(ex, (32, 63), 20)
+    assert counts == np.bincount(owners).tolist() and counts[0] < counts[1]  # 1.25 s clips give more windows
+    few = evaluation_dataset(ex, shape=(32, 63), batch_size=4, window=20, per_image=2, replicas=4)
+    y = np.concatenate([labels.numpy() for _, labels, _ in few])
+    assert window_counts(ex, (32, 63), 20, per_image=2) == [2] * 6 and len(y) == 2 * 8  # padded to 8 clips
+    np.testing.assert_array_equal(y[:12], np.repeat(ex.labels, 2))
+
+
+def test_a_clip_narrower_than_the_window_or_of_another_width_for_whole_images_is_refused(two_lengths):
+    from spectro.errors import SpectroError
+
+    ex, _ = two_lengths
+    with pytest.raises(SpectroError, match=r"0.png: image is 63 frames wide, expected at least 70$"):
+        training_dataset(ex, shape=(32, 63), batch_size=4, seed=0, settings=OFF, db_per_step=DB_PER_STEP, window=70)
+    with pytest.raises(SpectroError, match=r"1.png: image is 79 frames wide, expected 63 \(whole images need one"):
+        evaluation_dataset(ex, shape=(32, 63), batch_size=4)
