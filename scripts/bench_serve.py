@@ -35,6 +35,20 @@ HOSTILE_CLIENTS = 16
 HOSTILE_EVERY = 10  # one request in ten
 
 
+def _post(conn, port: int, body: bytes, content_type: str, *, timeout: float):
+    """POST one body to /api/classify: ``(conn, answer, data, seconds)``; on a connection error a fresh connection,
+    ``None`` and the error's text."""
+    start = time.perf_counter()
+    try:
+        conn.request("POST", "/api/classify", body, {"Content-Type": content_type})
+        answer = conn.getresponse()
+        data = answer.read()
+    except (OSError, http.client.HTTPException) as exc:
+        conn.close()
+        return http.client.HTTPConnection("127.0.0.1", port, timeout=timeout), None, f"{type(exc).__name__}: {exc}", 0.0
+    return conn, answer, data, time.perf_counter() - start
+
+
 def _run(ctx) -> tuple[Path, str]:
     """The train section's run, or one trained here as the export section trains its own."""
     run = ctx.state.get("synthetic_run")
@@ -227,17 +241,10 @@ def _load(port: int, bodies: list[tuple[bytes, str]], expected: list[dict], *, c
                         return
                     next_index[0] += 1
                 body, content_type = bodies[i % len(bodies)]
-                start = time.perf_counter()
-                try:
-                    conn.request("POST", "/api/classify", body, {"Content-Type": content_type})
-                    answer = conn.getresponse()
-                    data = answer.read()
-                except (OSError, http.client.HTTPException) as exc:
-                    failed.append(f"request {i}: {type(exc).__name__}: {exc}")
-                    conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                conn, answer, data, elapsed = _post(conn, port, body, content_type, timeout=60)
+                if answer is None:
+                    failed.append(f"request {i}: {data}")
                     continue
-                elapsed = time.perf_counter() - start
                 if answer.status != 200:
                     failed.append(f"request {i}: HTTP {answer.status} {data[:200]!r}")
                     continue
@@ -427,17 +434,10 @@ def _mixed_load(port: int, bodies: list[tuple[bytes, str]], expected: list[dict]
                     name, body, content_type = hostile[(i // every) % len(hostile)]
                 else:
                     body, content_type = bodies[i % len(bodies)]
-                start = time.perf_counter()
-                try:
-                    conn.request("POST", "/api/classify", body, {"Content-Type": content_type})
-                    answer = conn.getresponse()
-                    data = answer.read()
-                except (OSError, http.client.HTTPException) as exc:
-                    failed.append(f"request {i}: {type(exc).__name__}: {exc}")
-                    conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                conn, answer, data, elapsed = _post(conn, port, body, content_type, timeout=120)
+                if answer is None:
+                    failed.append(f"request {i}: {data}")
                     continue
-                elapsed = time.perf_counter() - start
                 if answer.will_close:
                     conn.close()
                     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
