@@ -31,8 +31,10 @@ TEST_ARGS  ?=
 TEST_JOBS  ?= 2
 IMAGES_ARGS ?=
 TRAIN_ARGS ?=
+SECTIONS   ?=
+BENCH_ARGS ?=
 
-.PHONY: help venv data download images train enroll evaluate classify predict report export serve bench test lint clean distclean
+.PHONY: help venv data download images train enroll evaluate classify predict report export serve bench test lint docs clean distclean
 
 help: ## list the targets and the variables they take
 	@echo "spectro — make <target> [VAR=value ...]"
@@ -88,17 +90,20 @@ export: $(STAMP) ## export $(RUN) to TFLite and verify it: make export QUANTIZE=
 serve: $(STAMP) ## serve $(RUN) at http://$(HOST):$(PORT)/ (page + API): make serve HOST=0.0.0.0 for the network
 	$(SPECTRO) serve $(RUN) --host $(HOST) --port $(PORT)
 
-bench: $(STAMP) ## run the benchmarks and write docs/benchmarks.md (scratch work in reports/bench)
-	PYTHONUNBUFFERED=1 $(BIN)/python scripts/bench.py
+bench: $(STAMP) ## every benchmark section into docs/benchmarks.md; SECTIONS="serve normal": those, into reports/bench/
+	PYTHONUNBUFFERED=1 $(BIN)/python -m bench $(if $(strip $(SECTIONS)),--only $(SECTIONS)) $(BENCH_ARGS)
 
 test: $(STAMP) ## run the test suite (TEST_JOBS processes, one test file each at a time)
 	$(BIN)/python -m pytest tests -n $(TEST_JOBS) --dist loadfile $(TEST_ARGS)
 
 lint: $(STAMP) ## check the code with ruff (rules in pyproject.toml)
-	$(BIN)/ruff check spectro tests scripts
+	$(BIN)/ruff check spectro tests bench examples tools
+
+docs: $(STAMP) ## build the documentation site (mkdocs.yml, docs/) into site/; broken links fail
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean: ## remove generated images, models and reports (keeps data/raw and .venv)
-	rm -rf $(IMAGES) reports/bench
+	rm -rf $(IMAGES) reports/bench site
 	find $(MODELS) -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
 
 distclean: clean ## also remove the synthetic dataset and .venv

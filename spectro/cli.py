@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 import warnings
@@ -39,6 +40,25 @@ SUMMARIES = {
 
 def _format_warning(message, category, filename, lineno, line=None):  # noqa: ARG001
     return f"warning: {message}\n"
+
+
+class _Lines(logging.Handler):
+    """The library's progress lines (``logging`` records of the ``spectro`` loggers at INFO and above) as plain lines
+    on the terminal: standard output, or standard error for a record logged with ``extra={"stream": "stderr"}``
+    (a command whose standard output is its result). The stream is looked up at each line, so a redirected
+    ``sys.stdout`` gets them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stderr if getattr(record, "stream", None) == "stderr" else sys.stdout
+        print(self.format(record), file=stream, flush=True)
+
+
+def _show_library_lines() -> None:
+    logger = logging.getLogger("spectro")
+    if not any(isinstance(h, _Lines) for h in logger.handlers):
+        logger.addHandler(_Lines())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -74,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     quiet.install()
     warnings.formatwarning = _format_warning
+    _show_library_lines()
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)

@@ -19,16 +19,17 @@ Contract (written by ``spectro train``, extended by ``evaluate``/``export``):
 ``config.json``'s ``images`` holds the absolute path of the image folder trained on.
 
 Normal-only runs (``--task normal-only``) also hold their normal references, written by ``spectro train`` and
-extended by ``spectro enroll`` (:class:`spectro.model.references.References` reads and writes them):
+extended by ``spectro enroll`` (:class:`spectro.scoring.references.References` reads and writes them):
 
 ``references.npz``   ``embeddings`` (float16, one row per window of a normal clip), ``keys`` (its machine) and
-                     ``clips`` (its clip number within the machine)
+                     ``clips`` (its clip number within the machine); per clip its mel ``statistics`` and, where the
+                     images carry them, its ``modulation`` spectrum (with ``statistics_keys``, ``modulation_keys``)
 ``references.json``  scorers, default scorer, ``k``, ``max_fpr``, and per machine its clips, sources,
                      thresholds and where they came from
 
 Every run holds ``known_machines.npz``: per machine key, its training (and enrolled) clips' mel statistics and
-their Gaussian and bound (:mod:`spectro.model.known`); a supervised run whose score is fused holds ``fusion.npz``
-(:mod:`spectro.model.fusion`).
+their Gaussian and bound (:mod:`spectro.scoring.known`); a supervised run whose score is fused holds ``fusion.npz``
+(:mod:`spectro.scoring.fusion`).
 
 A run of another :data:`FORMAT` (written by an older spectro) is refused by every reader with one line saying to
 retrain it; so is a run folder that lacks a file its score reads (:func:`scorer_files`), when it is resolved.
@@ -61,7 +62,7 @@ from spectro.paths import MODELS_DIR
 CONFIG_NAME = "config.json"
 # the run folder's format, in every config.json: a run of another format is refused (its files meant other things);
 # raise it when a file of the run changes meaning, and retrain
-FORMAT = 1
+FORMAT = 2  # 2: the views of the mel statistics in fusion.npz and references.npz
 MODEL_NAME = "model.keras"
 # the best epoch of the float phases, written by Keras' ModelCheckpoint while training runs (model.keras is
 # written when training ends: the best weights, compile state stripped)
@@ -76,8 +77,8 @@ PLOT_NAMES = {"confusion": "confusion_matrix.png", "roc": "roc.png", "histograms
 REPORT_NAME = "report.html"
 REFERENCES_NAME = "references.npz"
 REFERENCES_INFO = "references.json"
-KNOWN_NAME = "known_machines.npz"  # the known-machine check's profiles (spectro.model.known)
-FUSION_NAME = "fusion.npz"  # a supervised run's fused anomaly score (spectro.model.fusion)
+KNOWN_NAME = "known_machines.npz"  # the known-machine check's profiles (spectro.scoring.known)
+FUSION_NAME = "fusion.npz"  # a supervised run's fused anomaly score (spectro.scoring.fusion)
 # ``spectro export --quantize MODE`` writes these names, so all three variants live side by side
 TFLITE_NAMES = {"none": "model.tflite", "dynamic": "model_dynamic.tflite", "int8": "model_int8.tflite"}
 # which model file classify, serve, evaluate and export use (spectro.inference.predictors.find_model): said in
@@ -95,9 +96,10 @@ SCORER_FILES = (KNOWN_NAME, FUSION_NAME, REFERENCES_NAME, REFERENCES_INFO)
 WHOLE_RUN = (MODEL_NAME, LABELS_NAME, SPLITS_NAME)
 LATEST = "latest"
 DEFAULT_THRESHOLD = 0.5
-# a fused score (spectro.model.fusion): the 95th percentile of the larger of two independent standard normal scores
-DEFAULT_FUSED_THRESHOLD = NormalDist().inv_cdf(0.95 ** 0.5)
-# a calibrated fused score (spectro.model.fusion): a log-odds, 0 where a clip is as like its type's failures as its
+# a fused score (spectro.scoring.fusion): the 95th percentile of the larger of three independent standard normal
+# scores (the fusion's parts: cnn, modulation, melstats)
+DEFAULT_FUSED_THRESHOLD = NormalDist().inv_cdf(0.95 ** (1 / 3))
+# a calibrated fused score (spectro.scoring.fusion): a log-odds, 0 where a clip is as like its type's failures as its
 # normal clips
 DEFAULT_CALIBRATED_THRESHOLD = 0.0
 
@@ -310,7 +312,7 @@ def save_arrays(path: str | Path, arrays: dict[str, Any]) -> Path:
 
 
 def fused(config: dict[str, Any]) -> bool:
-    """Whether the run's anomaly score is fused (:mod:`spectro.model.fusion`): a log-odds where it is calibrated,
+    """Whether the run's anomaly score is fused (:mod:`spectro.scoring.fusion`): a log-odds where it is calibrated,
     else a standard score; not a probability either way."""
     return (config.get("anomaly_score") or {}).get("kind") == "fused"
 

@@ -151,8 +151,8 @@ def tiny_run(tiny_images, tmp_path_factory) -> Path:
 
 def fit_known_machines(run: Path, rows, pixels: np.ndarray, features) -> None:
     """The known-machine profiles every run holds, of its training clips, as ``spectro train`` fits them."""
-    from spectro.model.known import KnownMachines, statistics
     from spectro.model.labels import machine_key
+    from spectro.scoring.known import KnownMachines, statistics
 
     KnownMachines.fit([machine_key(r.machine, r.machine_id) for r in rows], statistics(pixels, features)).save(run)
 

@@ -37,7 +37,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threshold", type=float, default=None,
                         help="anomaly-score threshold; when not given, the one 'spectro evaluate' stored in the run's "
                              "config.json (before evaluation 0.5 for a probability, 0 for a run's calibrated fused "
-                             "score, 1.95 for an uncalibrated one)")
+                             "score, 2.12 for an uncalibrated one)")
     parser.add_argument("--window-hop", type=float, default=None, metavar="SECONDS",
                         help="hop between windows of a long recording; when not given, the model's segment hop "
                              "if it was trained on segments with one, else half a window")
@@ -93,7 +93,8 @@ def format_text(result: dict[str, Any], *, max_listed: int = 8) -> str:
     if "machine_type" in result:  # a fused supervised run: the type whose normal clips set the scales
         parts = result["scores"]
         lines.append(f"  scored as a {result['machine_type']} (from {result['machine_type_from']}): CNN probability "
-                     f"{parts['cnn']:.3f}" + (f", spectrum {parts['modulation']:.2f}" if "modulation" in parts else ""))
+                     f"{parts['cnn']:.3f}" + (f", spectrum {parts['modulation']:.2f}" if "modulation" in parts else "")
+                     + (f", mel statistics {parts['melstats']:.2f}" if "melstats" in parts else ""))
     known = result.get("known_machine")
     if known is not None and not known["known"]:
         lines[0] += "  UNKNOWN MACHINE"

@@ -1,13 +1,13 @@
 """``spectro enroll``: add a machine's normal recordings to a normal-only run
-(:func:`spectro.inference.normal.enroll`)."""
+(:func:`spectro.scoring.normal.enroll`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from spectro.inference.normal import enroll
 from spectro.paths import MODELS_DIR
 from spectro.runs import LATEST
+from spectro.scoring.normal import enroll
 
 HELP = ("Add the normal recordings in DIR (WAV/FLAC, or PNGs from 'spectro images' with the run's settings) to the "
         "normal references of RUN, a run trained with --task normal-only, without retraining: a machine the model "

@@ -14,9 +14,9 @@ from spectro.model.backbones import (
     ModelSettings,
 )
 from spectro.model.labels import NORMAL_ONLY, TASKS
-from spectro.model.references import SCORERS
 from spectro.paths import IMAGES_DIR, MODELS_DIR
 from spectro.runs import load_config
+from spectro.scoring.references import SCORERS
 from spectro.training.augment import AugmentSettings
 from spectro.training.distribute import DistributeSettings
 from spectro.training.loop import LR_SCHEDULES, TrainSettings, train
@@ -56,7 +56,7 @@ def format_metrics(name: str, metrics: dict) -> str:
         parts.append(f"anomaly ROC AUC {o['auc']:.3f}, pAUC(0.1) {o['pauc']:.3f}")
         cnn = scorers.get("cnn", {}).get("overall", {}).get("auc")
         if "fused" in scorers and cnn is not None:  # the fused score's parts: the CNN's probability alone
-            parts[-1] += f" (fused with the modulation spectrum; the CNN alone {cnn:.3f})"
+            parts[-1] += f" (fused with the modulation spectrum and mel statistics; the CNN alone {cnn:.3f})"
     if "failure_type_accuracy" in o:
         parts.append(f"failure type accuracy {o['failure_type_accuracy']:.3f}")
     return ", ".join(parts)
@@ -76,8 +76,8 @@ def add_arguments(parser) -> None:
                         help=f"{NORMAL_ONLY}: false-alarm rate each machine's threshold aims at, from its normal "
                              "validation clips")
     parser.add_argument("--scorer", choices=SCORERS, default=d.scorer,
-                        help=f"{NORMAL_ONLY}: the default anomaly score (every scorer is reported; combined needs "
-                             "images with modulation spectra, and without them the default is mahalanobis)")
+                        help=f"{NORMAL_ONLY}: the default anomaly score (every scorer is reported; combined: the "
+                             "larger of the mahalanobis, melstats and, where the images carry them, modulation views)")
     parser.add_argument("--embedding", choices=EMBEDDINGS, default=m.embedding,
                         help=f"{NORMAL_ONLY}: what the scores compare: the backbone's stride-8 and stride-16 stage "
                              "maps averaged over time (stages), or its pooled features before the head (pool)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import stat
 import time
@@ -24,6 +25,8 @@ from pathlib import Path, PurePosixPath
 from spectro import __version__
 from spectro.errors import SpectroError
 from spectro.paths import RAW_DIR
+
+log = logging.getLogger(__name__)  # progress lines: spectro.cli shows them, the library never prints
 
 RECORD = "3384388"
 BASE_URL = f"https://zenodo.org/records/{RECORD}/files"
@@ -308,7 +311,7 @@ def download(machines=MACHINES, snrs=SNRS, *, out: str | Path = RAW_DIR, base_ur
         marker = downloads / f"{name}.done"
         if marker.is_file() and (out / stem).is_dir():
             if progress:
-                print(f"{name}: already downloaded, verified and extracted to {out / stem}; skipping")
+                log.info(f"{name}: already downloaded, verified and extracted to {out / stem}; skipping")
             done_dirs.append(out / stem)
         else:
             todo.append(name)
@@ -339,7 +342,7 @@ def download(machines=MACHINES, snrs=SNRS, *, out: str | Path = RAW_DIR, base_ur
         if not keep_zip:
             zip_path.unlink()
         if progress:
-            print(f"{name}: verified (md5 {md5[name]}) and extracted to {dest}")
+            log.info(f"{name}: verified (md5 {md5[name]}) and extracted to {dest}")
         done_dirs.append(dest)
     return done_dirs
 

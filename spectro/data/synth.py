@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -39,6 +40,8 @@ import numpy as np
 from spectro.data.layout import NORMAL_LABEL
 from spectro.errors import SpectroError
 from spectro.paths import SYNTH_DIR
+
+log = logging.getLogger(__name__)  # progress lines: spectro.cli shows them, the library never prints
 
 FAILURES: dict[str, tuple[str, ...]] = {
     "fan": ("unbalance", "bearing"),
@@ -582,7 +585,7 @@ def generate(out: str | Path = SYNTH_DIR, *, seed: int = 0, progress: bool = Tru
             old = None
         if old == spec_doc and all(p.is_file() for p in paths):
             if progress:
-                print(f"{out}: synthetic dataset already complete ({len(paths)} clips); nothing to do")
+                log.info(f"{out}: synthetic dataset already complete ({len(paths)} clips); nothing to do")
             return paths
         if old != spec_doc and old is not None:
             if not force:

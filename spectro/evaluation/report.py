@@ -243,7 +243,8 @@ def evaluation(run: Path, metrics: dict | None, reason: str, paths: PathText | N
 
         table = [[label, *(cell(pick(metrics["scorers"][n])) for n in names)] for label, pick in groups]
         what = ("AUC / pAUC of the run's anomaly score, <b>fused</b>, and of its parts (cnn: the CNN's probability "
-                "alone; modulation: the clip's modulation spectrum, for the machine types it joins)"
+                "alone; modulation: the clip's modulation spectrum; melstats: its mel statistics; each for the "
+                "machine types it joins)"
                 if "fused" in names else
                 f"AUC / pAUC of every normal-only scorer (the run's default: <b>{_e(t.get('scorer'))}</b>)")
         parts.append(f"<h3>Scorers</h3><p>{what}.</p>" + _table(["group", *names], table))
@@ -265,8 +266,8 @@ def evaluation(run: Path, metrics: dict | None, reason: str, paths: PathText | N
 def machines(run: Path, paths: PathText | None = None) -> str:
     """The machines the run knows: its known-machine check's profiles and, for a normal-only run, the normal
     references each machine is scored against (trained on or enrolled), with their thresholds."""
-    from spectro.model.known import KnownMachines
-    from spectro.model.references import References
+    from spectro.scoring.known import KnownMachines
+    from spectro.scoring.references import References
 
     paths = paths or PathText(run)
     parts = []
@@ -288,7 +289,7 @@ def machines(run: Path, paths: PathText | None = None) -> str:
     parts.append(f"<h3>Normal references</h3><p>Default scorer <b>{_e(info['default_scorer'])}</b>, thresholds at "
                  f"the {1 - info['max_fpr']:g} quantile of normal clips' scores; a machine with few normal clips has "
                  "its threshold on the pooled scale of the machines with more, and one marked few references (under "
-                 "3 clips) is judged by mahalanobis.</p>" + _table(
+                 "3 clips) is judged by the views it can fit.</p>" + _table(
                      ["machine", "clips", "windows", *[f"{n} threshold" for n in info["scorers"]], "threshold from",
                       "sources", "enrolled"],
                      [[key, f"{m['clips']} (few references)" if m["few_references"] else m["clips"], m["windows"],

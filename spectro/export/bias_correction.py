@@ -6,7 +6,7 @@ convolution's and dense layer's weights as int8 with one scale per output channe
 to an output channel does not average out: its mean is the rounding error's response to the mean input,
 ``E[conv(x, W_q - W)] = conv(E[x], W_q - W)``. Some networks are very sensitive to such shifts: ImageNet
 weights hold large, nearly cancelling edge filters whose rounding moves every output of their channel
-(docs/quantization.md has the measurements).
+(docs/decisions/0005-int8-design.md has the measurements).
 
 :func:`correct_biases` measures ``E[x]`` at every such layer's input on calibration images, computes the
 shift its int8 weights will cause and subtracts it from the bias the converter folds in (the

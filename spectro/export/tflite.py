@@ -24,6 +24,7 @@ the run's classify reads beside its model (normal references, known-machine prof
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import shutil
@@ -66,6 +67,8 @@ from spectro.runs import (
 from spectro.runs import image_shape as stored_image_shape
 from spectro.runs import input_shape as stored_input_shape
 from spectro.runs import threshold as stored_threshold
+
+log = logging.getLogger(__name__)  # progress lines: spectro.cli shows them, the library never prints
 
 QUANTIZE_MODES = ("none", "dynamic", "int8")
 VERIFY_WINDOWS = 1024  # model inputs verified: windows spread evenly over the verification clips
@@ -225,7 +228,7 @@ def int8_graph(model, calibration: np.ndarray | None = None):
     pixel levels and then again to the ADD's grid. A 1x1 depthwise convolution with the scale as kernel
     and the offset as bias is the same float function and quantises in one step; with scale 1/128 and
     offset -1 that step is exact (output scale 1/128, zero point 0), so the int8 file sees the pixels
-    the Keras model sees (docs/quantization.md). Models without the layer keep their own scaling.
+    the Keras model sees (docs/decisions/0005-int8-design.md). Models without the layer keep their own scaling.
     """
     import keras
 
@@ -259,7 +262,7 @@ def convert(model, mode: str, representative: np.ndarray | None = None, *, bias_
         :func:`int8_graph` of the model.
     bias_correction : bool
         For ``int8``: correct the biases for the mean shift of weight rounding, measured on the
-        calibration images (docs/quantization.md).
+        calibration images (docs/decisions/0005-int8-design.md).
     embedding : str, optional
         Two outputs, this embedding (``config.json``'s ``model.embedding``) then the softmax
         (:func:`spectro.model.backbones.with_embeddings`): what a normal-only run's scores need.
@@ -450,7 +453,7 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
     labels = LabelSpace.load(run)
     references, embedding = None, None
     if labels.normal_only:  # its files give the embedding too, and its references travel with them
-        from spectro.model.references import References
+        from spectro.scoring.references import References
 
         references, embedding = References.load(run), embedding_of(config)
     input_shape, image_shape = stored_input_shape(config), stored_image_shape(config)
@@ -466,7 +469,7 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
 
     def say(message: str) -> None:
         if progress:
-            print(message, file=sys.stderr, flush=True)
+            log.info(message, extra={"stream": "stderr"})
 
     model = load_keras_model(keras_path)
     representative = None
@@ -486,8 +489,8 @@ def export_run(run: str | Path | None, settings: ExportSettings = ExportSettings
         if references is None:
             keras_probs = np.asarray(model.predict(images, batch_size=32, verbose=0), dtype=np.float32)
         else:
-            from spectro.inference.normal import window_scores
             from spectro.model.backbones import with_embeddings
+            from spectro.scoring.normal import window_scores
 
             keys = np.array([labels.class_of(row) for row in rows], dtype=object)[owners]
 

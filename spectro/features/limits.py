@@ -32,6 +32,9 @@ DEFAULT_MAX_SECONDS = 3600.0 + 60.0
 class InputLimits:
     """Sane bounds for one recording or spectrogram, checked from its header before it is decoded.
 
+    A recording may also declare at most ``max_seconds * max_sr`` samples in all its channels together: what it
+    costs to decode (an hour of 8-channel 16 kHz audio is a third of it).
+
     Parameters
     ----------
     max_seconds : float
@@ -40,9 +43,6 @@ class InputLimits:
         Sample rates a recording may declare, in Hz.
     max_channels : int
         Channels a recording may declare.
-
-    A recording may also declare at most ``max_seconds * max_sr`` samples in all its channels together: what it
-    costs to decode (an hour of 8-channel 16 kHz audio is a third of it).
     """
 
     max_seconds: float = DEFAULT_MAX_SECONDS

@@ -8,7 +8,7 @@ magnitude spectrum averaged into 1 Hz bins from 0 to ``modulation_hz``, in log u
 envelope by a constant, which the mean removes: the spectrum does not depend on how loud the recording is.
 
 ``spectro images`` stores it in every PNG (:mod:`spectro.features.png`), ``classify`` computes it from a
-recording with the model's settings; normal-only runs score it (:mod:`spectro.model.references`).
+recording with the model's settings; normal-only runs score it (:mod:`spectro.scoring.references`).
 """
 
 from __future__ import annotations

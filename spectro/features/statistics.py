@@ -2,7 +2,7 @@
 per-band mel statistics.
 
 Used by the classical baselines (:mod:`spectro.evaluation.baselines`) and by the known-machine check
-(:mod:`spectro.model.known`), which needs them without TensorFlow.
+(:mod:`spectro.scoring.known`), which needs them without TensorFlow.
 """
 
 from __future__ import annotations

@@ -8,26 +8,26 @@ the **maximum** over spans, and its probabilities and failure type are those of 
 never imported here: a ``.tflite`` model runs through LiteRT.
 
 A normal-only run (``--task normal-only``) scores a clip against the normal references of its machine
-(:mod:`spectro.model.references`) with that machine's threshold. The machine comes from ``--machine``, else from
+(:mod:`spectro.scoring.references`) with that machine's threshold. The machine comes from ``--machine``, else from
 the path (``…/<machine>/id_XX/…``), else it is the only enrolled machine, else the nearest enrolled one; the
 output's ``machine`` and ``reference`` say which and how. The ``--json`` objects have the supervised keys
 (``failure_type`` empty, ``predicted`` the most likely machine id) plus ``machine``, ``reference``, ``scorer``
 and ``scores`` (every scorer).
 
-A supervised run whose anomaly score is fused (:mod:`spectro.model.fusion`) scores each clip or span by the
-larger of the CNN's and its modulation spectrum's standard scores, calibrated into a log-odds of a failure where the
-run is, for the file's machine type: ``--machine``'s,
+A supervised run whose anomaly score is fused (:mod:`spectro.scoring.fusion`) scores each clip or span by the
+largest of the CNN's, its modulation spectrum's and its mel statistics' standard scores, calibrated into a log-odds
+of a failure where the run is, for the file's machine type: ``--machine``'s,
 else the last folder of its path (a PNG's: or of its source recording's) named like one of the run's types, else
 the one the CNN names. Its objects add ``scores`` (``cnn``: the CNN's probability, ``modulation``: the spectrum's
-standard score), ``machine_type`` and ``machine_type_from`` (``--machine``, ``the path``, ``the image's source
-recording`` or ``the model``).
+standard score, ``melstats``: the mel statistics', each where it joins the type's score), ``machine_type`` and
+``machine_type_from`` (``--machine``, ``the path``, ``the image's source recording`` or ``the model``).
 
 A batch need not stop at one file: with ``errors="report"`` (``spectro classify`` on more than one file) a file
 that cannot be read, or whose machine has no normal references, is one result ``{"path", "verdict": "ERROR",
 "error"}`` (its one-line message) and the others are scored; with ``errors="raise"`` (one file, and ``spectro
 serve``, whose bad uploads are a 4xx) it is the error of the whole call.
 
-Every result has ``known_machine``: the known-machine check (:mod:`spectro.model.known`), ``{"known", "nearest",
+Every result has ``known_machine``: the known-machine check (:mod:`spectro.scoring.known`), ``{"known", "nearest",
 "distance"}``: ``known`` is false for a recording unlike every machine the run was trained on or enrolled with,
 whose verdict then says little; ``null`` for a run without the check's profiles.
 """
@@ -120,7 +120,11 @@ def classify_files(files: list[Path], predictor, *, threshold: float | None, top
         named = [_machine_type(w.path, predictor.fusion.types, machine) for w in all_windows]
         types = predictor.fusion.types_of(labels, probs, [t for (t, _), w in zip(named, all_windows)
                                                           for _ in w.pixels])
-    parts = predictor.anomaly_parts(probs, modulation, types)
+    from spectro.scoring.known import statistics
+
+    # each span's mel statistics, once: the known-machine check's and the fused score's
+    stats = [statistics(w.pixels, settings) for w in all_windows]
+    parts = predictor.anomaly_parts(probs, modulation, types, statistics=np.concatenate(stats))
     scores = parts["score"]
     failures = labels.failure_type(probs)
     predicted = labels.predicted(probs)
@@ -139,7 +143,7 @@ def classify_files(files: list[Path], predictor, *, threshold: float | None, top
             "failure_type": failures[best], "predicted": predicted[best],
             "probabilities": {c: round(float(v), 6) for c, v in zip(labels.classes, p)},
             "top_k": [[labels.classes[i], round(float(p[i]), 6)] for i in order],
-            "known_machine": _known(w, predictor, settings),
+            "known_machine": _known(w, predictor, settings, stats[k]),
         }
         if predictor.fusion is not None:  # the parts of the fused score, and the machine type it was scored as
             result["scores"] = {k: round(float(v[best]), 6) for k, v in parts.items()
@@ -159,12 +163,12 @@ def classify_files(files: list[Path], predictor, *, threshold: float | None, top
 
 def checked_machine(predictor, machine: str | None) -> str | None:
     """``--machine`` (or ``spectro serve``'s ``machine``) checked against the run: a machine key for a normal-only
-    run (:func:`spectro.inference.normal.parse_machine`), a machine type the run scores for a fused one, refused
+    run (:func:`spectro.scoring.normal.parse_machine`), a machine type the run scores for a fused one, refused
     for a run scored by the CNN's probability alone; ``None`` and ``""`` stay ``None``."""
     if not machine:
         return None
     if predictor.labels.normal_only:
-        from spectro.inference.normal import parse_machine
+        from spectro.scoring.normal import parse_machine
 
         return parse_machine(machine)
     if predictor.fusion is None:
@@ -198,7 +202,7 @@ def _machine_type(path: Path, types, machine: str | None) -> tuple[str | None, s
     for a PNG, of its source recording's path; ``(None, …)``: the type the CNN finds most likely."""
     if machine:
         return _given_type(machine, types), "--machine"
-    from spectro.inference.normal import named_path
+    from spectro.scoring.normal import named_path
 
     def folder(p: Path) -> str | None:  # the last folder of a path named like one of the run's types
         return next((part for part in reversed(p.parts[:-1]) if part in types), None)
@@ -208,20 +212,23 @@ def _machine_type(path: Path, types, machine: str | None) -> tuple[str | None, s
     return (found, how) if found is not None else (None, "the model")
 
 
-def _known(w, predictor, settings) -> dict[str, Any] | None:
-    """The known-machine check of one file (:mod:`spectro.model.known`); ``None`` when the run has no profiles."""
-    from spectro.model.known import statistics
+def _known(w, predictor, settings, stats: np.ndarray | None = None) -> dict[str, Any] | None:
+    """The known-machine check of one file (:mod:`spectro.scoring.known`; ``stats``: its spans' mel statistics when
+    the caller has them); ``None`` when the run has no profiles."""
+    from spectro.scoring.known import statistics
 
     known = predictor.known
-    check = known.check(statistics(w.pixels, settings)) if known is not None else None
+    if known is None:
+        return None
+    check = known.check(statistics(w.pixels, settings) if stats is None else stats)
     return check.to_dict() if check is not None else None
 
 
 def _normal_only(w, predictor, *, references, threshold: float | None, top_k: int,
                  machine: str | None) -> dict[str, Any]:
     """The result of one file of a normal-only run (module docstring)."""
-    from spectro.inference.normal import key_from_path, named_path, score_embedded
     from spectro.model.windows import pool
+    from spectro.scoring.normal import clip_statistics, key_from_path, named_path, score_embedded
 
     labels = predictor.labels
     embeddings, window_probs, owners = predictor.embed_clips(w.pixels)  # once, for the machine and its scores
@@ -238,7 +245,7 @@ def _normal_only(w, predictor, *, references, threshold: float | None, top_k: in
             how = "the nearest enrolled machine (the path names no machine id; pass --machine to choose)"
     scorer = references.scorer_for(key)
     scores = score_embedded(references, [key] * len(w.pixels), embeddings, window_probs, owners,
-                            modulation=w.modulation)
+                            modulation=w.modulation, statistics=clip_statistics(predictor, w.pixels))
     probs = pool(window_probs, owners, len(w.pixels))
     limit = float(threshold) if threshold is not None else references.threshold(key, scorer)
     main = scores[scorer]

@@ -57,40 +57,41 @@ class Predictor:
 
     @cached_property
     def references(self):
-        """The run's normal references (:class:`spectro.model.references.References`), read once."""
-        from spectro.model.references import References
+        """The run's normal references (:class:`spectro.scoring.references.References`), read once."""
+        from spectro.scoring.references import References
 
         return References.load(self.run)
 
     @cached_property
     def known(self):
-        """The run's known-machine profiles (:class:`spectro.model.known.KnownMachines`), read once."""
-        from spectro.model.known import KnownMachines
+        """The run's known-machine profiles (:class:`spectro.scoring.known.KnownMachines`), read once."""
+        from spectro.scoring.known import KnownMachines
 
         return KnownMachines.load(self.run)
 
     @cached_property
     def fusion(self):
-        """The run's fused anomaly score (:class:`spectro.model.fusion.Fusion`), read once; ``None`` for a run
+        """The run's fused anomaly score (:class:`spectro.scoring.fusion.Fusion`), read once; ``None`` for a run
         scored by the CNN's probability alone (its ``config.json`` says which: :func:`spectro.runs.fused`)."""
-        from spectro.model.fusion import Fusion
+        from spectro.scoring.fusion import Fusion
 
         return Fusion.load(self.run) if fused(self.config) else None
 
     def anomaly_parts(self, probs: np.ndarray, modulation: np.ndarray | None,
-                      types=None) -> dict[str, np.ndarray]:
-        """A supervised run's anomaly scores of clips from their pooled fine-class ``probs`` and modulation
-        spectra: ``{"score": the run's anomaly score, "cnn": the CNN's probability}`` and, for a fused run, its
-        ``modulation`` part (NaN where it does not apply). ``types``: each clip's machine type where known
-        (:meth:`spectro.model.fusion.Fusion.of_probs`)."""
+                      types=None, *, statistics: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """A supervised run's anomaly scores of clips from their pooled fine-class ``probs``, modulation spectra and
+        mel ``statistics`` (:func:`spectro.scoring.known.statistics` of their pixels): ``{"score": the run's anomaly
+        score, "cnn": the CNN's probability}`` and, for a fused run, its ``modulation`` and ``melstats`` parts (NaN
+        where they do not apply). ``types``: each clip's machine type where known
+        (:meth:`spectro.scoring.fusion.Fusion.of_probs`)."""
         cnn = self.labels.anomaly_score(probs)
         if self.fusion is None:
             return {"score": cnn, "cnn": cnn}
         if modulation is None:
             raise SpectroError(f"{self.run}: this run's anomaly score needs each clip's modulation spectrum, and the "
                                "images carry none; render them with the run's feature settings (spectro images)")
-        parts = self.fusion.of_probs(self.labels, probs, modulation, types)
-        return {"score": parts["fused"], "cnn": cnn, "modulation": parts["modulation"]}
+        parts = self.fusion.of_probs(self.labels, probs, modulation, types, statistics=statistics)
+        return {"score": parts["fused"], "cnn": cnn, "modulation": parts["modulation"], "melstats": parts["melstats"]}
 
     def embed(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings ``(n, d)`` and class probabilities ``(n, classes)`` of model inputs (windows); a model

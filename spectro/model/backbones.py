@@ -22,7 +22,7 @@ RESIZE_METHODS = ("nearest", "bilinear")
 BASE_NAME = "backbone"
 HEAD_NAME = "classes"
 EMBEDDING_NAME = "pool"  # the pooled backbone features before the head (the "pool" embedding)
-# What a normal-only run's scores compare (spectro.model.references), see ModelSettings.embedding
+# What a normal-only run's scores compare (spectro.scoring.references), see ModelSettings.embedding
 EMBEDDINGS = ("stages", "pool")
 STAGE_STRIDES = (8, 16)
 SCALE_NAME = "scale_to_pm1"
@@ -37,25 +37,27 @@ class ModelSettings:
     backbone: str = "mobilenet_v2"
     # The width multiplier; None: by the weights (:meth:`width`), 1.0 for pretrained weights and 0.75 from random
     # initialisation. 0.75 at 96 px from scratch: wide enough to learn the synthetic set, small enough to train in
-    # minutes on a laptop CPU and to give an int8 file under a third of float32's size (docs/quantization.md).
-    # 1.0 pretrained: the ImageNet width the benchmarks measured with few clips per class (docs/small-data.md).
+    # minutes on a laptop CPU and to give an int8 file under a third of float32's size. 1.0 pretrained: the
+    # ImageNet width the benchmarks measured with few clips per class
+    # (docs/decisions/0006-pretrained-weights-and-width.md).
     alpha: float | None = None
     image_size: int = 96
     weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file
     dropout: float = 0.2
     # How the spectrogram is resized to image_size. Nearest copies whole pixels, so the int8 file resizes
     # exactly as Keras does; bilinear interpolates, and the int8 file rounds each interpolated pixel to a
-    # whole level (docs/quantization.md). Both are builtin TFLite ops.
+    # whole level (docs/decisions/0005-int8-design.md). Both are builtin TFLite ops.
     resize: str = "nearest"
     # The model's input: a window of this many seconds of a clip's image (spectro.model.windows); training
     # draws random windows, scoring pools over all of a clip's windows. None: the whole image. 2 s was the best
-    # of 1, 2 and 4 s on the tuning data (docs/small-data.md).
+    # of 1, 2 and 4 s on the tuning data (docs/decisions/0002-windows-and-clip-scores.md).
     window_seconds: float | None = 2.0
     # A window's embedding, what normal-only scores compare: "stages", the feature maps at the end of the
     # backbone's stride-8 and stride-16 stages, each averaged over time only (every frequency row kept), or
     # "pool", the globally pooled features before the head. stages scored higher on the built-in set, the real
-    # sample and a held-out synthetic family (docs/normal-only.md): global pooling discards which frequencies
-    # changed, and the last stage is the most specialised in telling the trained machines apart.
+    # sample and a held-out synthetic family (docs/decisions/0004-normal-only-objective.md): global pooling
+    # discards which frequencies changed, and the last stage is the most specialised in telling the trained
+    # machines apart.
     embedding: str = "stages"
 
     def __post_init__(self) -> None:

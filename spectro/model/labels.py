@@ -19,7 +19,7 @@ cross-entropy on the fine classes so the failure type is still learned) and the 
 ``normal-only`` is the other way to use spectro (the DCASE setting): the classes are **machine keys**
 ``<machine>/<machine id>`` (``fan/id_00``; ``fan`` alone for a recording without an id), learnt from normal
 images only. No class is abnormal: the anomaly score comes from comparing a clip's embedding with its
-machine's normal references (:mod:`spectro.model.references`), and there is no failure type.
+machine's normal references (:mod:`spectro.scoring.references`), and there is no failure type.
 """
 
 from __future__ import annotations

@@ -144,11 +144,11 @@
 
   // where a score sits on the gauge, 0…1: the threshold always in the middle, and one scale for every clip of a run,
   // so cards compare. A probability (a result without `scores`) and a normal-only run's distance (knn, mahalanobis,
-  // id, modulation: 0 is a perfect match) fill the left half from 0 to the threshold and the right half from the
+  // id, modulation, melstats: 0 is a perfect match) fill the left half from 0 to the threshold and the right half from the
   // threshold to 1 (a probability) or to twice the threshold (a distance); a fused score or a normal-only `combined`
   // one (a log-odds or a standard score, of either sign) sits on ±max(4, 2 |threshold|) about the threshold. A
   // score past an end sits at that end.
-  const DISTANCES = new Set(["knn", "mahalanobis", "id", "modulation"]);
+  const DISTANCES = new Set(["knn", "mahalanobis", "id", "modulation", "melstats"]);
   function gaugeScale(r) {
     const t = r.threshold;
     const clamp = (v) => Math.max(0, Math.min(1, v));

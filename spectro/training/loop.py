@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import math
 import os
 import shutil
@@ -34,11 +35,8 @@ from spectro.evaluation.metrics import model_metrics
 from spectro.features.reader import read_modulation, survey_images
 from spectro.features.settings import FeatureSettings
 from spectro.model.backbones import ModelSettings
-from spectro.model.fusion import MIN_CLIPS as FUSION_MIN_CLIPS
-from spectro.model.fusion import Fusion
 from spectro.model.labels import NORMAL_ONLY, TASKS, LabelSpace, machine_key
 from spectro.model.losses import make_loss, make_task_accuracy, sample_weights
-from spectro.model.references import DEFAULT_SCORER, EMBEDDING_SCORER, SCORERS
 from spectro.model.windows import pool, window_frames
 from spectro.paths import IMAGES_DIR, MODELS_DIR
 from spectro.runs import (
@@ -57,10 +55,15 @@ from spectro.runs import (
     staging_folder,
     write_splits,
 )
+from spectro.scoring.fusion import MIN_CLIPS as FUSION_MIN_CLIPS
+from spectro.scoring.fusion import Fusion
+from spectro.scoring.references import DEFAULT_SCORER, SCORERS
 from spectro.training.augment import AugmentSettings
 from spectro.training.distribute import DistributeSettings, place
 from spectro.training.pipeline import Examples, evaluation_dataset, training_dataset, window_counts
 from spectro.training.splits import split_rows, split_summary
+
+log = logging.getLogger(__name__)  # progress lines: spectro.cli shows them, the library never prints
 
 LR_SCHEDULES = ("cosine", "constant")
 
@@ -109,7 +112,7 @@ class TrainSettings:
     """
 
     task: str = "failure"
-    steps: int = 1500  # enough for the built-in set's 16 classes (docs/small-data.md)
+    steps: int = 1500  # enough for the built-in set's 16 classes (docs/decisions/0002-windows-and-clip-scores.md)
     eval_every: int = 100
     fine_tune_steps: int = 500
     fine_tune_layers: int = 0
@@ -125,11 +128,11 @@ class TrainSettings:
     test_ids: tuple[str, ...] = ()
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     lr_schedule: str = "constant"
-    # the quantisation-aware phase: about as many steps as docs/quantization.md found enough
+    # the quantisation-aware phase: about as many steps as docs/decisions/0005-int8-design.md found enough
     qat_steps: int = 300
     check_learning: bool = True
     # normal-only runs: the false-alarm rate their per-machine thresholds aim at, and the default scorer
-    # (combined; mahalanobis when the images carry no modulation spectra)
+    # (combined: the parts the images allow, spectro.scoring.references)
     max_fpr: float = 0.05
     scorer: str = DEFAULT_SCORER
 
@@ -372,8 +375,8 @@ def _objective(by_split: dict[str, list[ImageRow]], settings: TrainSettings, fea
         return labels, fitted, f"machine id classification of {len(labels.classes)} machine ids, normal clips only"
     from spectro.training.outliers import outlier_rows
 
-    print(f"one machine id in the training split ({labels.classes[0]}): outlier exposure, the built-in synthetic "
-          "machines' normal clips as other classes")
+    log.info(f"one machine id in the training split ({labels.classes[0]}): outlier exposure, the built-in synthetic "
+             "machines' normal clips as other classes")
     outliers = outlier_rows(features, image_shape, Path(outlier_folder.name), seed=settings.seed, progress=progress)
     fitted["train"] = fitted["train"] + [r for i, r in enumerate(outliers) if i % 4]
     fitted["val"] = fitted["val"] + [r for i, r in enumerate(outliers) if not i % 4]
@@ -385,39 +388,50 @@ def _objective(by_split: dict[str, list[ImageRow]], settings: TrainSettings, fea
 KNOWN_CHUNK = 256  # training images read at a time for the known-machine profiles
 
 
-def _fit_known_machines(run: Path, rows: list[ImageRow], features: FeatureSettings, image_shape, progress: bool,
-                        pixels: np.ndarray | None = None):
-    """The known-machine check's profiles from every training clip (:mod:`spectro.model.known`): from ``pixels``
-    when the caller has them in memory already, else read a chunk at a time (training streams its images, and so
-    does this)."""
+def _statistics_of(rows: list[ImageRow], features: FeatureSettings, image_shape, progress: bool,
+                   desc: str = "mel statistics") -> np.ndarray:
+    """The level-normalised mel statistics (:func:`spectro.scoring.known.statistics`) of ``rows``' images, read a
+    chunk at a time (training streams its images, and so does this)."""
     from tqdm import tqdm
 
     from spectro.features.reader import read_images
-    from spectro.model.known import KnownMachines, statistics
+    from spectro.scoring.known import statistics
 
-    if pixels is not None:
-        stats = [statistics(pixels, features)]
-    else:
-        chunks = range(0, len(rows), KNOWN_CHUNK)
-        stats = [statistics(read_images(rows[i:i + KNOWN_CHUNK], settings=features, bands=image_shape[0])[0],
-                            features)
-                 for i in tqdm(chunks, desc="known machines", unit="chunk", disable=not progress, leave=False)]
-    KnownMachines.fit([machine_key(r.machine, r.machine_id) for r in rows], np.concatenate(stats)).save(run)
+    chunks = range(0, len(rows), KNOWN_CHUNK)
+    stats = [statistics(read_images(rows[i:i + KNOWN_CHUNK], settings=features, bands=image_shape[0])[0], features)
+             for i in tqdm(chunks, desc=desc, unit="chunk", disable=not progress, leave=False)]
+    return np.concatenate(stats) if stats else np.zeros((0, 2 * image_shape[0]))
 
 
-def _fit_fusion(run: Path, labels: LabelSpace, by_split, probs: dict, spectra: dict, features,
-                image_shape) -> Fusion | None:
-    """Fit and write a supervised run's fused anomaly score (:mod:`spectro.model.fusion`) from its normal training
-    and validation clips (probabilities and spectra; its abnormal training clips judge where the spectrum part
-    joins, its abnormal validation clips calibrate it), or ``None`` when the images carry no modulation spectra
-    (the score stays the CNN's probability). ``probs``, ``spectra``: the pooled probabilities and the modulation
-    spectra of the validation clips (when there are any)."""
+def _fit_known_machines(run: Path, rows: list[ImageRow], features: FeatureSettings, image_shape, progress: bool,
+                        pixels: np.ndarray | None = None) -> np.ndarray:
+    """The known-machine check's profiles from every training clip (:mod:`spectro.scoring.known`): from ``pixels``
+    when the caller has them in memory already, else read a chunk at a time; returns the clips' statistics (a
+    supervised run's fusion reuses them)."""
+    from spectro.scoring.known import KnownMachines, statistics
+
+    stats = (statistics(pixels, features) if pixels is not None
+             else _statistics_of(rows, features, image_shape, progress, desc="known machines"))
+    KnownMachines.fit([machine_key(r.machine, r.machine_id) for r in rows], stats).save(run)
+    return stats
+
+
+def _fit_fusion(run: Path, labels: LabelSpace, by_split, probs: dict, spectra: dict, train_statistics: np.ndarray,
+                features, image_shape, progress: bool) -> tuple[Fusion | None, dict[str, np.ndarray]]:
+    """Fit and write a supervised run's fused anomaly score (:mod:`spectro.scoring.fusion`) from its training and
+    validation clips (probabilities, spectra and mel statistics; its abnormal training clips judge where the
+    spectrum part joins and fit the mel-statistics part, its abnormal validation clips calibrate it), or ``None``
+    when the images carry no modulation spectra (the score stays the CNN's probability). ``probs``, ``spectra``: the
+    pooled probabilities and the modulation spectra of the validation and test clips (when there are any);
+    ``train_statistics``: the mel statistics of every training clip (``by_split["train"]``'s order). Also returns
+    the mel statistics of the splits of ``probs`` (the fused score of their clips needs them)."""
     from spectro.features.reader import read_images
     from spectro.inference.predictors import KerasPredictor
 
     train = [r for r in by_split["train"] if not r.is_abnormal]
     if not train or features.modulation_hz is None or not labels.abnormal_mask.any():
-        return None
+        return None, {}
+    statistics = {split: _statistics_of(by_split[split], features, image_shape, progress) for split in probs}
     val = by_split["val"] if "val" in probs else []
     val_types = [r.machine for r in val]
     normal_types = [r.machine for r in val if not r.is_abnormal]
@@ -428,15 +442,18 @@ def _fit_fusion(run: Path, labels: LabelSpace, by_split, probs: dict, spectra: d
         train_p = labels.anomaly_score(predictor.predict_clips(read_images(train, settings=features,
                                                                            bands=image_shape[0])[0]))
     abnormal = [r for r in by_split["train"] if r.is_abnormal]
+    failed = np.array([r.is_abnormal for r in by_split["train"]], dtype=bool)
     fusion = Fusion.fit(types=types, train_types=[r.machine for r in train],
                         train_modulation=read_modulation(train, settings=features), train_probability=train_p,
                         val_types=val_types,
                         val_probability=labels.anomaly_score(probs["val"]) if val else np.zeros(0),
                         val_modulation=spectra["val"] if val else None, val_abnormal=[r.is_abnormal for r in val],
                         abnormal_types=[r.machine for r in abnormal], abnormal_labels=[r.label for r in abnormal],
-                        abnormal_modulation=read_modulation(abnormal, settings=features) if abnormal else None)
+                        abnormal_modulation=read_modulation(abnormal, settings=features) if abnormal else None,
+                        train_statistics=train_statistics[~failed], abnormal_statistics=train_statistics[failed],
+                        val_statistics=statistics["val"] if val else None)
     fusion.save(run)
-    return fusion
+    return fusion, statistics
 
 
 def _normal_only_metrics(run: Path, labels: LabelSpace, by_split, settings: TrainSettings, features, image_shape,
@@ -444,10 +461,10 @@ def _normal_only_metrics(run: Path, labels: LabelSpace, by_split, settings: Trai
     """Write the run's normal references (training normals; thresholds from validation normals) and return the
     validation and test figures of every scorer, and the learning check on the validation split (``None`` when
     switched off or without validation clips)."""
-    from spectro.evaluation.normal import normal_only_figures, normal_only_scores, thresholds_of
+    from spectro.evaluation.evaluate import normal_only_figures, normal_only_scores, thresholds_of
     from spectro.features.reader import read_images, read_modulation
-    from spectro.inference.normal import fit_references
     from spectro.inference.predictors import KerasPredictor
+    from spectro.scoring.normal import fit_references
 
     predictor = KerasPredictor(run / MODEL_NAME, run)
     train_rows = [r for r in by_split["train"] if not r.is_abnormal]
@@ -456,8 +473,6 @@ def _normal_only_metrics(run: Path, labels: LabelSpace, by_split, settings: Trai
     splits = (("train", train_rows), ("val", by_split["val"]), ("test", by_split["test"]))
     modulation = {s: read_modulation(rows, settings=features) if rows else None for s, rows in splits}
     scorer = settings.scorer
-    if scorer == DEFAULT_SCORER and modulation["train"] is None:  # images rendered without modulation spectra
-        scorer = EMBEDDING_SCORER
     references, val_scores, val_probs = fit_references(predictor, labels, train_rows, pixels["train"],
                                                        by_split["val"], pixels["val"], max_fpr=settings.max_fpr,
                                                        scorer=scorer, train_modulation=modulation["train"],
@@ -649,14 +664,14 @@ def _train(images: str | Path, out: str | Path, *, settings: TrainSettings, mode
         if phase.name == "fine_tune":
             top = settings.fine_tune_layers or len(base.layers)  # 0: the whole base
             unfrozen = unfreeze_top(base, top)
-            print(f"fine-tuning the top {top} layers of the base "
-                  f"({unfrozen} trainable, BatchNorm frozen) at learning rate {phase.learning_rate:g}")
+            log.info(f"fine-tuning the top {top} layers of the base "
+                     f"({unfrozen} trainable, BatchNorm frozen) at learning rate {phase.learning_rate:g}")
         if phase.name == "qat":
             with placement.strategy.scope():
                 fitted, bn_trainable, rounded = _int8_twin(model, base, run, input_shape, image_shape, features,
                                                            settings.seed, model_settings.image_size)
-            print(f"quantisation-aware fine-tuning: {rounded} layer outputs round as the int8 file's will, "
-                  f"BatchNorm frozen, learning rate {phase.learning_rate:g} with cosine decay")
+            log.info(f"quantisation-aware fine-tuning: {rounded} layer outputs round as the int8 file's will, "
+                     f"BatchNorm frozen, learning rate {phase.learning_rate:g} with cosine decay")
         if phase.name != "full" or not phase_starts:  # "full" after the warm-up keeps the optimizer state
             with placement.strategy.scope():
                 fitted.compile(optimizer=keras.optimizers.Adam(phase.learning_rate * placement.replicas),
@@ -695,8 +710,9 @@ def _train(images: str | Path, out: str | Path, *, settings: TrainSettings, mode
 
     if outlier_folder is not None:
         outlier_folder.cleanup()
+    train_statistics = None  # every training clip's mel statistics: the known machines' and the fusion's
     if placement.chief and not normal_only:  # a normal-only run fits them with its references
-        _fit_known_machines(run, by_split["train"], features, image_shape, progress)
+        train_statistics = _fit_known_machines(run, by_split["train"], features, image_shape, progress)
     metrics, probs, learning = {}, {}, None
     if normal_only:
         metrics, learning = _normal_only_metrics(run, labels, by_split, settings, features, image_shape, progress)
@@ -708,17 +724,19 @@ def _train(images: str | Path, out: str | Path, *, settings: TrainSettings, mode
             per_clip = window_counts(examples[split], image_shape, window)  # each clip's, at its own width
             windows = clean.predict(data.map(lambda x, y, w: x), verbose=0)
             probs[split] = pool(windows, np.repeat(np.arange(len(examples[split])), per_clip), len(examples[split]))
-    fusion = None
+    fusion, statistics = None, {}
     if placement.chief and not normal_only:
         spectra = {split: read_modulation(by_split[split], settings=features) for split in probs}
-        fusion = _fit_fusion(run, labels, by_split, probs, spectra, features, image_shape)
+        fusion, statistics = _fit_fusion(run, labels, by_split, probs, spectra, train_statistics, features,
+                                         image_shape, progress)
     if fusion is not None:
         config["anomaly_score"] = {"kind": "fused", "calibrated": fusion.calibrated, "types": fusion.to_dict()}
     scores = {}  # each split's anomaly score: the one users get (a fused run's fused score)
     for split in probs:
         fused = {}  # a fused run: its score, and each part's beside it (the CNN's as its probability)
         if fusion is not None:
-            parts = fusion.of_probs(labels, probs[split], spectra[split], [r.machine for r in by_split[split]])
+            parts = fusion.of_probs(labels, probs[split], spectra[split], [r.machine for r in by_split[split]],
+                                    statistics=statistics[split])
             fused = {"scores": parts["fused"], "scorers": {"cnn": labels.anomaly_score(probs[split]),
                                                          **{k: v for k, v in parts.items() if k != "cnn"}}}
         metrics[split] = model_metrics(by_split[split], probs[split], labels, threshold=default_threshold(config),

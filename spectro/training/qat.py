@@ -3,7 +3,7 @@
 A full-integer TFLite file rounds the resized image to whole pixels (a bilinear resize's; a nearest resize
 copies whole pixels) and every tensor it keeps to one of 256 steps of that tensor's calibrated range. A
 model trained in float alone answers differently after that rounding on the images it finds hardest
-(docs/quantization.md). The twin built here shares the model's layers, and so its
+(docs/decisions/0005-int8-design.md). The twin built here shares the model's layers, and so its
 weights, and adds a :class:`FakeQuant` after each layer whose output the int8 file keeps: round to the
 step, with the straight-through gradient of Jacob et al. (2018), "Quantization and Training of Neural
 Networks for Efficient Integer-Arithmetic-Only Inference"; in training the rounding is stochastic (see

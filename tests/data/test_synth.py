@@ -265,15 +265,3 @@ def test_invalid_settings_raise(tmp_path, options, message):
 def test_unknown_machine_or_label_raises(machine, label):
     with pytest.raises(SpectroError, match="unknown"):
         synth.clip_parts(machine, "id_00", label, snr=0.0, index=0, seconds=1.0)
-
-
-def test_cli_writes_the_dataset(tmp_path, capsys):
-    from spectro.cli import main
-
-    code = main(["synth", "--out", str(tmp_path), "--machines", "pump", "--ids", "1", "--snr", "-6",
-                 "--clips-per-class", "1", "--normal-clips", "2", "--seconds", "0.5", "--jobs", "1"])
-    assert code == 0
-    assert "4 clips in" in capsys.readouterr().out
-    clips, _ = discover(tmp_path)
-    assert sorted((c.label, c.snr) for c in clips) == [("clogging", "-6dB"), ("leakage", "-6dB"),
-                                                        ("normal", "-6dB"), ("normal", "-6dB")]

@@ -202,12 +202,6 @@ def test_cli_error_is_one_line_exit_2(tiny_run, tmp_path, capsys):
     assert err.startswith("error: ") and "model.keras" in err and "Traceback" not in err
 
 
-def test_cli_rejects_unknown_quantisation(tiny_run):
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["export", str(tiny_run), "--quantize", "int4"])
-    assert exc.value.code == 2
-
-
 def test_verification_falls_back_to_val_with_a_warning(tiny_run, tmp_path):
     run = _copy_run(tiny_run, tmp_path / "run", split_filter=lambda s: s != "test")
     with pytest.warns(SpectroWarning, match="no test rows"):

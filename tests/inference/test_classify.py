@@ -316,32 +316,6 @@ def test_evaluate_and_classify_score_a_windowed_run_alike(tiny_window_run, tmp_p
         assert result["anomaly_score"] == pytest.approx(predicted[result["path"]], abs=2e-6)
 
 
-def test_the_text_output_prints_a_score_just_below_zero_as_zero():
-    from spectro.commands.classify import format_text
-
-    result = {"path": "a.wav", "verdict": "normal", "anomaly_score": -0.0004, "threshold": 1.95,
-              "failure_type": None, "top_k": [["fan/normal", 0.9]]}
-    assert format_text(result).splitlines()[0] == "a.wav: normal  anomaly score 0.000 (threshold 1.950)"
-    assert "anomaly score -0.012" in format_text({**result, "anomaly_score": -0.0123})
-
-
-def test_the_sparkline_puts_any_threshold_half_way_up():
-    """A positive threshold (a standard score) spans 0 to twice it; a log-odds threshold of 0 sits in the middle of
-    the scores' widest distance from it, so a calibrated score's windows below 0 are drawn low, not clipped away."""
-    from spectro.commands.classify import around, format_text, sparkline
-
-    assert around([0.0, 1.95, 3.9, 5.0], 1.95) == pytest.approx([0.0, 0.5, 1.0, 0.5 + 0.5 * 3.05 / 1.95])
-    assert around([-8.0, -2.0, 0.0, 4.0], 0.0) == pytest.approx([0.0, 0.375, 0.5, 0.75])
-    assert around([-1.0, -0.5], -2.0) == pytest.approx([0.5 + 0.5 / 1.5, 1.0])  # the farther one at the top
-    windows = [{"index": i, "start_s": float(i), "end_s": i + 1.0, "anomaly_score": s, "over_threshold": s >= 0}
-               for i, s in enumerate([-8.0, -6.0, -2.0, 0.5, 4.0])]
-    result = {"path": "long.wav", "verdict": "ABNORMAL", "anomaly_score": 4.0, "threshold": 0.0, "failure_type": None,
-              "top_k": [["fan/normal", 0.9]], "scores": {"cnn": 0.9}, "windows": windows}
-    line = next(x for x in format_text(result).splitlines() if "score over time" in x)
-    assert line.endswith(sparkline([0.0, 0.125, 0.375, 0.53125, 0.75]))  # -8 farthest from 0: the bottom
-    assert len(set(line.split(": ")[-1])) == 5  # five different heights, none lost to a division by 0
-
-
 # -- hostile files: one-line errors, never a traceback, decided from the header (issue 44) --
 
 RUN_SETTINGS = dict(n_mels=32, n_fft=512, hop_length=256)  # the tiny run's feature settings

@@ -217,7 +217,7 @@ def test_stream_script_scores_every_window_without_tensorflow(tiny_exports, tmp_
     y = np.concatenate([tone_signal("normal", 2.0, seed=1), tone_signal("bearing", 2.0, seed=2)])
     wav = write_wav(tmp_path / "long.wav", y)
     run = tiny_exports["run"]
-    done = subprocess.run([sys.executable, "-c", _STREAM, str(ROOT / "scripts" / "stream_tflite.py"), str(wav),
+    done = subprocess.run([sys.executable, "-c", _STREAM, str(ROOT / "examples" / "stream_tflite.py"), str(wav),
                            "--model", str(run / "model_int8.tflite"), "--hop", "0.5", "--threshold", "0.6"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -80,6 +80,17 @@ def _browser(p):
         "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--no-first-run"])
 
+@contextlib.contextmanager
+def _page(sync_api):
+    """A fresh page (1280 x 1000) in headless chromium, closed with its browser."""
+    with sync_api.sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            yield browser.new_page(viewport={"width": 1280, "height": 1000})
+        finally:
+            browser.close()
+
+
 
 def test_server_log_has_no_tensorflow_and_no_traceback(server):
     _, log = server
@@ -102,53 +113,48 @@ def test_page_classifies_uploads_in_headless_chromium(server, tiny_images, tmp_p
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "serve_page.png"
     shot.unlink(missing_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = _browser(p)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            problems = []
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.on("request", lambda r: problems.append(f"left the server: {r.url}")
-                    if not r.url.startswith((base, "blob:", "data:")) else None)
-            page.goto(base + "/")
-            page.wait_for_selector("#model-body table", timeout=20_000)
-            panel = page.inner_text("#model-body")
-            assert "fan/bearing" in panel and "pump/leak" in panel and "model_int8.tflite" in panel
-            assert "512 / 256 samples" in panel  # the feature settings
-            assert page.is_hidden("#machine-choice")  # scored by the CNN's probability: no machine to choose
-            page.set_input_files("#files", [str(long_wav), str(png), str(bad)])
-            page.wait_for_function("() => document.querySelectorAll('.card').length === 3 && ![...document."
-                                   "querySelectorAll('.card')].some(c => c.dataset.state === 'pending')",
-                                   timeout=30_000)
-            cards = {page.evaluate("c => c.querySelector('.name').textContent", c): c
-                     for c in page.query_selector_all(".card")}
-            assert set(cards) == {"pump-7 bearing.wav", "fan.png", "notes.txt"}
-            for name in ("pump-7 bearing.wav", "fan.png"):
-                card = cards[name]
-                assert card.get_attribute("data-state") == "done", card.inner_text()
-                assert card.query_selector(".verdict").inner_text() in ("normal", "ABNORMAL")
-                assert float(card.query_selector(".score").inner_text()) >= 0
-                assert card.query_selector_all(".probs .bar")  # class probabilities as bars
-                # the spectrogram was drawn: a canvas of the image's size with many colours
-                size, colours = page.evaluate("""c => { const cv = c.querySelector('.spectrogram canvas');
-                    const d = cv.getContext('2d').getImageData(0, 0, cv.width, cv.height).data;
-                    const seen = new Set(); for (let i = 0; i < d.length; i += 4) seen.add(d[i] * 65536 + d[i + 1] * 256
-                    + d[i + 2]); return [[cv.width, cv.height], seen.size]; }""", card)
-                assert size[1] == 32 and size[0] >= 63 and colours > 20
-            long_card = cards["pump-7 bearing.wav"]
-            assert long_card.query_selector("svg.timeline")  # score over time of a long recording
-            assert long_card.query_selector("svg.timeline circle")
-            assert "windows over the threshold" in long_card.inner_text()
-            error = cards["notes.txt"]
-            assert error.get_attribute("data-state") == "error"
-            text = error.inner_text()
-            assert "Could not classify this file: notes.txt: not a recording or a spectrogram image" in text
-            assert "Traceback" not in text and "{" not in text
-            page.screenshot(path=str(shot), full_page=True)
-            assert problems == [] or all("status of 415" in p for p in problems), problems
-        finally:
-            browser.close()
+    with _page(sync_api) as page:
+        problems = []
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("request", lambda r: problems.append(f"left the server: {r.url}")
+                if not r.url.startswith((base, "blob:", "data:")) else None)
+        page.goto(base + "/")
+        page.wait_for_selector("#model-body table", timeout=20_000)
+        panel = page.inner_text("#model-body")
+        assert "fan/bearing" in panel and "pump/leak" in panel and "model_int8.tflite" in panel
+        assert "512 / 256 samples" in panel  # the feature settings
+        assert page.is_hidden("#machine-choice")  # scored by the CNN's probability: no machine to choose
+        page.set_input_files("#files", [str(long_wav), str(png), str(bad)])
+        page.wait_for_function("() => document.querySelectorAll('.card').length === 3 && ![...document."
+                               "querySelectorAll('.card')].some(c => c.dataset.state === 'pending')",
+                               timeout=30_000)
+        cards = {page.evaluate("c => c.querySelector('.name').textContent", c): c
+                 for c in page.query_selector_all(".card")}
+        assert set(cards) == {"pump-7 bearing.wav", "fan.png", "notes.txt"}
+        for name in ("pump-7 bearing.wav", "fan.png"):
+            card = cards[name]
+            assert card.get_attribute("data-state") == "done", card.inner_text()
+            assert card.query_selector(".verdict").inner_text() in ("normal", "ABNORMAL")
+            assert float(card.query_selector(".score").inner_text()) >= 0
+            assert card.query_selector_all(".probs .bar")  # class probabilities as bars
+            # the spectrogram was drawn: a canvas of the image's size with many colours
+            size, colours = page.evaluate("""c => { const cv = c.querySelector('.spectrogram canvas');
+                const d = cv.getContext('2d').getImageData(0, 0, cv.width, cv.height).data;
+                const seen = new Set(); for (let i = 0; i < d.length; i += 4) seen.add(d[i] * 65536 + d[i + 1] * 256
+                + d[i + 2]); return [[cv.width, cv.height], seen.size]; }""", card)
+            assert size[1] == 32 and size[0] >= 63 and colours > 20
+        long_card = cards["pump-7 bearing.wav"]
+        assert long_card.query_selector("svg.timeline")  # score over time of a long recording
+        assert long_card.query_selector("svg.timeline circle")
+        assert "windows over the threshold" in long_card.inner_text()
+        error = cards["notes.txt"]
+        assert error.get_attribute("data-state") == "error"
+        text = error.inner_text()
+        assert "Could not classify this file: notes.txt: not a recording or a spectrogram image" in text
+        assert "Traceback" not in text and "{" not in text
+        page.screenshot(path=str(shot), full_page=True)
+        assert problems == [] or all("status of 415" in p for p in problems), problems
     assert shot.is_file() and shot.stat().st_size > 10_000
     assert "Traceback" not in log.read_text()
 
@@ -159,8 +165,8 @@ def test_the_page_scores_uploads_as_the_chosen_machine_on_a_standard_score_gauge
     which type a file was scored as, and draws the score (a standard score, not a probability) with the threshold
     inside the gauge."""
     sync_api = pytest.importorskip("playwright.sync_api")
-    from spectro.model.fusion import Fusion, TypeFusion
     from spectro.runs import DEFAULT_FUSED_THRESHOLD, load_config, save_config
+    from spectro.scoring.fusion import Fusion, TypeFusion
 
     run = Path(shutil.copytree(tiny_exports["run"], tmp_path / "fused"))
     Fusion({"fan": TypeFusion([-4.0, 1.0], "validation"), "pump": TypeFusion([3.0, 0.5], "validation")}).save(run)
@@ -168,30 +174,25 @@ def test_the_page_scores_uploads_as_the_chosen_machine_on_a_standard_score_gauge
     config["anomaly_score"] = {"kind": "fused"}
     save_config(run, config)
     wav = write_wav(tmp_path / "clip.wav", tone_signal("bearing", 1.0, seed=7))
-    with _serving(run, tmp_path / "server.log") as (base, log), sync_api.sync_playwright() as p:
-        browser = _browser(p)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(base + "/")
-            page.wait_for_selector("#machine-choice:not([hidden])", timeout=20_000)
-            assert page.eval_on_selector_all("#machine option", "os => os.map(o => o.value)") == ["", "fan", "pump"]
-            page.select_option("#machine", "pump")
-            page.set_input_files("#files", [str(wav)])
-            page.wait_for_function("() => [...document.querySelectorAll('.card')].some(c => c.dataset.state !== "
-                                   "'pending')", timeout=30_000)
-            card = page.query_selector(".card")
-            assert card.get_attribute("data-state") == "done", card.inner_text()
-            assert card.query_selector(".scored-as").inner_text() == "a pump (from --machine)"
-            score = float(card.query_selector(".score").inner_text())
-            # the threshold's tick and the fill stay inside the gauge (a probability's scale would put the
-            # fused threshold, about 1.95, at 195 %)
-            tick, fill, gauge = (card.query_selector(f".gauge {s}" if s else ".gauge").bounding_box()
-                                 for s in (".tick", ".fill", ""))
-            assert gauge["x"] <= tick["x"] <= gauge["x"] + gauge["width"]
-            assert fill["width"] <= gauge["width"] + 0.5
-            assert (score >= DEFAULT_FUSED_THRESHOLD) == (fill["width"] >= tick["x"] - gauge["x"])
-        finally:
-            browser.close()
+    with _serving(run, tmp_path / "server.log") as (base, log), _page(sync_api) as page:
+        page.goto(base + "/")
+        page.wait_for_selector("#machine-choice:not([hidden])", timeout=20_000)
+        assert page.eval_on_selector_all("#machine option", "os => os.map(o => o.value)") == ["", "fan", "pump"]
+        page.select_option("#machine", "pump")
+        page.set_input_files("#files", [str(wav)])
+        page.wait_for_function("() => [...document.querySelectorAll('.card')].some(c => c.dataset.state !== "
+                               "'pending')", timeout=30_000)
+        card = page.query_selector(".card")
+        assert card.get_attribute("data-state") == "done", card.inner_text()
+        assert card.query_selector(".scored-as").inner_text() == "a pump (from --machine)"
+        score = float(card.query_selector(".score").inner_text())
+        # the threshold's tick and the fill stay inside the gauge (a probability's scale would put the
+        # fused threshold, about 2.1, at 210 %)
+        tick, fill, gauge = (card.query_selector(f".gauge {s}" if s else ".gauge").bounding_box()
+                             for s in (".tick", ".fill", ""))
+        assert gauge["x"] <= tick["x"] <= gauge["x"] + gauge["width"]
+        assert fill["width"] <= gauge["width"] + 0.5
+        assert (score >= DEFAULT_FUSED_THRESHOLD) == (fill["width"] >= tick["x"] - gauge["x"])
     assert "Traceback" not in log.read_text()
 
 
@@ -237,36 +238,31 @@ def test_the_gauge_shows_the_score_against_the_threshold_for_every_clip(server, 
         sent.append(name)
         route.fulfill(status=200, content_type="application/json", body=answers[name])
 
-    with sync_api.sync_playwright() as p:
-        browser = _browser(p)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.route("**/api/inspect*", answer)
-            page.goto(base + "/")
-            page.wait_for_selector("#model-body table", timeout=20_000)
-            page.set_input_files("#files", [str(f) for f in files])
-            page.wait_for_function(f"() => [...document.querySelectorAll('.card')].filter(c => c.dataset.state === "
-                                   f"'done').length === {len(files)}", timeout=30_000)
-            assert sorted(sent) == sorted(GAUGE_CASES)
-            fills = {}
-            for card in page.query_selector_all(".card"):
-                name = card.query_selector(".name").inner_text()
-                gauge, fill, tick = (card.query_selector(s).bounding_box() for s in
-                                     (".gauge", ".gauge .fill", ".gauge .tick"))
-                at = (tick["x"] + tick["width"] / 2 - gauge["x"]) / gauge["width"]
-                assert 0.2 <= at <= 0.8, (name, at)  # the threshold is never at an edge
-                assert fill["width"] >= 8, (name, fill)  # a normal clip's fill is seen too
-                assert fill["width"] <= gauge["width"] + 0.5
-                reaches = fill["x"] + fill["width"] >= tick["x"] + tick["width"] / 2
-                assert reaches == (GAUGE_CASES[name]["verdict"] == "ABNORMAL"), (name, fill, tick)
-                label = card.query_selector(".gauge").get_attribute("aria-label")
-                assert ("at or over" in label) == (GAUGE_CASES[name]["verdict"] == "ABNORMAL")
-                fills[name] = fill["width"]
-            # one scale for a run's clips: a lower score never sits further right
-            assert fills["fused-lower.wav"] < fills["fused-normal.wav"]
-            page.screenshot(path=str(tmp_path / "gauges.png"), full_page=True)
-        finally:
-            browser.close()
+    with _page(sync_api) as page:
+        page.route("**/api/inspect*", answer)
+        page.goto(base + "/")
+        page.wait_for_selector("#model-body table", timeout=20_000)
+        page.set_input_files("#files", [str(f) for f in files])
+        page.wait_for_function(f"() => [...document.querySelectorAll('.card')].filter(c => c.dataset.state === "
+                               f"'done').length === {len(files)}", timeout=30_000)
+        assert sorted(sent) == sorted(GAUGE_CASES)
+        fills = {}
+        for card in page.query_selector_all(".card"):
+            name = card.query_selector(".name").inner_text()
+            gauge, fill, tick = (card.query_selector(s).bounding_box() for s in
+                                 (".gauge", ".gauge .fill", ".gauge .tick"))
+            at = (tick["x"] + tick["width"] / 2 - gauge["x"]) / gauge["width"]
+            assert 0.2 <= at <= 0.8, (name, at)  # the threshold is never at an edge
+            assert fill["width"] >= 8, (name, fill)  # a normal clip's fill is seen too
+            assert fill["width"] <= gauge["width"] + 0.5
+            reaches = fill["x"] + fill["width"] >= tick["x"] + tick["width"] / 2
+            assert reaches == (GAUGE_CASES[name]["verdict"] == "ABNORMAL"), (name, fill, tick)
+            label = card.query_selector(".gauge").get_attribute("aria-label")
+            assert ("at or over" in label) == (GAUGE_CASES[name]["verdict"] == "ABNORMAL")
+            fills[name] = fill["width"]
+        # one scale for a run's clips: a lower score never sits further right
+        assert fills["fused-lower.wav"] < fills["fused-normal.wav"]
+        page.screenshot(path=str(tmp_path / "gauges.png"), full_page=True)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
@@ -277,29 +273,24 @@ def test_a_long_recording_gets_one_dot_per_window_each_seen(server, tmp_path):
     base, _ = server
     wav = write_wav(tmp_path / "three seconds.wav", np.concatenate([tone_signal("normal", 1.5, seed=8),
                                                                     tone_signal("bearing", 1.5, seed=9)]))
-    with sync_api.sync_playwright() as p:
-        browser = _browser(p)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(base + "/")
-            page.set_input_files("#files", [str(wav)])
-            page.wait_for_selector(".card[data-state=done]", timeout=30_000)
-            card = page.query_selector(".card")
-            caption = card.query_selector("svg.timeline").evaluate("s => s.closest('figure').textContent")
-            n = int(re.search(r"of (\d+) windows", caption).group(1))
-            assert n == 6 and f"maximum over {n} windows" in card.inner_text()
-            dots = [d.bounding_box() for d in card.query_selector_all("svg.timeline circle")]
-            assert len(dots) == n
-            titles = card.eval_on_selector_all("svg.timeline circle title", "ts => ts.map(t => t.textContent)")
-            assert len(set(titles)) == n  # each window's own span and score
-            starts = [float(t.split("–")[0].rstrip(" s")) for t in titles]
-            assert starts[-1] - starts[-2] < 0.05  # the case at hand: two windows a frame apart
-            for a, b in zip(dots, dots[1:]):
-                assert b["x"] >= a["x"] + a["width"] - 0.5, (a, b)  # side by side, not one over the other
-            frame = card.query_selector("svg.timeline rect.frame").bounding_box()
-            assert all(frame["x"] <= d["x"] and d["x"] + d["width"] <= frame["x"] + frame["width"] + 0.5 for d in dots)
-        finally:
-            browser.close()
+    with _page(sync_api) as page:
+        page.goto(base + "/")
+        page.set_input_files("#files", [str(wav)])
+        page.wait_for_selector(".card[data-state=done]", timeout=30_000)
+        card = page.query_selector(".card")
+        caption = card.query_selector("svg.timeline").evaluate("s => s.closest('figure').textContent")
+        n = int(re.search(r"of (\d+) windows", caption).group(1))
+        assert n == 6 and f"maximum over {n} windows" in card.inner_text()
+        dots = [d.bounding_box() for d in card.query_selector_all("svg.timeline circle")]
+        assert len(dots) == n
+        titles = card.eval_on_selector_all("svg.timeline circle title", "ts => ts.map(t => t.textContent)")
+        assert len(set(titles)) == n  # each window's own span and score
+        starts = [float(t.split("–")[0].rstrip(" s")) for t in titles]
+        assert starts[-1] - starts[-2] < 0.05  # the case at hand: two windows a frame apart
+        for a, b in zip(dots, dots[1:]):
+            assert b["x"] >= a["x"] + a["width"] - 0.5, (a, b)  # side by side, not one over the other
+        frame = card.query_selector("svg.timeline rect.frame").bounding_box()
+        assert all(frame["x"] <= d["x"] and d["x"] + d["width"] <= frame["x"] + frame["width"] + 0.5 for d in dots)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
@@ -312,27 +303,22 @@ def test_each_dropped_file_is_uploaded_once(server, tiny_images, tmp_path):
     png = tiny_images / FAN_BEARING_0
     payload = [{"name": f.name, "type": t, "data": base64.b64encode(f.read_bytes()).decode()}
                for f, t in ((wav, "audio/wav"), (png, "image/png"))]
-    with sync_api.sync_playwright() as p:
-        browser = _browser(p)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            posts = []
-            page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
-            page.goto(base + "/")
-            page.wait_for_selector("#model-body table", timeout=20_000)
-            dropped = page.evaluate_handle("""files => { const dt = new DataTransfer();
-                for (const f of files) dt.items.add(new File([Uint8Array.from(atob(f.data), c => c.charCodeAt(0))],
-                                                             f.name, { type: f.type }));
-                return dt; }""", payload)
-            page.dispatch_event("#drop", "drop", {"dataTransfer": dropped})
-            page.wait_for_function("() => document.querySelectorAll('.card[data-state=done]').length === 2",
-                                   timeout=30_000)
-            assert posts == [base + "/api/inspect"] * 2
-            for card in page.query_selector_all(".card"):
-                assert card.query_selector(".verdict") and card.query_selector(".spectrogram canvas")
-                assert not card.query_selector(".error-text"), card.inner_text()
-        finally:
-            browser.close()
+    with _page(sync_api) as page:
+        posts = []
+        page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+        page.goto(base + "/")
+        page.wait_for_selector("#model-body table", timeout=20_000)
+        dropped = page.evaluate_handle("""files => { const dt = new DataTransfer();
+            for (const f of files) dt.items.add(new File([Uint8Array.from(atob(f.data), c => c.charCodeAt(0))],
+                                                         f.name, { type: f.type }));
+            return dt; }""", payload)
+        page.dispatch_event("#drop", "drop", {"dataTransfer": dropped})
+        page.wait_for_function("() => document.querySelectorAll('.card[data-state=done]').length === 2",
+                               timeout=30_000)
+        assert posts == [base + "/api/inspect"] * 2
+        for card in page.query_selector_all(".card"):
+            assert card.query_selector(".verdict") and card.query_selector(".spectrogram canvas")
+            assert not card.query_selector(".error-text"), card.inner_text()
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
@@ -340,25 +326,20 @@ def test_the_api_docs_render_offline(server):
     """The page's "API docs" link: Swagger UI draws every route from this server alone, with no policy violation."""
     sync_api = pytest.importorskip("playwright.sync_api")
     base, _ = server
-    with sync_api.sync_playwright() as p:
-        browser = _browser(p)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            problems = []
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.on("request", lambda r: problems.append(f"left the server: {r.url}")
-                    if not r.url.startswith((base, "data:")) else None)
-            page.goto(base + "/")
-            page.click("text=API docs")
-            page.wait_for_selector(".swagger-ui .opblock", timeout=20_000)
-            assert page.url == base + "/docs"
-            routes = page.eval_on_selector_all(".opblock-summary-path", "ps => ps.map(p => p.textContent)")
-            assert {"/api/classify", "/api/inspect", "/api/spectrogram", "/api/model", "/api/health"} <= {
-                r.replace("\u200b", "") for r in routes}
-            assert problems == [], problems
-        finally:
-            browser.close()
+    with _page(sync_api) as page:
+        problems = []
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("request", lambda r: problems.append(f"left the server: {r.url}")
+                if not r.url.startswith((base, "data:")) else None)
+        page.goto(base + "/")
+        page.click("text=API docs")
+        page.wait_for_selector(".swagger-ui .opblock", timeout=20_000)
+        assert page.url == base + "/docs"
+        routes = page.eval_on_selector_all(".opblock-summary-path", "ps => ps.map(p => p.textContent)")
+        assert {"/api/classify", "/api/inspect", "/api/spectrogram", "/api/model", "/api/health"} <= {
+            r.replace("\u200b", "") for r in routes}
+        assert problems == [], problems
 
 
 def test_inspect_answers_the_classify_object_and_the_spectrogram_of_one_upload(tiny_exports, tiny_images, tmp_path):

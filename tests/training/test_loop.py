@@ -22,7 +22,6 @@ from spectro.data.manifest import read_manifest, write_manifest
 from spectro.errors import SpectroError
 from spectro.features.png import read_pixels
 from spectro.features.settings import FeatureSettings
-from spectro.model.fusion import MIN_MODULATION_AUC
 from spectro.model.labels import LabelSpace
 from spectro.runs import (
     CHECKPOINT_NAME,
@@ -35,6 +34,7 @@ from spectro.runs import (
     read_history,
     read_splits,
 )
+from spectro.scoring.fusion import MIN_MODULATION_AUC
 from spectro.training.loop import TrainSettings, cosine_rate, phases
 
 TINY = ["--alpha", "0.35", "--image-size", "32", "--weights", "none", "--no-progress", "--no-learning-check",
@@ -154,7 +154,7 @@ def test_the_known_machine_check_knows_the_training_machines_and_flags_another(t
     JSON and the text output."""
     from conftest import write_wav
 
-    from spectro.model.known import KnownMachines
+    from spectro.scoring.known import KnownMachines
 
     _, run, _ = trained
     known = KnownMachines.load(run)
@@ -276,7 +276,7 @@ def test_config_metrics_have_the_keys_and_figures_of_metrics_json(trained, tmp_p
         assert test[key] == pytest.approx(evaluated["overall"][key], abs=1e-6), key
     # the images carry modulation spectra: the score is fused, and train knows no threshold but the default one
     assert load_config(run)["anomaly_score"]["kind"] == "fused"
-    assert test["at_threshold"]["threshold"] == pytest.approx(NormalDist().inv_cdf(0.95 ** 0.5))
+    assert test["at_threshold"]["threshold"] == pytest.approx(NormalDist().inv_cdf(0.95 ** (1 / 3)))
     # each type's spectrum part was judged on its abnormal training clips (3 or more of fan/bearing, of pump/leak),
     # and its figures count the test clips of the types it joins
     judged = load_config(run)["anomaly_score"]["types"]
@@ -285,16 +285,25 @@ def test_config_metrics_have_the_keys_and_figures_of_metrics_json(trained, tmp_p
     assert joins == {n for n, t in judged.items() if t["modulation_joins"]}
     assert stored["test"]["scorers"]["modulation"]["overall"]["n"] == sum(
         r.machine in joins for r in read_splits(run, "test"))
-    for name in ("cnn", "modulation", "fused"):
+    # the mel-statistics part: fitted where a type has 3 or more training clips of each class, judged out of fold
+    assert all(t["melstats_training_auc"] is not None for t in judged.values())
+    learned = {n for n, t in judged.items() if t["melstats_training_auc"] >= MIN_MODULATION_AUC}
+    assert learned == {n for n, t in judged.items() if t["melstats_joins"]}
+    assert stored["test"]["scorers"]["melstats"]["overall"]["n"] == sum(
+        r.machine in learned for r in read_splits(run, "test"))
+    for name in ("cnn", "modulation", "melstats", "fused"):
         assert stored["test"]["scorers"][name]["overall"]["auc"] == pytest.approx(
             evaluated["scorers"][name]["overall"]["auc"], abs=1e-6), name
 
 
-def _fused(cnn: float, modulation) -> float:
-    """The larger of the two parts; without the spectrum part, the CNN's on the larger-of-two scale (Φ(x)² = Φ(z))."""
+def _fused(cnn: float, *others) -> float:
+    """The largest of the parts a clip has (the CNN's and those of ``others`` not ``None``), on the scale of the larger
+    of three (Φ(x)³ = Φ(largest)^j for j parts)."""
     from scipy.stats import norm
 
-    return max(cnn, float(modulation)) if modulation is not None else float(norm.ppf(np.sqrt(norm.cdf(cnn))))
+    parts = [cnn] + [float(v) for v in others if v is not None]
+    # P(larger of three >= x) = 1 - Φ(largest)^(j/3), from scipy's log Φ so that far tails keep their digits
+    return float(norm.isf(-np.expm1(len(parts) / 3 * norm.logcdf(max(parts)))))
 
 
 def _calibrated(fusion, machine_type: str, fused: float) -> float:
@@ -314,7 +323,7 @@ def test_evaluate_and_classify_score_a_supervised_run_by_the_fused_score_alike(t
     from spectro.commands.train import format_metrics
     from spectro.evaluation.evaluate import evaluate_run
     from spectro.inference.classify import classify_paths
-    from spectro.model.fusion import Fusion
+    from spectro.scoring.fusion import Fusion
 
     _, run, _ = trained
     line = format_metrics("test", load_config(run)["metrics"]["test"])
@@ -335,7 +344,10 @@ def test_evaluate_and_classify_score_a_supervised_run_by_the_fused_score_alike(t
         # the larger of it and the spectrum's
         assert (result["machine_type"], result["machine_type_from"]) == (row["machine"], "the path")
         median, sd = fusion.types[row["machine"]].cnn_scale
-        standard = _fused((logit(np.clip(cnn, 1e-7, 1 - 1e-7)) - median) / sd, row["score_modulation"] or None)
+        standard = _fused((logit(np.clip(cnn, 1e-7, 1 - 1e-7)) - median) / sd, row["score_modulation"] or None,
+                          row["score_melstats"] or None)
+        assert result["scores"].get("melstats") == pytest.approx(float(row["score_melstats"]) if row["score_melstats"]
+                                                                 else None, abs=1e-5)
         expected = _calibrated(fusion, row["machine"], standard)
         assert float(row["anomaly_score"]) == pytest.approx(expected, rel=1e-3, abs=1e-3)
     # a fused score is a log-odds or a standard score, not a probability: a threshold below 0 is allowed too
@@ -349,7 +361,8 @@ def test_evaluate_and_classify_score_a_supervised_run_by_the_fused_score_alike(t
     median, sd = fusion.types[other].cnn_scale
     cnn = logit(np.clip(forced[0]["scores"]["cnn"], 1e-7, 1 - 1e-7))
     assert forced[0]["anomaly_score"] == pytest.approx(
-        _calibrated(fusion, other, _fused((cnn - median) / sd, forced[0]["scores"].get("modulation"))),
+        _calibrated(fusion, other, _fused((cnn - median) / sd, forced[0]["scores"].get("modulation"),
+                                          forced[0]["scores"].get("melstats"))),
         rel=1e-3, abs=1e-3)
     with pytest.raises(SpectroError, match="machine types"):
         classify_paths([predicted[0]["path"]], copy, machine="turbine")
@@ -364,14 +377,15 @@ def test_the_fused_score_is_calibrated_on_the_validation_splits_failures(trained
 
     from spectro.features.reader import read_images, read_modulation
     from spectro.inference.predictors import load_predictor
-    from spectro.model.fusion import Fusion
     from spectro.runs import default_threshold, feature_settings
+    from spectro.scoring.fusion import Fusion
+    from spectro.scoring.known import statistics
     from spectro.training.loop import _fit_fusion
 
     _, run, _ = trained
     config = load_config(run)
     assert config["anomaly_score"]["calibrated"] is False
-    assert default_threshold(config) == pytest.approx(1.954, abs=1e-3)
+    assert default_threshold(config) == pytest.approx(2.121, abs=1e-3)
     copy = Path(shutil.copytree(run, tmp_path / "run"))
     by_split = {"train": read_splits(run, "train"), "val": read_splits(run, "val") + read_splits(run, "test")}
     predictor, features = load_predictor(copy), feature_settings(config)
@@ -379,7 +393,12 @@ def test_the_fused_score_is_calibrated_on_the_validation_splits_failures(trained
     probs = {"val": predictor.predict_clips(read_images(by_split["val"], settings=features,
                                                         shape=predictor.image_shape)[0])}
     spectra = {"val": read_modulation(by_split["val"], settings=features)}
-    fusion = _fit_fusion(copy, labels, by_split, probs, spectra, features, predictor.image_shape)
+    train_statistics = statistics(read_images(by_split["train"], settings=features, shape=predictor.image_shape)[0],
+                                  features)
+    fusion, stats = _fit_fusion(copy, labels, by_split, probs, spectra, train_statistics, features,
+                                predictor.image_shape, False)
+    assert stats["val"] == pytest.approx(statistics(read_images(by_split["val"], settings=features,
+                                                                shape=predictor.image_shape)[0], features))
     assert Counter(r.is_abnormal for r in by_split["val"]) == {True: 4, False: 4}
     assert fusion.calibrated and Fusion.load(copy).to_dict() == fusion.to_dict()
     for name, t in fusion.types.items():  # two clips of each class per type: all types' fit
@@ -412,6 +431,7 @@ def test_an_exported_fused_run_scores_through_litert_as_through_keras(trained, t
     for a, b in zip(lite, keras_results):
         assert set(a["scores"]) == set(b["scores"]) and "cnn" in a["scores"]  # and the spectrum where it joins
         assert a["scores"].get("modulation") == pytest.approx(b["scores"].get("modulation"), rel=1e-5)
+        assert a["scores"].get("melstats") == pytest.approx(b["scores"].get("melstats"), rel=1e-9)  # pixels alone
         assert a["scores"]["cnn"] == pytest.approx(b["scores"]["cnn"], abs=1e-3)
         assert a["anomaly_score"] == pytest.approx(b["anomaly_score"], abs=0.05)
 

@@ -18,10 +18,10 @@ from sklearn.neighbors import NearestNeighbors
 
 from spectro.cli import main as cli_main
 from spectro.features.settings import FeatureSettings
-from spectro.model.known import KnownMachines
 from spectro.model.labels import LabelSpace
-from spectro.model.references import REFERENCES_INFO, REFERENCES_NAME, References
 from spectro.runs import load_config, read_splits
+from spectro.scoring.known import KnownMachines
+from spectro.scoring.references import REFERENCES_INFO, REFERENCES_NAME, References
 
 TINY = ["--alpha", "0.35", "--image-size", "32", "--weights", "none", "--no-progress", "--window-seconds", "0.5",
         "--steps", "30", "--eval-every", "10", "--batch-size", "8", "--qat-steps", "0", "--task", "normal-only"]
@@ -76,9 +76,9 @@ def test_a_normal_only_model_that_learned_passes_the_check(scored_run):
     """The check on ``scored_run``'s validation clips, scored as training scores them."""
     from spectro.evaluation.learning import check_normal_only
     from spectro.features.reader import read_images, read_modulation
-    from spectro.inference.normal import embed_and_score
     from spectro.inference.predictors import KerasPredictor
     from spectro.runs import feature_settings
+    from spectro.scoring.normal import embed_and_score
 
     predictor = KerasPredictor(scored_run / "model.keras", scored_run)
     val = read_splits(scored_run, "val")
@@ -101,9 +101,9 @@ def scored_run(tiny_window_run, tmp_path_factory) -> Path:
     training normals as ``spectro train`` fits them, and with its validation normal too, so that each machine has
     the three reference clips its spectra's scales and thresholds need (splits.csv is left as it is)."""
     from spectro.features.reader import read_images, read_modulation
-    from spectro.inference.normal import fit_references
     from spectro.inference.predictors import KerasPredictor
     from spectro.runs import feature_settings, save_config, write_splits
+    from spectro.scoring.normal import fit_references
 
     run = tmp_path_factory.mktemp("runs") / "scored"
     shutil.copytree(tiny_window_run, run)
@@ -122,7 +122,7 @@ def scored_run(tiny_window_run, tmp_path_factory) -> Path:
                    read_images(val, settings=settings, shape=shape)[0], max_fpr=0.05, scorer="combined",
                    train_modulation=read_modulation(train, settings=settings),
                    val_modulation=read_modulation(val, settings=settings))[0].save(run)
-    from spectro.model.known import KnownMachines, statistics
+    from spectro.scoring.known import KnownMachines, statistics
 
     pixels = read_images(train, settings=settings, shape=shape)[0]  # the known-machine check, as training fits it
     KnownMachines.fit([labels.class_of(r) for r in train], statistics(pixels, settings)).save(run)
@@ -155,11 +155,12 @@ def test_references_hold_every_window_of_the_training_normals_with_thresholds(no
         clips = sum(f"{r.machine}/{r.machine_id}" == key for r in train)
         assert m.n_clips == clips and len(m.embeddings) == clips * windows_per_clip
         assert m.modulation.shape == (clips, 60)  # every clip's spectrum, from its PNG
-        # fewer than three reference clips are too few to scale and threshold the spectra fold by fold: the
-        # model's scorers only
-        spectra = {"modulation", "combined"} if clips >= 3 else set()
-        assert set(m.thresholds) == {"knn", "mahalanobis", "id"} | spectra and m.class_index is not None
-        assert refs.scorer_for(key) == ("combined" if spectra else "mahalanobis")
+        assert m.statistics.shape == (clips, 2 * config["image_shape"][0])  # and its mel statistics
+        # fewer than three reference clips are too few to scale and threshold the spectra fold by fold, fewer than
+        # two the mel statistics: combined is made of the views that can be fitted
+        views = {name for name, least in (("modulation", 3), ("melstats", 2)) if clips >= least}
+        assert set(m.thresholds) == {"knn", "mahalanobis", "id", "combined"} | views and m.class_index is not None
+        assert set(m.scales) == {"mahalanobis"} | views and refs.scorer_for(key) == "combined"
     info = json.loads((normal_run / REFERENCES_INFO).read_text())
     assert info["max_fpr"] == 0.05 and info["default_scorer"] == "combined"
 
@@ -173,7 +174,7 @@ def evaluated(scored_run):
 
 def test_evaluate_reports_every_scorer_and_the_autoencoder_beside_them(evaluated, scored_run):
     result, text = evaluated
-    assert set(result["scorers"]) == {"knn", "mahalanobis", "id", "modulation", "combined"}
+    assert set(result["scorers"]) == {"knn", "mahalanobis", "id", "modulation", "melstats", "combined"}
     for figures in result["scorers"].values():
         assert set(figures) == {"overall", "by_machine", "by_machine_id", "by_snr"}
     assert result["baseline"]["name"].startswith("DCASE 2020 dense autoencoder")
@@ -191,7 +192,7 @@ def test_predictions_keep_their_columns_and_the_knn_score_is_recomputed_by_hand(
     with (scored_run / "predictions.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert {"anomaly_score", "failure_type", "verdict", "score_knn", "score_mahalanobis", "score_id",
-            "score_modulation", "score_combined"} <= set(rows[0])
+            "score_modulation", "score_melstats", "score_combined"} <= set(rows[0])
     assert all(r["failure_type"] == "" and r["anomaly_score"] == r["score_combined"] for r in rows)
     # the knn score of one test clip: each window's embedding computed here from the backbone's layers (the ends
     # of MobileNetV2's stride-8 and stride-16 stages, averaged over time), scikit-learn's neighbours
@@ -220,14 +221,16 @@ def test_predictions_keep_their_columns_and_the_knn_score_is_recomputed_by_hand(
         assert row["verdict"] == ("ABNORMAL" if score >= machine.thresholds["combined"] else "normal")
 
 
-def test_the_modulation_and_combined_scores_are_recomputed_by_hand(evaluated, scored_run):
+def test_the_modulation_melstats_and_combined_scores_are_recomputed_by_hand(evaluated, scored_run):
     """modulation: scipy's Mahalanobis distance of the clip's spectrum (its PNG's text chunk) to a Ledoit-Wolf
-    Gaussian of the training normals' spectra (their PNGs'); combined: the larger of mahalanobis' and
-    modulation's logs as robust standard scores, by the references' scales."""
+    Gaussian of the training normals' spectra (their PNGs'); melstats: the RMS of the clip's per-band level-free
+    means and standard deviations of its PNG's dB values as standard scores against the training normals' (their
+    standard deviation + 0.5 dB); combined: the larger of the three views' logs as robust standard scores, by the
+    references' scales."""
     from scipy.spatial.distance import mahalanobis
     from sklearn.covariance import LedoitWolf
 
-    from spectro.features.png import read_info
+    from spectro.features.png import read_info, read_pixels
 
     with (scored_run / "predictions.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -239,9 +242,19 @@ def test_the_modulation_and_combined_scores_are_recomputed_by_hand(evaluated, sc
     fit = LedoitWolf().fit(spectra)
     expected = mahalanobis(np.array(read_info(row["path"]).modulation), fit.location_, np.linalg.inv(fit.covariance_))
     assert float(row["score_modulation"]) == pytest.approx(expected, rel=1e-4)
+    settings = FeatureSettings.from_dict(load_config(scored_run)["features"])
+
+    def stats(path):
+        db = read_pixels(path).astype(np.float64) * settings.db_per_step + settings.db_min
+        return np.r_[db.mean(axis=1) - db.mean(), db.std(axis=1)]
+
+    reference = np.array([stats(r.path) for r in train])
+    z = (stats(row["path"]) - reference.mean(axis=0)) / (reference.std(axis=0) + 0.5)
+    assert float(row["score_melstats"]) == pytest.approx(np.sqrt(np.mean(z ** 2)), rel=1e-4)
     scales = References.load(scored_run).machines[key].scales
+    assert set(scales) == {"mahalanobis", "modulation", "melstats"}  # all three: no change of scale
     combined = max((np.log(float(row[f"score_{p}"])) - scales[p][0]) / scales[p][1]
-                   for p in ("mahalanobis", "modulation"))
+                   for p in ("mahalanobis", "modulation", "melstats"))
     assert float(row["score_combined"]) == pytest.approx(combined, abs=1e-4)
 
 
@@ -268,7 +281,7 @@ def test_classify_scores_an_image_against_its_machine(evaluated, scored_run, cap
     assert code == 0 and result["machine"] == key and result["reference"] == "the image's source recording"
     assert result["anomaly_score"] == pytest.approx(float(row["score_combined"]), abs=1e-5)
     assert result["failure_type"] == "" and result["scorer"] == "combined"
-    assert set(result["scores"]) == {"knn", "mahalanobis", "id", "modulation", "combined"}
+    assert set(result["scores"]) == {"knn", "mahalanobis", "id", "modulation", "melstats", "combined"}
     other = next(k for k in References.load(scored_run).machines if k != key)
     code, text = _cli(["classify", row["path"], "--model", str(scored_run), "--json", "--machine", other])
     assert json.loads(text)["machine"] == other and json.loads(text)["reference"] == "--machine"
@@ -297,8 +310,9 @@ def test_enroll_adds_a_machine_without_retraining_and_changes_only_its_reference
         assert after.machines[key].thresholds == pytest.approx(m.thresholds)
         np.testing.assert_array_equal(after.machines[key].embeddings, m.embeddings)
     gear = after.machines["gear/id_05"]
-    assert gear.class_index is None and set(gear.thresholds) == {"knn", "mahalanobis", "modulation", "combined"}
-    assert gear.modulation.shape == (4, 60)
+    assert gear.class_index is None and set(gear.thresholds) == {"knn", "mahalanobis", "modulation", "melstats",
+                                                                 "combined"}
+    assert gear.modulation.shape == (4, 60) and gear.statistics.shape == (4, 2 * load_config(run)["image_shape"][0])
     assert (run / "model.keras").read_bytes() == model
     known_before, known_after = KnownMachines.load(scored_run), KnownMachines.load(run)
     assert set(known_after.profiles) == set(known_before.profiles) | {"gear/id_05"}
@@ -455,8 +469,8 @@ def test_machines_with_one_and_two_normal_clips_train_enroll_and_score_and_a_bat
     info = json.loads((run / REFERENCES_INFO).read_text())["machines"]
     for key in ("gear/id_00", "valve/id_00"):
         assert refs.machines[key].few_references and info[key]["few_references"] is True
-        assert "pooled scale" in info[key]["threshold_from"] and refs.scorer_for(key) == "mahalanobis"
-        assert np.isfinite(info[key]["thresholds"]["mahalanobis"])
+        assert "pooled scale" in info[key]["threshold_from"] and refs.scorer_for(key) == "combined"
+        assert np.isfinite(info[key]["thresholds"]["combined"])
     assert info["gear/id_00"]["clips"] == 1
     batch = tmp_path / "batch"
     for machine, name in (("gear", "g.png"), ("valve", "v.png"), ("drill", "d.png")):
@@ -470,7 +484,7 @@ def test_machines_with_one_and_two_normal_clips_train_enroll_and_score_and_a_bat
         "drill"]["error"]
     for machine in ("gear", "valve"):
         r = results[machine]
-        assert r["verdict"] in ("normal", "ABNORMAL") and r["few_references"] is True and r["scorer"] == "mahalanobis"
+        assert r["verdict"] in ("normal", "ABNORMAL") and r["few_references"] is True and r["scorer"] == "combined"
         assert r["threshold"] == pytest.approx(refs.threshold(f"{machine}/id_00"))
     assert results["gear"]["reference_clips"] == 1
     code, text = _cli(["classify", str(batch), "--model", str(run)])
