@@ -99,9 +99,15 @@ def classify_files(files: list[Path], predictor, *, threshold: float | None, top
                                                      hop_seconds=hop_seconds, limits=limits))
             for i, f in enumerate(tqdm(files, desc="reading", unit="file", disable=not progress, leave=False))]
     if labels.normal_only:
-        return [failed.get(i) or attempt(i, w.path, lambda w=w: {
-                    **_normal_only(w, predictor, references=predictor.references, threshold=threshold, top_k=top_k,
-                                   machine=machine), "known_machine": _known(w, predictor, settings)}) or failed[i]
+        from spectro.scoring.known import statistics
+
+        def normal_only(w) -> dict[str, Any]:
+            stats = statistics(w.pixels, settings)  # once: the melstats scorer's and the known-machine check's
+            return {**_normal_only(w, predictor, references=predictor.references, threshold=threshold, top_k=top_k,
+                                   machine=machine, statistics=stats),
+                    "known_machine": _known(w, predictor, settings, stats)}
+
+        return [failed.get(i) or attempt(i, w.path, lambda w=w: normal_only(w)) or failed[i]
                 for i, w in enumerate(read)]
     all_windows = [w for w in read if w is not None]
     if not all_windows:
@@ -225,10 +231,10 @@ def _known(w, predictor, settings, stats: np.ndarray | None = None) -> dict[str,
 
 
 def _normal_only(w, predictor, *, references, threshold: float | None, top_k: int,
-                 machine: str | None) -> dict[str, Any]:
-    """The result of one file of a normal-only run (module docstring)."""
+                 machine: str | None, statistics: np.ndarray) -> dict[str, Any]:
+    """The result of one file of a normal-only run (module docstring); ``statistics``: its spans' mel statistics."""
     from spectro.model.windows import pool
-    from spectro.scoring.normal import clip_statistics, key_from_path, named_path, score_embedded
+    from spectro.scoring.normal import key_from_path, named_path, score_embedded
 
     labels = predictor.labels
     embeddings, window_probs, owners = predictor.embed_clips(w.pixels)  # once, for the machine and its scores
@@ -245,7 +251,7 @@ def _normal_only(w, predictor, *, references, threshold: float | None, top_k: in
             how = "the nearest enrolled machine (the path names no machine id; pass --machine to choose)"
     scorer = references.scorer_for(key)
     scores = score_embedded(references, [key] * len(w.pixels), embeddings, window_probs, owners,
-                            modulation=w.modulation, statistics=clip_statistics(predictor, w.pixels))
+                            modulation=w.modulation, statistics=statistics)
     probs = pool(window_probs, owners, len(w.pixels))
     limit = float(threshold) if threshold is not None else references.threshold(key, scorer)
     main = scores[scorer]
