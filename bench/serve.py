@@ -222,6 +222,17 @@ def _wait_quiet(max_wait: float, *, limit: float = 0.3) -> float:
         time.sleep(2.0)
 
 
+def _answered(i: int, status: int, data: bytes, expected: list[dict], *, failed: list, wrong: list) -> bool:
+    """Judge good request ``i``'s answer: not HTTP 200 is a failure (``False``); a 200 whose verdict is not the
+    in-process one for its clip is also recorded in ``wrong``; ``True`` for every 200 (its latency counts)."""
+    if status != 200:
+        failed.append(f"request {i}: HTTP {status} {data[:200]!r}")
+        return False
+    if json.loads(data) != [expected[i % len(expected)]]:
+        wrong.append(i)
+    return True
+
+
 def _load(port: int, bodies: list[tuple[bytes, str]], expected: list[dict], *, clients: int, requests: int,
           max_seconds: float, pid: int) -> dict:
     """``requests`` requests from ``clients`` threads (each its own connection), at most ``max_seconds``; with the
@@ -245,13 +256,9 @@ def _load(port: int, bodies: list[tuple[bytes, str]], expected: list[dict], *, c
                 if answer is None:
                     failed.append(f"request {i}: {data}")
                     continue
-                if answer.status != 200:
-                    failed.append(f"request {i}: HTTP {answer.status} {data[:200]!r}")
-                    continue
-                if json.loads(data) != [expected[i % len(expected)]]:
-                    wrong.append(i)
-                with lock:
-                    latencies.append(elapsed)
+                if _answered(i, answer.status, data, expected, failed=failed, wrong=wrong):
+                    with lock:
+                        latencies.append(elapsed)
         finally:
             conn.close()
 
@@ -450,13 +457,9 @@ def _mixed_load(port: int, bodies: list[tuple[bytes, str]], expected: list[dict]
                     else:
                         failed.append(f"hostile {name}: HTTP {answer.status} {data[:200]!r}")
                     continue
-                if answer.status != 200:
-                    failed.append(f"request {i}: HTTP {answer.status} {data[:200]!r}")
-                    continue
-                if json.loads(data) != [expected[i % len(expected)]]:
-                    wrong.append(i)
-                with lock:
-                    good_ms.append(1000 * elapsed)
+                if _answered(i, answer.status, data, expected, failed=failed, wrong=wrong):
+                    with lock:
+                        good_ms.append(1000 * elapsed)
         finally:
             conn.close()
 
